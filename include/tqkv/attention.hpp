@@ -1,0 +1,90 @@
+// Decode attention (one query token per sequence) computed directly on the compressed cache.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "tqkv/layout.hpp"
+
+namespace tqkv {
+
+enum class OutputType : uint8_t { f32 = 0, f16 = 1, bf16 = 2 };
+std::size_t output_type_bytes(OutputType t) noexcept;
+
+// One parameter struct for the decode-attention family, on every backend.
+struct DecodeParams {
+  int q_heads = 0;               // query heads per sequence; a multiple of the cache's kv_heads
+                                 // (query head h reads KV head h / (q_heads / kv_heads))
+  float scale = 0.0f;            // logit scale; 0 means 1/sqrt(head_dim)
+  float softcap = 0.0f;          // > 0: logits become softcap * tanh(logits / softcap)
+  int window = 0;                // > 0: sliding window, only the newest `window` tokens are seen
+  const float* sinks = nullptr;  // [q_heads] sink logits (added to the softmax denominator
+                                 // only, as exp(sink - max)); null = none. Same memory as q.
+  int splits = 1;                // split-K partitions of the KV positions; 0 = backend's choice
+  OutputType out_type = OutputType::f32;
+};
+
+// Throws Error naming the first parameter that does not fit the cache.
+void validate(const CacheView& cache, const DecodeParams& params);
+
+// The online-softmax state of one (sequence, query head) over a subset of positions:
+// o = sum_j exp(l_j - m) v_j (unnormalised, in the accumulation domain), d = sum_j exp(l_j - m).
+// An empty subset has m = -inf, d = 0, o = 0; merging it is a no-op and stays finite.
+struct AttentionPartial {
+  std::vector<double> o;
+  double m = -std::numeric_limits<double>::infinity();
+  double d = 0.0;
+};
+AttentionPartial merge(const AttentionPartial& a, const AttentionPartial& b);
+
+// ---- CPU scalar reference (the oracle; double accumulation) ----
+
+// q: [batch][q_heads][head_dim] float32 in the original domain; out: [batch][q_heads][head_dim]
+// of params.out_type. The query of sequence b sits at position tokens[b] - 1 (its own key and
+// value were appended before the call). A sequence with no tokens is rejected (Error naming it).
+// Split-K: the held positions are cut into params.splits equal ranges, each reduced to an
+// AttentionPartial, and the partials merged (equal to one pass to rounding).
+void decode_attention_reference(const CacheView& cache, const float* q, void* out,
+                                const DecodeParams& params);
+
+// The partial state of positions [begin, end) (absolute positions; clipped to what is visible)
+// for one sequence and query head. q_key_domain is the query in the domain of the key format
+// (rotated for tq keys, as stored for f16); the logit scale and softcap are applied inside.
+AttentionPartial attention_partial_reference(const CacheView& cache, int b, int q_head,
+                                             const double* q_key_domain, int64_t begin,
+                                             int64_t end, const DecodeParams& params);
+
+// Dense attention in fp64 on uncompressed K/V, for one sequence (to measure quantization error).
+// q: [q_heads][d]; k, v: [length][kv_heads][d] in chronological order (position 0 first; the
+// query sits at position length - 1); out: [q_heads][d].
+void dense_decode_attention(const float* q, const float* k, const float* v, int length,
+                            int q_heads, int kv_heads, int head_dim, const DecodeParams& params,
+                            double* out);
+
+// ---- Backend dispatch ----
+
+enum class Backend : uint8_t { automatic = 0, cpu_reference = 1, cpu = 2, cuda = 3 };
+
+// Where and how to run. `stream` is a cudaStream_t for the CUDA backend (null = default stream).
+// `workspace` is caller-provided scratch of at least decode_workspace_bytes(); without it the
+// backend uses a workspace it caches per device (allocated on the first call only).
+struct ExecContext {
+  Backend backend = Backend::automatic;
+  void* stream = nullptr;
+  void* workspace = nullptr;
+  std::size_t workspace_bytes = 0;
+  int threads = 0;  // CPU threads; 0 = all
+};
+
+std::size_t decode_workspace_bytes(const CacheView& cache, const DecodeParams& params,
+                                   Backend backend);
+
+// Runs decode attention where the cache lives: automatic picks CUDA for device pointers and the
+// fast CPU path for host pointers. Throws Error(backend_unavailable) when CUDA is not built in or
+// no GPU is present.
+void decode_attention(const CacheView& cache, const float* q, void* out, const DecodeParams& params,
+                      const ExecContext& ctx = {});
+
+}  // namespace tqkv

@@ -1,0 +1,81 @@
+// The cache layout as a plain view of pointers (host or device memory), and the chronology of
+// ring buffers. Header-only and usable from CUDA device code.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "tqkv/format.hpp"
+
+#if defined(__CUDACC__)
+#define TQKV_HD __host__ __device__ __forceinline__
+#else
+#define TQKV_HD inline
+#endif
+
+namespace tqkv {
+
+// One layer's cache for a batch of sequences. Contiguous mode: token t of sequence b sits in slot
+// t (t < capacity). Ring mode (sliding-window layers): token t sits in slot t % capacity and only
+// the newest `capacity` tokens are kept.
+//   k_codes  [batch][kv_heads][capacity][k_row_bytes]    (v_codes likewise)
+//   k_scales [batch][kv_heads][capacity] float            (v_scales likewise)
+//   tokens   [batch] int64: tokens ever appended to each sequence
+//   sign_bits [kv_heads][sign_words]: the rotation's sign diagonal per KV head (K and V share it)
+//   k_levels / v_levels: the codebook levels (2^bits floats; null for f16)
+struct CacheView {
+  KvFormat format{};
+  int batch = 0;
+  int kv_heads = 0;
+  int head_dim = 0;
+  int capacity = 0;
+  bool ring = false;
+  int sign_words = 0;
+  std::size_t k_row_bytes = 0;
+  std::size_t v_row_bytes = 0;
+  const uint8_t* k_codes = nullptr;
+  const float* k_scales = nullptr;
+  const uint8_t* v_codes = nullptr;
+  const float* v_scales = nullptr;
+  const int64_t* tokens = nullptr;
+  const uint32_t* sign_bits = nullptr;
+  const float* k_levels = nullptr;
+  const float* v_levels = nullptr;
+};
+
+// Index of the (b, head, slot) row among all rows of the cache.
+TQKV_HD std::size_t row_index(const CacheView& c, int b, int head, int slot) {
+  return (static_cast<std::size_t>(b) * c.kv_heads + head) * c.capacity + slot;
+}
+
+// Valid slots of a sequence that has seen `tokens` tokens.
+// (Contiguous caches never hold more than capacity: append rejects that.)
+TQKV_HD int valid_slots(int64_t tokens, int capacity) {
+  return tokens < capacity ? static_cast<int>(tokens) : capacity;
+}
+
+// Slot that holds the oldest kept token. Before a ring wraps it is 0; after, it is the slot the
+// *next* token will be written to (tokens % capacity) — not the slot before it.
+TQKV_HD int oldest_slot(int64_t tokens, int capacity, bool ring) {
+  return (ring && tokens > capacity) ? static_cast<int>(tokens % capacity) : 0;
+}
+
+// Absolute token position held by `slot` (valid slots only): the largest p < tokens with
+// p % capacity == slot in ring mode, `slot` itself in contiguous mode.
+TQKV_HD int64_t slot_position(int64_t tokens, int capacity, bool ring, int slot) {
+  if (!ring || tokens <= capacity) return slot;
+  return slot + static_cast<int64_t>(capacity) * ((tokens - 1 - slot) / capacity);
+}
+
+// Slot of absolute position p (the caller ensures p is still kept).
+TQKV_HD int position_slot(int64_t p, int capacity, bool ring) {
+  return ring ? static_cast<int>(p % capacity) : static_cast<int>(p);
+}
+
+// First visible absolute position for a decode query at position tokens - 1 with a sliding
+// window of `window` tokens (0 = no window): positions >= tokens - window are visible.
+TQKV_HD int64_t first_visible_position(int64_t tokens, int window) {
+  return (window > 0 && tokens > window) ? tokens - window : 0;
+}
+
+}  // namespace tqkv
