@@ -1,5 +1,6 @@
 #include "tqkv/cache.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -38,6 +39,14 @@ void check_finite(const float* x, const char* what, int seq, int64_t first_posit
 }
 
 }  // namespace
+
+void encode_vectors_scalar(const VectorCodec& codec, int head_dim, const float* x,
+                           std::size_t x_stride, int n, uint8_t* rows, std::size_t row_stride,
+                           float* scales) {
+  (void)head_dim;  // the codec's rotation knows it
+  for (int i = 0; i < n; ++i)
+    encode_vector(codec, x + i * x_stride, rows + i * row_stride, scales + i);
+}
 
 void validate(const CacheConfig& c) {
   auto positive = [](int v, const char* name) {
@@ -116,18 +125,23 @@ void KvCache::append(int seq, const float* k, const float* v, int n_tokens) {
   check_finite(k, "key", seq, before, n_tokens, kvh, d);
   check_finite(v, "value", seq, before, n_tokens, kvh, d);
 
-  // In ring mode only the newest `capacity` tokens of the chunk survive; skip the others.
-  const int first = config_.ring && n_tokens > config_.capacity ? n_tokens - config_.capacity : 0;
+  // In ring mode only the newest `capacity` tokens of the chunk survive; skip the others. The
+  // rest is written in runs of consecutive slots (a ring run ends where the buffer wraps).
+  int t = config_.ring && n_tokens > config_.capacity ? n_tokens - config_.capacity : 0;
   const CacheView layout = view();
   const std::size_t per_token = static_cast<std::size_t>(kvh) * d;
-  for (int t = first; t < n_tokens; ++t) {
+  while (t < n_tokens) {
     const int slot = position_slot(before + t, config_.capacity, config_.ring);
+    const int run = std::min(n_tokens - t, config_.capacity - slot);
     for (int h = 0; h < kvh; ++h) {
       const std::size_t r = row_index(layout, seq, h, slot);
       const std::size_t x = t * per_token + static_cast<std::size_t>(h) * d;
-      encode_vector(key_codec(h), k + x, &k_codes_[r * k_row_bytes_], &k_scales_[r]);
-      encode_vector(value_codec(h), v + x, &v_codes_[r * v_row_bytes_], &v_scales_[r]);
+      encoder_(key_codec(h), d, k + x, per_token, run, &k_codes_[r * k_row_bytes_], k_row_bytes_,
+               &k_scales_[r]);
+      encoder_(value_codec(h), d, v + x, per_token, run, &v_codes_[r * v_row_bytes_],
+               v_row_bytes_, &v_scales_[r]);
     }
+    t += run;
   }
   tokens_[seq] = before + n_tokens;
 }

@@ -32,6 +32,16 @@ struct CacheConfig {
 // Throws Error naming the first bad field.
 void validate(const CacheConfig& config);
 
+// Encodes n vectors x[i * x_stride, + head_dim) into rows[i * row_stride] and scales[i]: the
+// work of append. The default runs encode_vector on each; the fast CPU backend supplies a SIMD
+// version producing the same bytes (tqkv::fast_cpu_encoder() in tqkv.hpp).
+using BatchEncoder = void (*)(const VectorCodec& codec, int head_dim, const float* x,
+                              std::size_t x_stride, int n, uint8_t* rows, std::size_t row_stride,
+                              float* scales);
+void encode_vectors_scalar(const VectorCodec& codec, int head_dim, const float* x,
+                           std::size_t x_stride, int n, uint8_t* rows, std::size_t row_stride,
+                           float* scales);
+
 class KvCache {
  public:
   explicit KvCache(const CacheConfig& config);
@@ -48,6 +58,9 @@ class KvCache {
   // was) on a bad sequence index, a null pointer, non-finite values (naming head and position),
   // or — outside ring mode — appending past capacity.
   void append(int seq, const float* k, const float* v, int n_tokens);
+  // Replaces the encoder append uses (null restores the scalar one).
+  void set_encoder(BatchEncoder encoder) { encoder_ = encoder ? encoder : encode_vectors_scalar; }
+
   // Forgets every token of sequence `seq`.
   void reset(int seq);
 
@@ -83,6 +96,7 @@ class KvCache {
   std::vector<uint8_t> k_codes_, v_codes_;
   std::vector<float> k_scales_, v_scales_;
   std::vector<int64_t> tokens_;
+  BatchEncoder encoder_ = encode_vectors_scalar;
 };
 
 }  // namespace tqkv
