@@ -65,24 +65,24 @@ ScaleRule parse_scale_rule(std::string_view text) {
 }
 
 KvFormat parse_kv_format(std::string_view text) {
-  // "kXvY" with X, Y in {2,3,4,8,16,f16}; else one format for both.
-  if (text.size() >= 4 && text[0] == 'k') {
-    const auto v = text.find('v');
-    if (v != std::string_view::npos && v > 1) {
-      const Format k = parse_format(text.substr(1, v - 1), "key format");
-      const Format val = parse_format(text.substr(v + 1), "value format");
-      return {k, val};
-    }
-  }
+  std::string detail;
   try {
+    // "kXvY" with X, Y in {2,3,4,8,16,f16}; else one format for both.
+    if (text.size() >= 4 && text[0] == 'k') {
+      const auto v = text.find('v');
+      if (v != std::string_view::npos && v > 1)
+        return {parse_format(text.substr(1, v - 1), "key format"),
+                parse_format(text.substr(v + 1), "value format")};
+    }
     const Format f = parse_format(text);
     return {f, f};
-  } catch (const Error&) {
-    raise(Status::invalid_argument,
-          fmt::format("KV format '{}' is not known (expected f16, tq2, tq3, tq4, tq8, or kXvY such as "
-                      "k8v4, k4v2, kf16v4)",
-                      text));
+  } catch (const Error& e) {
+    if (text.size() >= 4 && text[0] == 'k') detail = fmt::format(": {}", e.what());
   }
+  raise(Status::invalid_argument,
+        fmt::format("KV format '{}' is not known{} (expected f16, tq2, tq3, tq4, tq8, or kXvY such "
+                    "as k8v4, k4v2, kf16v4)",
+                    text, detail));
 }
 
 std::string kv_format_name(KvFormat f) {

@@ -43,7 +43,9 @@ AttentionPartial merge(const AttentionPartial& a, const AttentionPartial& b);
 
 // q: [batch][q_heads][head_dim] float32 in the original domain; out: [batch][q_heads][head_dim]
 // of params.out_type. The query of sequence b sits at position tokens[b] - 1 (its own key and
-// value were appended before the call). A sequence with no tokens is rejected (Error naming it).
+// value were appended before the call). A sequence with no tokens is rejected (Error naming it)
+// on the CPU; the CUDA backend writes zeros for it (its token counters live on the device, and
+// reading them would synchronise the stream).
 // Split-K: the held positions are cut into params.splits equal ranges, each reduced to an
 // AttentionPartial, and the partials merged (equal to one pass to rounding).
 void decode_attention_reference(const CacheView& cache, const float* q, void* out,

@@ -1,0 +1,280 @@
+// Host side of CUDA decode attention: validation with messages naming the parameter, the split
+// choice, the workspace, and the launch. No host synchronisation or allocation on the call path
+// once the per-device workspace exists.
+#include "backend.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "host_util.hpp"
+#include "launch.hpp"
+#include "tqkv/error.hpp"
+
+namespace tqkv::cuda_detail {
+
+void check_cuda(cudaError_t err, std::string_view what) {
+  if (err != cudaSuccess)
+    raise(Status::backend_error,
+          fmt::format("{}: CUDA error {} ({})", what, cudaGetErrorName(err), cudaGetErrorString(err)));
+}
+
+void require_device(std::string_view what) {
+  if (cuda_backend::device_count() == 0)
+    raise(Status::backend_unavailable, fmt::format("{}: no CUDA device is visible", what));
+}
+
+void require_device_pointer(const void* p, std::string_view what, std::string_view name) {
+  if (p == nullptr) raise(Status::invalid_argument, fmt::format("{}: {} is null", what, name));
+  if (!cuda_backend::is_device_pointer(p))
+    raise(Status::invalid_argument,
+          fmt::format("{}: {} = {} is not device memory", what, name, fmt::ptr(p)));
+}
+
+namespace {
+
+// Upper bound on params.splits (more only adds empty blocks and workspace).
+constexpr int kMaxSplits = 4096;
+// The cached workspace's first allocation: enough for the usual shapes, so later calls of a
+// session do not reallocate.
+constexpr std::size_t kInitialWorkspaceBytes = std::size_t{32} << 20;
+constexpr std::size_t kWorkspaceAlignment = 256;
+
+int sm_count() {
+  int device = 0, count = 0;
+  check_cuda(cudaGetDevice(&device), "decode_attention: cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device),
+             "decode_attention: cudaDeviceGetAttribute");
+  return count;
+}
+
+// Resident decode blocks per SM of (format pair, head dim) on the current device, cached.
+int blocks_per_sm(KvFormat format, int head_dim) {
+  static std::mutex mutex;
+  static std::map<std::tuple<int, int, int, int>, int> cache;
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "decode_attention: cudaGetDevice");
+  const auto key = std::make_tuple(device, int(format.key), int(format.value), head_dim);
+  std::lock_guard<std::mutex> lock(mutex);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  int blocks = 0;
+  check_cuda(decode_blocks_per_sm(format, head_dim, &blocks), "decode_attention: occupancy query");
+  blocks = std::max(blocks, 1);
+  cache.emplace(key, blocks);
+  return blocks;
+}
+
+int head_chunks(const CacheView& c, const DecodeParams& p) {
+  const int group = p.q_heads / c.kv_heads;
+  return (group + kMaxHeadsPerBlock - 1) / kMaxHeadsPerBlock;
+}
+
+int resolve_splits(const CacheView& c, const DecodeParams& p) {
+  if (p.splits > 0) return p.splits;
+  const int64_t base_blocks = int64_t{c.batch} * c.kv_heads * head_chunks(c, p);
+  // A split streams at least one granule (every worker of the block gets work).
+  const int granule = decode_split_granule(c.head_dim, static_cast<int>(c.k_row_bytes), static_cast<int>(c.v_row_bytes));
+  // Device counters are not visible to the host without a sync: size the split for the longest
+  // sequence the cache can show (its capacity, or the window).
+  const int64_t reach = p.window > 0 ? std::min(c.capacity, p.window) : c.capacity;
+  const int64_t granules = (reach + granule - 1) / granule;
+  // Fill one wave of resident blocks and no more: a partial second wave costs as much as a full one.
+  const int64_t slots = int64_t{blocks_per_sm(c.format, c.head_dim)} * sm_count();
+  const int64_t wanted = std::max<int64_t>(1, slots / base_blocks);
+  const int64_t useful = std::max<int64_t>(1, granules);
+  return static_cast<int>(std::clamp<int64_t>(std::min(wanted, useful), 1, kMaxSplits));
+}
+
+std::size_t workspace_bytes_for(const CacheView& c, const DecodeParams& p, int splits) {
+  if (splits <= 1) return 0;
+  const std::size_t parts = std::size_t(c.batch) * p.q_heads * splits;
+  const std::size_t o_bytes = (parts * c.head_dim * sizeof(float) + kWorkspaceAlignment - 1) /
+                              kWorkspaceAlignment * kWorkspaceAlignment;
+  return o_bytes + parts * 2 * sizeof(float);
+}
+
+// The per-device workspace used when the caller gives none. Allocated on the first call that
+// needs one; grown (outside stream capture only) if a later shape needs more.
+void* cached_workspace(std::size_t bytes, cudaStream_t stream) {
+  static std::mutex mutex;
+  static std::vector<std::pair<void*, std::size_t>> per_device;
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "decode_attention: cudaGetDevice");
+  std::lock_guard<std::mutex> lock(mutex);
+  if (per_device.size() <= static_cast<std::size_t>(device)) per_device.resize(device + 1, {nullptr, 0});
+  auto& [ptr, size] = per_device[device];
+  if (size >= bytes) return ptr;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  check_cuda(cudaStreamIsCapturing(stream, &capture), "decode_attention: cudaStreamIsCapturing");
+  if (capture != cudaStreamCaptureStatusNone)
+    raise(Status::invalid_argument,
+          fmt::format("decode_attention: the cached workspace must grow to {} bytes, which cannot "
+                      "happen during stream capture; pass ExecContext::workspace (see "
+                      "decode_workspace_bytes) or run once before capturing",
+                      bytes));
+  if (ptr != nullptr) check_cuda(cudaFree(ptr), "decode_attention: cudaFree(workspace)");
+  ptr = nullptr;
+  size = 0;
+  const std::size_t want = std::max(bytes, kInitialWorkspaceBytes);
+  check_cuda(cudaMalloc(&ptr, want), fmt::format("decode_attention: cudaMalloc({}) of the workspace", want));
+  size = want;
+  return ptr;
+}
+
+// lambda for the levels at a device address (tq2, tq3, tq4; code_level_lambda), cached by address.
+// The first call for an address copies the levels back (synchronous); during stream capture an
+// unseen address gets 1 (plain fp16 levels, less precise), and a stale entry for a reused address
+// only costs precision, never correctness.
+float levels_lambda(Format f, const float* device_levels, cudaStream_t stream) {
+  if (f != Format::tq2 && f != Format::tq3 && f != Format::tq4) return 1.0f;
+  static std::mutex mutex;
+  static std::map<const float*, float> by_address;
+  static std::map<std::vector<float>, float> by_values;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (auto it = by_address.find(device_levels); it != by_address.end()) return it->second;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  check_cuda(cudaStreamIsCapturing(stream, &capture), "decode_attention: cudaStreamIsCapturing");
+  if (capture != cudaStreamCaptureStatusNone) return 1.0f;
+  std::vector<float> levels(std::size_t{1} << format_bits(f));
+  check_cuda(cudaMemcpy(levels.data(), device_levels, levels.size() * sizeof(float), cudaMemcpyDeviceToHost),
+             "decode_attention: reading the codebook levels");
+  auto it = by_values.find(levels);
+  if (it == by_values.end())
+    it = by_values.emplace(levels, code_level_lambda(levels.data(), static_cast<int>(levels.size()))).first;
+  by_address.emplace(device_levels, it->second);
+  return it->second;
+}
+
+void validate_for_device(const CacheView& c, const DecodeParams& p, const char* what) {
+  validate(c, p);
+  if (!decode_pair_built(c.format))
+    raise(Status::unsupported,
+          fmt::format("{}: format pair {} has no CUDA kernels in this build (configure with "
+                      "-DTQKV_CUDA_ALL_PAIRS=ON for every pair)",
+                      what, kv_format_name(c.format)));
+  if (!decode_head_dim_built(c.head_dim))
+    raise(Status::unsupported,
+          fmt::format("{}: head_dim = {} has no CUDA kernels (built: 64, 80, 96, 128, 256, 512, 576)",
+                      what, c.head_dim));
+  if (c.batch > 65535)
+    raise(Status::invalid_argument, fmt::format("{}: batch = {} exceeds 65535 (CUDA grid)", what, c.batch));
+  if (int64_t{c.kv_heads} * head_chunks(c, p) > 65535)
+    raise(Status::invalid_argument,
+          fmt::format("{}: kv_heads = {} with q_heads = {} exceeds the CUDA grid", what, c.kv_heads, p.q_heads));
+  if (p.splits > kMaxSplits)
+    raise(Status::invalid_argument, fmt::format("{}: splits = {} exceeds {}", what, p.splits, kMaxSplits));
+}
+
+}  // namespace
+}  // namespace tqkv::cuda_detail
+
+namespace tqkv::cuda_backend {
+using namespace tqkv::cuda_detail;
+
+int device_count() noexcept {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the sticky "no driver/device" error
+    return 0;
+  }
+  return n;
+}
+
+bool is_device_pointer(const void* p) noexcept {
+  if (p == nullptr) return false;
+  cudaPointerAttributes attr{};
+  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
+}
+
+std::string device_description() {
+  if (device_count() == 0) return {};
+  int device = 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDevice(&device) != cudaSuccess || cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return {};
+  }
+  return fmt::format("{}, sm_{}{}, {} SMs, {} MiB", prop.name, prop.major, prop.minor,
+                     prop.multiProcessorCount, prop.totalGlobalMem >> 20);
+}
+
+std::size_t decode_workspace_bytes(const CacheView& cache, const DecodeParams& params) {
+  require_device("decode_workspace_bytes");
+  validate_for_device(cache, params, "decode_workspace_bytes");
+  return workspace_bytes_for(cache, params, resolve_splits(cache, params));
+}
+
+void decode_attention(const CacheView& c, const float* q, void* out, const DecodeParams& p,
+                      const ExecContext& ctx) {
+  constexpr const char* what = "decode_attention (cuda)";
+  require_device(what);
+  validate_for_device(c, p, what);
+  require_device_pointer(q, what, "q");
+  require_device_pointer(out, what, "out");
+  require_device_pointer(c.k_codes, what, "cache.k_codes");
+  require_device_pointer(c.v_codes, what, "cache.v_codes");
+  require_device_pointer(c.k_scales, what, "cache.k_scales");
+  require_device_pointer(c.v_scales, what, "cache.v_scales");
+  require_device_pointer(c.tokens, what, "cache.tokens");
+  require_device_pointer(c.sign_bits, what, "cache.sign_bits");
+  if (is_quantized(c.format.key)) require_device_pointer(c.k_levels, what, "cache.k_levels");
+  if (is_quantized(c.format.value)) require_device_pointer(c.v_levels, what, "cache.v_levels");
+  if (p.sinks) require_device_pointer(p.sinks, what, "params.sinks");
+  // 16-byte loads of rows (row bytes are multiples of 16), 4-byte loads of scales and q.
+  auto aligned = [](const void* ptr, std::size_t n) { return reinterpret_cast<uintptr_t>(ptr) % n == 0; };
+  if (!aligned(c.k_codes, 16) || !aligned(c.v_codes, 16))
+    raise(Status::invalid_argument,
+          fmt::format("{}: cache codes must be 16-byte aligned (k_codes = {}, v_codes = {})", what,
+                      fmt::ptr(c.k_codes), fmt::ptr(c.v_codes)));
+  if (!aligned(q, 4) || !aligned(c.k_scales, 4) || !aligned(c.v_scales, 4) || !aligned(out, 2))
+    raise(Status::invalid_argument, fmt::format("{}: q, scales or out are misaligned", what));
+
+  auto stream = static_cast<cudaStream_t>(ctx.stream);
+  DecodeLaunch launch;
+  launch.cache = c;
+  launch.q = q;
+  launch.out = out;
+  launch.sinks = p.sinks;
+  launch.scale = p.scale > 0 ? p.scale : 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  launch.softcap = p.softcap;
+  launch.window = p.window;
+  launch.q_heads = p.q_heads;
+  launch.group = p.q_heads / c.kv_heads;
+  launch.head_chunks = head_chunks(c, p);
+  launch.splits = resolve_splits(c, p);
+  launch.out_type = p.out_type;
+  launch.k_lambda = levels_lambda(c.format.key, c.k_levels, stream);
+  launch.v_lambda = levels_lambda(c.format.value, c.v_levels, stream);
+  const std::size_t need = workspace_bytes_for(c, p, launch.splits);
+  if (need > 0) {
+    void* ws = ctx.workspace;
+    if (ws != nullptr) {
+      if (ctx.workspace_bytes < need)
+        raise(Status::invalid_argument,
+              fmt::format("{}: workspace_bytes = {} is smaller than the {} bytes needed for {} splits", what,
+                          ctx.workspace_bytes, need, launch.splits));
+      require_device_pointer(ws, what, "ctx.workspace");
+      if (!aligned(ws, kWorkspaceAlignment))
+        raise(Status::invalid_argument,
+              fmt::format("{}: ctx.workspace must be {}-byte aligned", what, kWorkspaceAlignment));
+    } else {
+      ws = cached_workspace(need, stream);
+    }
+    const std::size_t parts = std::size_t(c.batch) * p.q_heads * launch.splits;
+    launch.part_o = static_cast<float*>(ws);
+    launch.part_md = reinterpret_cast<float*>(static_cast<uint8_t*>(ws) + need - parts * 2 * sizeof(float));
+  }
+  check_cuda(launch_decode(launch, stream), what);
+}
+
+}  // namespace tqkv::cuda_backend

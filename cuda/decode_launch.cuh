@@ -1,0 +1,99 @@
+// Launchers of the decode kernels of one format pair: the tensor-core kernel (decode_mma.cuh) in
+// its shipped shape, its 4-warp shape (d = 128 only, for comparison) and the CUDA-core kernel of
+// v2 (decode_kernel.cuh), chosen by selected_decode_kernel() (the default is the first).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "decode_kernel.cuh"
+#include "decode_mma.cuh"
+#include "launch.hpp"
+
+namespace tqkv::cuda_detail {
+
+// Opting in to more than 48 KB of dynamic shared memory is per device and kernel; done once.
+template <typename Kernel>
+cudaError_t opt_in_smem(Kernel kernel, int bytes, std::atomic<uint64_t>& opted_in) {
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  const uint64_t bit = uint64_t{1} << (device & 63);
+  if (opted_in.load(std::memory_order_relaxed) & bit) return cudaSuccess;
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (err == cudaSuccess) opted_in.fetch_or(bit, std::memory_order_relaxed);
+  return err;
+}
+
+// One kernel instance: its function, threads and shared memory.
+template <Format KF, Format VF, int D, DecodeKernel K>
+struct DecodeInstance {
+  static constexpr int kWarps = K == DecodeKernel::mma4 ? 4 : 8;
+  static constexpr int kStages = K == DecodeKernel::mma4 ? 4 : 2;
+  using Shape = MmaShape<KF, VF, D, kWarps, kStages>;
+  static constexpr int threads() { return K == DecodeKernel::cuda_core ? kDecodeThreads : kWarps * 32; }
+  static constexpr int smem() {
+    return K == DecodeKernel::cuda_core ? DecodeShape<KF, VF, D>::kSmemBytes : Shape::kSmemBytes;
+  }
+  static auto kernel() {
+    if constexpr (K == DecodeKernel::cuda_core) return decode_kernel<KF, VF, D>;
+    else return decode_mma_kernel<KF, VF, D, kWarps, kStages>;
+  }
+  static cudaError_t prepare() {
+    static std::atomic<uint64_t> opted_in{0};
+    return opt_in_smem(kernel(), smem(), opted_in);
+  }
+  static cudaError_t launch(const DecodeLaunch& a, cudaStream_t stream) {
+    cudaError_t err = prepare();
+    if (err != cudaSuccess) return err;
+    const dim3 grid(a.splits, a.cache.kv_heads * a.head_chunks, a.cache.batch);
+    kernel()<<<grid, threads(), smem(), stream>>>(a);
+    err = cudaGetLastError();
+    if (err != cudaSuccess || a.splits == 1) return err;
+    return launch_decode_merge(a, stream);
+  }
+  static cudaError_t blocks_per_sm(int* blocks) {
+    cudaError_t err = prepare();
+    if (err != cudaSuccess) return err;
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks, kernel(), threads(), smem());
+  }
+};
+
+// Calls f(instance) for the selected kernel of (KF, VF, D); the 4-warp shape exists for d = 128.
+template <Format KF, Format VF, int D, typename F>
+cudaError_t with_decode_instance(F&& f) {
+  switch (selected_decode_kernel()) {
+    case DecodeKernel::cuda_core: return f(DecodeInstance<KF, VF, D, DecodeKernel::cuda_core>{});
+    case DecodeKernel::mma4:
+      if constexpr (D == 128) return f(DecodeInstance<KF, VF, D, DecodeKernel::mma4>{});
+      [[fallthrough]];
+    default: return f(DecodeInstance<KF, VF, D, DecodeKernel::mma8>{});
+  }
+}
+
+template <Format KF, Format VF, typename F>
+cudaError_t with_decode_dim(int head_dim, F&& f) {
+  switch (head_dim) {
+    case 64: return with_decode_instance<KF, VF, 64>(f);
+    case 80: return with_decode_instance<KF, VF, 80>(f);
+    case 96: return with_decode_instance<KF, VF, 96>(f);
+    case 128: return with_decode_instance<KF, VF, 128>(f);
+    case 256: return with_decode_instance<KF, VF, 256>(f);
+    case 512: return with_decode_instance<KF, VF, 512>(f);
+    case 576: return with_decode_instance<KF, VF, 576>(f);
+    default: return cudaErrorInvalidValue;  // unreachable: the host checked decode_head_dim_built()
+  }
+}
+
+// All head dims of one format pair (instantiated once per pair, in its own translation unit).
+template <Format KF, Format VF>
+cudaError_t launch_decode_pair(const DecodeLaunch& a, cudaStream_t stream) {
+  return with_decode_dim<KF, VF>(a.cache.head_dim, [&](auto inst) { return decltype(inst)::launch(a, stream); });
+}
+
+template <Format KF, Format VF>
+cudaError_t decode_blocks_per_sm_pair(int head_dim, int* blocks) {
+  return with_decode_dim<KF, VF>(head_dim, [&](auto inst) { return decltype(inst)::blocks_per_sm(blocks); });
+}
+
+}  // namespace tqkv::cuda_detail

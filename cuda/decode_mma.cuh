@@ -1,0 +1,636 @@
+// Decode attention with the query group's multiply-adds on the tensor cores (mma.sync m16n8k16,
+// f16 operands, f32 accumulation; sm_80 and sm_90). performance-notes.md (v3) has the design
+// and the numbers; in short:
+//
+// - Work unit: a tile of 16 positions. A block has kWorkers independent workers (one warp, or
+//   kWpt warps for head dims above 128), each streaming its own tiles through its own cp.async
+//   stages, with its own online softmax; no block-wide barrier until the final merge.
+// - Scores, per 8 positions: S^T[16 x 8] = A[16 x d] * K^T. A holds the query heads (rows 0-7, in
+//   fp16) and their rounding residues (rows 8-15), so one mma gives hi and lo parts of the fp32
+//   query: their sum carries ~22 bits. The coordinate order inside each k step is permuted so
+//   that every lane reads one contiguous quarter of a key row.
+// - Values: O[16 coords x 8 heads] += V^T[16 coords x 16 positions] * P^T, where P^T is the
+//   score accumulator of two 8-position blocks taken as is (its layout is the B fragment), split
+//   into fp16 hi + lo (two mmas). The value scale is folded into P, the key scale into S.
+// - Codes become fp16 through a shared-memory table, one 32-bit load per pair of codes (tq2,
+//   tq3, tq4) or per code (tq8, as hi + lo halves). Each table row is replicated for the 32
+//   lanes, so lookups never conflict on banks. Levels are multiplied by lambda (found on the
+//   host) so that their fp16 rounding errors are ~5x smaller; the result is divided by lambda.
+#pragma once
+
+#include <utility>
+
+#include "decode_kernel.cuh"
+
+namespace tqkv::cuda_detail {
+
+template <int N, typename F>
+__device__ __forceinline__ void static_for(F&& f) {
+  [&]<int... I>(std::integer_sequence<int, I...>) {
+    (f(std::integral_constant<int, I>{}), ...);
+  }(std::make_integer_sequence<int, N>{});
+}
+
+constexpr int lowest_bit(int x) { return x & -x; }
+constexpr int cmin(int a, int b) { return a < b ? a : b; }
+constexpr int cmax(int a, int b) { return a > b ? a : b; }
+
+// Table rows: one per pair of codes (tq2, tq3, tq4), one per code (tq8), none for f16.
+constexpr bool pair_table(Format f) { return f == Format::tq2 || f == Format::tq3 || f == Format::tq4; }
+constexpr int table_rows(Format f) {
+  return f == Format::f16 ? 0 : pair_table(f) ? 1 << (2 * bits_of(f)) : 1 << bits_of(f);
+}
+inline constexpr int kTableRowBytes = 256;  // [K entry x 32 lanes][V entry x 32 lanes]
+inline constexpr int kTableV = 128;         // byte offset of the V entries in a row
+
+// Width of the shared loads that load_bits() issues for NB bits at an ALIGN-bit boundary.
+constexpr int load_width(int nb, int align) {
+  const int nw = (nb + 31) / 32;
+  return align >= 128 && nw % 4 == 0 ? 16 : align >= 64 && nw % 2 == 0 ? 8 : 4;
+}
+
+// Wavefronts one warp-wide shared load costs when lane l reads `width` bytes at addr[l]
+// (128-byte wavefronts: 8 lanes per phase for 16-byte loads, 16 for 8-byte loads).
+constexpr int smem_wavefronts(const int (&addr)[32], int width) {
+  const int per_phase = width == 16 ? 8 : width == 8 ? 16 : 32;
+  int total = 0;
+  for (int p0 = 0; p0 < 32; p0 += per_phase) {
+    int worst = 1;
+    for (int bank = 0; bank < 32; ++bank) {
+      int words[128] = {};
+      int n = 0;
+      for (int l = p0; l < p0 + per_phase; ++l)
+        for (int k = 0; k < width / 4; ++k) {
+          const int w = addr[l] / 4 + k;
+          if (w % 32 != bank) continue;
+          bool seen = false;
+          for (int x = 0; x < n; ++x) seen = seen || words[x] == w;
+          if (!seen) words[n++] = w;
+        }
+      worst = cmax(worst, n);
+    }
+    total += worst;
+  }
+  return total;
+}
+
+template <Format KF, Format VF, int D, int WARPS, int STAGES>
+struct MmaShape {
+  static_assert(D % 16 == 0, "head dim must be a multiple of 16");
+  static constexpr int kThreads = WARPS * 32;
+  static constexpr int kKB = bits_of(KF), kVB = bits_of(VF);
+  static constexpr int kRowK = row_bytes_of(KF, D), kRowV = row_bytes_of(VF, D);
+  // Warps sharing a tile: each keeps the output of D / kWpt coordinates in registers.
+  static constexpr int kWpt = D <= 128 ? 1 : D <= 256 ? 2 : 4;
+  static_assert(WARPS % kWpt == 0 && (D / 16) % kWpt == 0, "warps must divide the tile work");
+  static constexpr int kWorkers = WARPS / kWpt;
+  static constexpr int kKSteps = D / 16;
+  static constexpr int kMTiles = D / 16 / kWpt;  // value mma row tiles per warp
+  static constexpr bool kQInRegisters = D <= 128;
+
+  // Keys: a lane reads one quarter of a row (4 coordinates per k step), in groups of k steps.
+  static constexpr int kKStepBits = 4 * kKB;
+  static constexpr int kKGroup = kKB == 3 ? 8 : 128 / kKStepBits;
+  static constexpr int kKGroups = (kKSteps + kKGroup - 1) / kKGroup;
+  static constexpr int kLaneBitsK = D / 4 * kKB;
+  static constexpr int kAlignK = cmin(128, cmin(lowest_bit(kLaneBitsK), lowest_bit(kKGroup * kKStepBits)));
+  // Values: a lane reads 2 coordinates per m tile of 4 rows.
+  static constexpr int kLaneBitsV = kMTiles * 2 * kVB;
+  static constexpr int kAlignV = cmin(128, cmin(lowest_bit(D / 8 * kVB), lowest_bit(kLaneBitsV)));
+
+  static constexpr int k_cost(int stride) {
+    int addr[32] = {};
+    const int w = load_width(cmin(kKGroup, kKSteps) * kKStepBits, kAlignK);
+    for (int l = 0; l < 32; ++l) addr[l] = (l >> 2) * stride + ((l & 3) * kLaneBitsK / 8) / w * w;
+    return smem_wavefronts(addr, w);
+  }
+  static constexpr int v_cost(int stride) {
+    const int w = load_width(kLaneBitsV, kAlignV);
+    int total = 0;
+    for (int r = 0; r < 4; ++r) {
+      int addr[32] = {};
+      for (int l = 0; l < 32; ++l) {
+        const int row = 2 * (l & 3) + (r & 1) + (r >> 1) * 8;
+        addr[l] = row * stride + ((l >> 2) * (D / 8) * kVB / 8) / w * w;
+      }
+      total += smem_wavefronts(addr, w);
+    }
+    return total;
+  }
+  template <bool Key>
+  static constexpr int best_stride() {
+    const int row = Key ? kRowK : kRowV;
+    int best = row, best_cost = 1 << 30;
+    for (int pad = 0; pad < 128; pad += 16) {
+      const int cost = Key ? k_cost(row + pad) : v_cost(row + pad);
+      if (cost < best_cost) best = row + pad, best_cost = cost;
+    }
+    return best;
+  }
+  static constexpr int kStrideK = best_stride<true>();
+  static constexpr int kStrideV = best_stride<false>();
+
+  // Shared memory (bytes, 16-byte aligned offsets).
+  static constexpr int kOffQ = 0;  // float [8][D]: rotated query, then the block's output
+  static constexpr int kOffStats = kOffQ + kMaxHeadsPerBlock * D * 4;  // m[8], d[8], q max
+  static constexpr int kOffQFrag = kOffStats + 32 * 4;                 // uint4 [kKSteps][32]
+  static constexpr int kOffTable = kOffQFrag + kKSteps * 32 * 16;
+  static constexpr int kTableBytes = cmax(table_rows(KF), table_rows(VF)) * kTableRowBytes;
+  static constexpr int kOffStages = kOffTable + kTableBytes;
+  static constexpr int kStageV = 16 * kStrideK;
+  static constexpr int kStageScales = kStageV + 16 * kStrideV;  // K scales [16], V scales [16]
+  static constexpr int kStageBytes = kStageScales + 2 * 16 * 4;
+  static constexpr int kEnd = kOffStages + kWorkers * STAGES * kStageBytes;
+  // After the loop, per worker: m[8], l[8], o[8][D] (overlaps fragments, table and stages).
+  static constexpr int kOffMerge = kOffQFrag;
+  static constexpr int kMergeFloats = 16 + kMaxHeadsPerBlock * D;
+  static constexpr int kMergeEnd = kOffMerge + kWorkers * kMergeFloats * 4;
+  static constexpr int kSmemBytes = cmax(kEnd, kMergeEnd) + 16;  // slack: funnel loads read a word past a row
+  static_assert(kStageBytes % 16 == 0 && kOffStages % 16 == 0, "stages must stay 16-byte aligned");
+};
+
+// ---- small device helpers ----
+
+__device__ __forceinline__ void cp_async16_zfill(void* smem, const void* gmem, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async4_zfill(void* smem, const void* gmem, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 4 : 0));
+}
+
+// d += a * b, m16n8k16, f16 inputs, f32 accumulators.
+__device__ __forceinline__ void mma_f16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                        uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t half2_bits(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
+
+// (a, b) -> fp16 pairs hi and lo with hi + lo = (a, b) to ~22 bits.
+__device__ __forceinline__ void split_half2(float a, float b, uint32_t& hi, uint32_t& lo) {
+  const __half2 h = __floats2half2_rn(a, b);
+  const float2 hf = __half22float2(h);
+  hi = half2_bits(h);
+  lo = half2_bits(__floats2half2_rn(a - hf.x, b - hf.y));
+}
+
+// NB bits of the little-endian bitstream at `row` from bit `pos` (a multiple of ALIGN), as words
+// with bit 0 = bit pos. One extra word (0) lets a field straddle the last two words.
+template <int NB>
+using BitWords = uint32_t[(NB + 31) / 32 + 1];
+
+template <int NB, int ALIGN>
+__device__ __forceinline__ void load_bits(const uint8_t* row, int pos, BitWords<NB>& w) {
+  constexpr int NW = (NB + 31) / 32;
+  constexpr int width = load_width(NB, ALIGN);
+  const uint32_t* p = reinterpret_cast<const uint32_t*>(row) + (pos >> 5);
+  if constexpr (ALIGN >= 32) {
+#pragma unroll
+    for (int i = 0; i < NW; i += width / 4) {
+      if constexpr (width == 16) {
+        const uint4 v = *reinterpret_cast<const uint4*>(p + i);
+        w[i] = v.x, w[i + 1] = v.y, w[i + 2] = v.z, w[i + 3] = v.w;
+      } else if constexpr (width == 8) {
+        const uint2 v = *reinterpret_cast<const uint2*>(p + i);
+        w[i] = v.x, w[i + 1] = v.y;
+      } else {
+        w[i] = p[i];
+      }
+    }
+  } else {
+    uint32_t x[NW + 1];
+#pragma unroll
+    for (int i = 0; i <= NW; ++i) x[i] = p[i];
+    const int sh = pos & 31;
+#pragma unroll
+    for (int i = 0; i < NW; ++i) w[i] = __funnelshift_r(x[i], x[i + 1], sh);
+  }
+  w[NW] = 0;
+}
+
+// Bits [POS, POS + NB) of w (NB <= 32).
+template <int POS, int NB, int N>
+__device__ __forceinline__ uint32_t field(const uint32_t (&w)[N]) {
+  constexpr int word = POS / 32, sh = POS % 32;
+  constexpr uint32_t mask = NB == 32 ? 0xffffffffu : (1u << NB) - 1u;
+  if constexpr (sh + NB <= 32) return (w[word] >> sh) & mask;
+  else return __funnelshift_r(w[word], w[word + 1], sh) & mask;
+}
+
+// Table entry `row` of lane `lane4 / 4`, column `col` (0: keys, kTableV: values).
+__device__ __forceinline__ uint32_t table_at(const uint8_t* table, uint32_t row, uint32_t lane4) {
+  return *reinterpret_cast<const uint32_t*>(table + ((row << 8) | lane4));
+}
+// Entry indexed by byte K of x (one PRMT builds the offset).
+template <int K>
+__device__ __forceinline__ uint32_t table_at_byte(const uint8_t* table, uint32_t x, uint32_t lane4) {
+  return *reinterpret_cast<const uint32_t*>(table + __byte_perm(x, lane4, 0x5504 | (K << 4)));
+}
+
+// Table entry for `row`: a pair of lambda-scaled fp16 levels, or (tq8) one level as hi + lo.
+template <Format F>
+__device__ __forceinline__ uint32_t table_entry(const float* levels, int row, float lambda) {
+  if constexpr (pair_table(F)) {
+    constexpr int mask = (1 << bits_of(F)) - 1;
+    return half2_bits(__floats2half2_rn(lambda * levels[row & mask], lambda * levels[row >> bits_of(F)]));
+  } else {
+    (void)lambda;  // tq8 tables carry the residue instead
+    const __half h = __float2half_rn(levels[row]);
+    const __half l = __float2half_rn(levels[row] - __half2float(h));
+    return half2_bits(__halves2half2(h, l));
+  }
+}
+
+template <Format KF, Format VF, int D, int WARPS, int STAGES>
+constexpr int mma_min_blocks() {
+  return D <= 128 ? 16 / WARPS : 1;
+}
+
+template <Format KF, Format VF, int D, int WARPS, int STAGES>
+__global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, STAGES>()))
+    decode_mma_kernel(const DecodeLaunch a) {
+  using S = MmaShape<KF, VF, D, WARPS, STAGES>;
+  constexpr int G = kMaxHeadsPerBlock;
+  constexpr int T = 16;  // positions per tile
+  extern __shared__ __align__(16) uint8_t smem[];
+  float* q_s = reinterpret_cast<float*>(smem + S::kOffQ);
+  float* m_s = reinterpret_cast<float*>(smem + S::kOffStats);
+  float* d_s = m_s + G;
+  float* qmax_s = d_s + G;
+  uint4* qfrag = reinterpret_cast<uint4*>(smem + S::kOffQFrag);
+  const uint8_t* table = smem + S::kOffTable;
+
+  const CacheView& c = a.cache;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const uint32_t lane4 = static_cast<uint32_t>(lane) * 4;
+  const int worker = warp / S::kWpt, wi = warp % S::kWpt;
+  const int split = blockIdx.x;
+  const int kv_head = blockIdx.y / a.head_chunks;
+  const int first_in_group = (blockIdx.y % a.head_chunks) * G;
+  const int n_heads = min(G, a.group - first_in_group);
+  const int h0 = kv_head * a.group + first_in_group;
+  const int b = blockIdx.z;
+
+  // This split's positions (as decode_kernel), in 16-position tiles dealt round-robin to workers.
+  const int64_t tokens = c.tokens[b];
+  const int valid = valid_slots(tokens, c.capacity);
+  const int64_t first_visible = first_visible_position(tokens, a.window);
+  const int64_t lo = first_visible > tokens - valid ? first_visible : tokens - valid;
+  const int64_t visible = tokens > lo ? tokens - lo : 0;
+  const int64_t per_split = ((visible + a.splits - 1) / a.splits + T - 1) / T * T;
+  const int64_t begin = lo + split * per_split;
+  const int64_t end = tokens < begin + per_split ? tokens : begin + per_split;
+  const int n_pos = end > begin ? static_cast<int>(end - begin) : 0;
+  const int n_tiles = (n_pos + T - 1) / T;
+  const int my_tiles = n_tiles > worker ? (n_tiles - worker + S::kWorkers - 1) / S::kWorkers : 0;
+
+  const std::size_t head_row0 = row_index(c, b, kv_head, 0);
+  const uint8_t* k_rows = c.k_codes + head_row0 * S::kRowK;
+  const uint8_t* v_rows = c.v_codes + head_row0 * S::kRowV;
+  const float* k_scales = c.k_scales + head_row0;
+  const float* v_scales = c.v_scales + head_row0;
+  uint8_t* my_stages = smem + S::kOffStages + worker * STAGES * S::kStageBytes;
+  const int wt = wi * 32 + lane;  // thread index inside the worker
+
+  // Copies tile i of this worker into its stage; rows past the end are zero-filled (finite).
+  auto load_tile = [&](int i) {
+    const int tile = worker + i * S::kWorkers;
+    uint8_t* st = my_stages + (i % STAGES) * S::kStageBytes;
+    const int64_t p0 = begin + static_cast<int64_t>(tile) * T;
+    const int n = min(T, n_pos - tile * T);
+    const int slot0 = position_slot(p0, c.capacity, c.ring);
+    // A tile holds at most `valid` <= capacity positions, so one wrap at most.
+    auto slot_of = [&](int j) { return slot0 + j < c.capacity ? slot0 + j : slot0 + j - c.capacity; };
+    constexpr int kPiecesK = S::kRowK / 16, kPiecesV = S::kRowV / 16;
+#pragma unroll 2
+    for (int idx = wt; idx < T * kPiecesK; idx += S::kWpt * 32) {
+      const int j = idx / kPiecesK, piece = idx - j * kPiecesK;
+      const int slot = j < n ? slot_of(j) : slot0;
+      cp_async16_zfill(st + j * S::kStrideK + piece * 16,
+                       k_rows + static_cast<std::size_t>(slot) * S::kRowK + piece * 16, j < n);
+    }
+#pragma unroll 2
+    for (int idx = wt; idx < T * kPiecesV; idx += S::kWpt * 32) {
+      const int j = idx / kPiecesV, piece = idx - j * kPiecesV;
+      const int slot = j < n ? slot_of(j) : slot0;
+      cp_async16_zfill(st + S::kStageV + j * S::kStrideV + piece * 16,
+                       v_rows + static_cast<std::size_t>(slot) * S::kRowV + piece * 16, j < n);
+    }
+    if (wt < 2 * T) {
+      const int j = wt & (T - 1);
+      const bool value = wt >= T;
+      const int slot = j < n ? slot_of(j) : slot0;
+      float* dst = reinterpret_cast<float*>(st + S::kStageScales) + wt;
+      if (value) {
+        if constexpr (quantized(VF)) cp_async4_zfill(dst, v_scales + slot, j < n);
+      } else {
+        if constexpr (quantized(KF)) cp_async4_zfill(dst, k_scales + slot, j < n);
+      }
+    }
+  };
+  auto worker_sync = [&] {
+    if constexpr (S::kWpt == 1) __syncwarp();
+    else asm volatile("bar.sync %0, %1;\n" ::"r"(1 + worker), "r"(S::kWpt * 32) : "memory");
+  };
+
+  // Start the first copies; the set-up below overlaps them.
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < my_tiles) load_tile(s);
+    cp_async_commit();
+  }
+
+  // ---- set-up: rotated query, its fp16 hi/lo fragments, the code tables ----
+  const uint32_t* signs = c.sign_bits + static_cast<std::size_t>(kv_head) * c.sign_words;
+  const float* q_in = a.q + (static_cast<std::size_t>(b) * a.q_heads + h0) * D;
+  for (int idx = tid; idx < n_heads * D; idx += S::kThreads) {
+    float x = q_in[idx] * a.scale;
+    if (quantized(KF) && sign_negated(signs, idx % D)) x = -x;
+    q_s[idx] = x;
+  }
+  if (tid == 0) *qmax_s = 0.0f;
+  if constexpr (quantized(KF)) {
+    block_fwht_unnormalized(q_s, n_heads, D, D);
+    for (int idx = tid; idx < n_heads * D; idx += S::kThreads) q_s[idx] *= hadamard_norm(D, idx % D);
+  }
+  __syncthreads();
+  {
+    float mx = 0.0f;
+    for (int idx = tid; idx < n_heads * D; idx += S::kThreads) mx = fmaxf(mx, fabsf(q_s[idx]));
+    mx = warp_max(mx);
+    // Non-negative floats order as their bit patterns.
+    if (lane == 0) atomicMax(reinterpret_cast<int*>(qmax_s), __float_as_int(mx));
+  }
+  // Tables: a half warp writes one 256-byte row (lanes 0-7 the key entry, 8-15 the value entry).
+  if constexpr (S::kTableBytes > 0) {
+    constexpr int rows = S::kTableBytes / kTableRowBytes;
+    for (int r = warp * 2 + (lane >> 4); r < rows; r += WARPS * 2) {
+      const int part = lane & 15;
+      uint32_t e = 0;
+      if (part < 8) {
+        if constexpr (quantized(KF))
+          if (r < table_rows(KF)) e = table_entry<KF>(c.k_levels, r, a.k_lambda);
+      } else {
+        if constexpr (quantized(VF))
+          if (r < table_rows(VF)) e = table_entry<VF>(c.v_levels, r, a.v_lambda);
+      }
+      *reinterpret_cast<uint4*>(smem + S::kOffTable + r * kTableRowBytes + part * 16) = make_uint4(e, e, e, e);
+    }
+  }
+  __syncthreads();
+  // Scale q by 2^e so that its largest coordinate sits just under 2^15: the lo halves stay normal.
+  int q_exp = 0;
+  {
+    const float mx = *qmax_s;
+    if (mx > 0.0f && isfinite(mx)) {
+      int e2 = 0;
+      frexpf(mx, &e2);  // mx < 2^e2
+      q_exp = 15 - e2;
+    }
+  }
+  for (int idx = tid; idx < S::kKSteps * 32; idx += S::kThreads) {
+    const int s = idx >> 5, ln = idx & 31, gg = ln >> 2, tt = ln & 3;
+    const int c0 = tt * (D / 4) + 4 * s;
+    float x[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (gg < n_heads)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) x[e] = ldexpf(q_s[gg * D + c0 + e], q_exp);
+    uint4 f;
+    split_half2(x[0], x[1], f.x, f.y);
+    split_half2(x[2], x[3], f.z, f.w);
+    qfrag[idx] = f;  // a0 = hi(c0, c0+1), a1 = lo, a2 = hi(c0+2, c0+3), a3 = lo
+  }
+  __syncthreads();
+
+  uint4 qreg[S::kQInRegisters ? S::kKSteps : 1];
+  if constexpr (S::kQInRegisters) {
+#pragma unroll
+    for (int s = 0; s < S::kKSteps; ++s) qreg[s] = qfrag[s * 32 + lane];
+  }
+  auto q_at = [&](auto s) -> uint4 {
+    if constexpr (S::kQInRegisters) return qreg[decltype(s)::value];
+    else return qfrag[decltype(s)::value * 32 + lane];
+  };
+  // Score = acc * k_scale * k_mul (undoes 2^q_exp and lambda), in log2 units for exp2.
+  const float k_mul = ldexpf(1.0f, -q_exp) / a.k_lambda;
+  constexpr float kLog2e = 1.4426950408889634f;
+
+  float o[S::kMTiles][4];
+#pragma unroll
+  for (int j = 0; j < S::kMTiles; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+  float m_run = -INFINITY, l_run = 0.0f;
+
+  for (int i = 0; i < my_tiles; ++i) {
+    if (i + STAGES - 1 < my_tiles) load_tile(i + STAGES - 1);
+    cp_async_commit();
+    cp_async_wait<STAGES - 1>();
+    worker_sync();
+    const uint8_t* st = my_stages + (i % STAGES) * S::kStageBytes;
+    const int n = min(T, n_pos - (worker + i * S::kWorkers) * T);
+
+    // Scores of positions g (block 0) and 8 + g (block 1) against the lane's 4 coordinates per k step.
+    float s0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, s1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    const uint8_t* krow0 = st + g * S::kStrideK;
+    const uint8_t* krow1 = krow0 + 8 * S::kStrideK;
+    const uint8_t* ktable = table;
+    static_for<S::kKGroups>([&](auto GI) {
+      constexpr int first = decltype(GI)::value * S::kKGroup;
+      constexpr int steps = cmin(S::kKGroup, S::kKSteps - first);
+      constexpr int nb = steps * S::kKStepBits;
+      BitWords<nb> w0, w1;
+      const int pos = t * S::kLaneBitsK + first * S::kKStepBits;
+      load_bits<nb, S::kAlignK>(krow0, pos, w0);
+      load_bits<nb, S::kAlignK>(krow1, pos, w1);
+      static_for<steps>([&](auto SL) {
+        constexpr int sl = decltype(SL)::value;
+        const uint4 qa = q_at(std::integral_constant<int, first + sl>{});
+        auto one = [&](const auto& w, float (&acc)[4]) {
+          if constexpr (KF == Format::f16) {
+            mma_f16(acc, qa.x, qa.y, qa.z, qa.w, w[2 * sl], w[2 * sl + 1]);
+          } else if constexpr (KF == Format::tq4) {
+            const uint32_t x = w[sl / 2];
+            const uint32_t b0 = table_at_byte<(sl % 2) * 2>(ktable, x, lane4);
+            const uint32_t b1 = table_at_byte<(sl % 2) * 2 + 1>(ktable, x, lane4);
+            mma_f16(acc, qa.x, qa.y, qa.z, qa.w, b0, b1);
+          } else if constexpr (KF == Format::tq8) {
+            const uint32_t x = w[sl];
+            const uint32_t e0 = table_at_byte<0>(ktable, x, lane4), e1 = table_at_byte<1>(ktable, x, lane4);
+            const uint32_t e2 = table_at_byte<2>(ktable, x, lane4), e3 = table_at_byte<3>(ktable, x, lane4);
+            mma_f16(acc, qa.x, qa.y, qa.z, qa.w, __byte_perm(e0, e1, 0x5410), __byte_perm(e2, e3, 0x5410));
+            mma_f16(acc, qa.x, qa.y, qa.z, qa.w, __byte_perm(e0, e1, 0x7632), __byte_perm(e2, e3, 0x7632));
+          } else {
+            constexpr int pb = 2 * S::kKB;
+            const uint32_t f = field<sl * S::kKStepBits, S::kKStepBits>(w);
+            const uint32_t b0 = table_at(ktable, f & ((1u << pb) - 1u), lane4);
+            const uint32_t b1 = table_at(ktable, f >> pb, lane4);
+            mma_f16(acc, qa.x, qa.y, qa.z, qa.w, b0, b1);
+          }
+        };
+        one(w0, s0);
+        one(w1, s1);
+      });
+    });
+
+    // Online softmax for head g over positions 2t, 2t+1 (block 0) and 8+2t, 9+2t (block 1).
+    const float* sc = reinterpret_cast<const float*>(st + S::kStageScales);
+    float x[4] = {s0[0] + s0[2], s0[1] + s0[3], s1[0] + s1[2], s1[1] + s1[3]};
+    const int pos[4] = {2 * t, 2 * t + 1, 8 + 2 * t, 9 + 2 * t};
+    float2 ks0 = make_float2(1.0f, 1.0f), ks1 = ks0, vs0 = ks0, vs1 = ks0;
+    if constexpr (quantized(KF)) {
+      ks0 = *reinterpret_cast<const float2*>(sc + 2 * t);
+      ks1 = *reinterpret_cast<const float2*>(sc + 8 + 2 * t);
+    }
+    if constexpr (quantized(VF)) {
+      vs0 = *reinterpret_cast<const float2*>(sc + T + 2 * t);
+      vs1 = *reinterpret_cast<const float2*>(sc + T + 8 + 2 * t);
+    }
+    const float ks[4] = {ks0.x, ks0.y, ks1.x, ks1.y}, vs[4] = {vs0.x, vs0.y, vs1.x, vs1.y};
+    float tile_max = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      float logit = x[k] * ks[k] * k_mul;
+      if (a.softcap > 0.0f) logit = a.softcap * tanhf(logit / a.softcap);
+      x[k] = pos[k] < n ? logit * kLog2e : -INFINITY;
+      tile_max = fmaxf(tile_max, x[k]);
+    }
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+    const float m_new = fmaxf(m_run, tile_max);
+    const float alpha = m_new == -INFINITY ? 1.0f : exp2f(m_run - m_new);
+    float p[4], psum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      p[k] = x[k] == -INFINITY ? 0.0f : exp2f(x[k] - m_new);
+      psum += p[k];
+    }
+    l_run = l_run * alpha + psum;
+    m_run = m_new;
+    if (__any_sync(0xffffffffu, alpha != 1.0f)) {
+      // Output fragments hold heads 2t and 2t+1, whose alphas live in lanes 8t and 8t+4.
+      const float a0 = __shfl_sync(0xffffffffu, alpha, 8 * t);
+      const float a1 = __shfl_sync(0xffffffffu, alpha, 8 * t + 4);
+#pragma unroll
+      for (int j = 0; j < S::kMTiles; ++j) o[j][0] *= a0, o[j][1] *= a1, o[j][2] *= a0, o[j][3] *= a1;
+    }
+    uint32_t ph0, pl0, ph1, pl1;  // B fragments of P^T (positions 2t, 2t+1 | 8+2t, 9+2t; head g)
+    split_half2(p[0] * vs[0], p[1] * vs[1], ph0, pl0);
+    split_half2(p[2] * vs[2], p[3] * vs[3], ph1, pl1);
+
+    // Values: rows 2t, 2t+1, 2t+8, 2t+9; the lane's 2 coordinates per m tile.
+    const uint8_t* vbase = st + S::kStageV;
+    const int vpos = (g * (D / 8) + wi * S::kMTiles * 2) * S::kVB;
+    BitWords<S::kLaneBitsV> va, vb, vc, vd;
+    load_bits<S::kLaneBitsV, S::kAlignV>(vbase + (2 * t) * S::kStrideV, vpos, va);
+    load_bits<S::kLaneBitsV, S::kAlignV>(vbase + (2 * t + 1) * S::kStrideV, vpos, vb);
+    load_bits<S::kLaneBitsV, S::kAlignV>(vbase + (2 * t + 8) * S::kStrideV, vpos, vc);
+    load_bits<S::kLaneBitsV, S::kAlignV>(vbase + (2 * t + 9) * S::kStrideV, vpos, vd);
+    const uint8_t* vtable = table + kTableV;
+    static_for<S::kMTiles>([&](auto J) {
+      constexpr int j = decltype(J)::value;
+      if constexpr (VF == Format::f16) {
+        const uint32_t a0 = __byte_perm(va[j], vb[j], 0x5410), a1 = __byte_perm(va[j], vb[j], 0x7632);
+        const uint32_t a2 = __byte_perm(vc[j], vd[j], 0x5410), a3 = __byte_perm(vc[j], vd[j], 0x7632);
+        mma_f16(o[j], a0, a1, a2, a3, ph0, ph1);
+        mma_f16(o[j], a0, a1, a2, a3, pl0, pl1);
+      } else if constexpr (VF == Format::tq4) {
+        // Byte j%4 of x_ab = (code 2j of row a, code 2j of row b); y_ab the same for code 2j+1.
+        constexpr int wd = j / 4, by = j % 4;
+        const uint32_t xab = (va[wd] & 0x0f0f0f0fu) | ((vb[wd] << 4) & 0xf0f0f0f0u);
+        const uint32_t yab = ((va[wd] >> 4) & 0x0f0f0f0fu) | (vb[wd] & 0xf0f0f0f0u);
+        const uint32_t xcd = (vc[wd] & 0x0f0f0f0fu) | ((vd[wd] << 4) & 0xf0f0f0f0u);
+        const uint32_t ycd = ((vc[wd] >> 4) & 0x0f0f0f0fu) | (vd[wd] & 0xf0f0f0f0u);
+        const uint32_t a0 = table_at_byte<by>(vtable, xab, lane4), a1 = table_at_byte<by>(vtable, yab, lane4);
+        const uint32_t a2 = table_at_byte<by>(vtable, xcd, lane4), a3 = table_at_byte<by>(vtable, ycd, lane4);
+        mma_f16(o[j], a0, a1, a2, a3, ph0, ph1);
+        mma_f16(o[j], a0, a1, a2, a3, pl0, pl1);
+      } else if constexpr (VF == Format::tq8) {
+        const uint32_t ea0 = table_at(vtable, field<16 * j, 8>(va), lane4);
+        const uint32_t eb0 = table_at(vtable, field<16 * j, 8>(vb), lane4);
+        const uint32_t ea1 = table_at(vtable, field<16 * j + 8, 8>(va), lane4);
+        const uint32_t eb1 = table_at(vtable, field<16 * j + 8, 8>(vb), lane4);
+        const uint32_t ec0 = table_at(vtable, field<16 * j, 8>(vc), lane4);
+        const uint32_t ed0 = table_at(vtable, field<16 * j, 8>(vd), lane4);
+        const uint32_t ec1 = table_at(vtable, field<16 * j + 8, 8>(vc), lane4);
+        const uint32_t ed1 = table_at(vtable, field<16 * j + 8, 8>(vd), lane4);
+        const uint32_t h0 = __byte_perm(ea0, eb0, 0x5410), h1 = __byte_perm(ea1, eb1, 0x5410);
+        const uint32_t h2 = __byte_perm(ec0, ed0, 0x5410), h3 = __byte_perm(ec1, ed1, 0x5410);
+        const uint32_t l0 = __byte_perm(ea0, eb0, 0x7632), l1 = __byte_perm(ea1, eb1, 0x7632);
+        const uint32_t l2 = __byte_perm(ec0, ed0, 0x7632), l3 = __byte_perm(ec1, ed1, 0x7632);
+        mma_f16(o[j], h0, h1, h2, h3, ph0, ph1);
+        mma_f16(o[j], h0, h1, h2, h3, pl0, pl1);
+        mma_f16(o[j], l0, l1, l2, l3, ph0, ph1);
+      } else {
+        constexpr int kb = S::kVB;
+        auto pair = [&](const auto& wa, const auto& wb, int which) {
+          const uint32_t ca = which ? field<(2 * j + 1) * kb, kb>(wa) : field<2 * j * kb, kb>(wa);
+          const uint32_t cb = which ? field<(2 * j + 1) * kb, kb>(wb) : field<2 * j * kb, kb>(wb);
+          return table_at(vtable, ca | (cb << kb), lane4);
+        };
+        const uint32_t a0 = pair(va, vb, 0), a1 = pair(va, vb, 1), a2 = pair(vc, vd, 0), a3 = pair(vc, vd, 1);
+        mma_f16(o[j], a0, a1, a2, a3, ph0, ph1);
+        mma_f16(o[j], a0, a1, a2, a3, pl0, pl1);
+      }
+    });
+    worker_sync();  // the next load_tile overwrites this stage
+  }
+  cp_async_wait<0>();
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
+  __syncthreads();  // every worker is done with the stages and tables: reuse them for the merge
+
+  // Each worker's m, l and unnormalised output, then the log-sum-exp combination into q_s.
+  float* wm = reinterpret_cast<float*>(smem + S::kOffMerge) + worker * S::kMergeFloats;
+  if (wi == 0 && t == 0) {
+    wm[g] = m_run;
+    wm[G + g] = l_run;
+  }
+  float* wo = wm + 2 * G;
+  static_for<S::kMTiles>([&](auto J) {
+    constexpr int j = decltype(J)::value;
+    const int coord = g * (D / 8) + wi * S::kMTiles * 2 + 2 * j;
+    wo[(2 * t) * D + coord] = o[j][0];
+    wo[(2 * t + 1) * D + coord] = o[j][1];
+    wo[(2 * t) * D + coord + 1] = o[j][2];
+    wo[(2 * t + 1) * D + coord + 1] = o[j][3];
+  });
+  __syncthreads();
+  const float inv_v_lambda = 1.0f / a.v_lambda;
+  const float* merge = reinterpret_cast<const float*>(smem + S::kOffMerge);
+  for (int idx = tid; idx < n_heads * D; idx += S::kThreads) {
+    const int h = idx / D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < S::kWorkers; ++w) mx = fmaxf(mx, merge[w * S::kMergeFloats + h]);
+    float acc = 0.0f;
+    if (mx != -INFINITY)
+#pragma unroll
+      for (int w = 0; w < S::kWorkers; ++w) {
+        const float mw = merge[w * S::kMergeFloats + h];
+        if (mw != -INFINITY) acc += merge[w * S::kMergeFloats + 2 * G + idx] * exp2f(mw - mx);
+      }
+    q_s[idx] = acc * inv_v_lambda;
+  }
+  if (tid < n_heads) {
+    float mx = -INFINITY;
+    for (int w = 0; w < S::kWorkers; ++w) mx = fmaxf(mx, merge[w * S::kMergeFloats + tid]);
+    float l = 0.0f;
+    if (mx != -INFINITY)
+      for (int w = 0; w < S::kWorkers; ++w) {
+        const float mw = merge[w * S::kMergeFloats + tid];
+        if (mw != -INFINITY) l += merge[w * S::kMergeFloats + G + tid] * exp2f(mw - mx);
+      }
+    m_s[tid] = mx == -INFINITY ? -INFINITY : mx * 0.6931471805599453f;  // natural-log units
+    d_s[tid] = l;
+  }
+  __syncthreads();
+  finish_decode_block(q_s, m_s, d_s, n_heads, h0, b, a, kv_head, split);
+}
+
+}  // namespace tqkv::cuda_detail

@@ -1,0 +1,296 @@
+// DeviceKvCache: the KvCache layout in device memory, with quantize-on-append launches.
+#include <cuda_runtime_api.h>
+
+#include <fmt/format.h>
+
+#include "backend.hpp"
+#include "host_util.hpp"
+#include "launch.hpp"
+#include "tqkv/cuda.hpp"
+#include "tqkv/error.hpp"
+
+namespace tqkv::cuda {
+using namespace tqkv::cuda_detail;
+
+int device_count() noexcept { return cuda_backend::device_count(); }
+
+namespace {
+
+// A device allocation freed on destruction.
+struct DeviceBuffer {
+  void* ptr = nullptr;
+  std::size_t bytes = 0;
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() {
+    if (ptr) (void)cudaFree(ptr);
+  }
+  void allocate(std::size_t n, const char* name) {
+    bytes = n;
+    check_cuda(cudaMalloc(&ptr, n == 0 ? 1 : n), fmt::format("DeviceKvCache: cudaMalloc({}) for {}", n, name));
+    check_cuda(cudaMemset(ptr, 0, n == 0 ? 1 : n), fmt::format("DeviceKvCache: cudaMemset of {}", name));
+  }
+  void upload(const void* host, std::size_t n, const char* name) {
+    check_cuda(cudaMemcpy(ptr, host, n, cudaMemcpyHostToDevice), fmt::format("DeviceKvCache: upload of {}", name));
+  }
+  template <typename T>
+  std::vector<T> download(const char* name) const {
+    std::vector<T> out(bytes / sizeof(T));
+    check_cuda(cudaMemcpy(out.data(), ptr, bytes, cudaMemcpyDeviceToHost),
+               fmt::format("DeviceKvCache: download of {}", name));
+    return out;
+  }
+  template <typename T>
+  T* as() const { return static_cast<T*>(ptr); }
+};
+
+const Codebook* codebook_for(Format f, const CacheConfig& c) {
+  return is_quantized(f) ? &codebook(c.codebook, format_bits(f), c.head_dim) : nullptr;
+}
+
+bool same_layout(const CacheConfig& a, const CacheConfig& b) {
+  return a.batch == b.batch && a.kv_heads == b.kv_heads && a.head_dim == b.head_dim &&
+         a.capacity == b.capacity && a.format == b.format && a.ring == b.ring && a.layer == b.layer &&
+         a.seed == b.seed && a.sign_flips == b.sign_flips && a.scale_rule == b.scale_rule &&
+         a.codebook == b.codebook;
+}
+
+InputKind input_kind(InputType t) {
+  switch (t) {
+    case InputType::f32: return InputKind::f32;
+    case InputType::f16: return InputKind::f16;
+    case InputType::bf16: return InputKind::bf16;
+  }
+  raise(Status::invalid_argument, fmt::format("append: input type = {} is not an input type", static_cast<int>(t)));
+}
+
+}  // namespace
+
+struct DeviceKvCache::Impl {
+  CacheConfig config;
+  int device = 0;
+  std::size_t k_row_bytes = 0, v_row_bytes = 0;
+  DeviceBuffer k_codes, v_codes, k_scales, v_scales, tokens, sign_bits;
+  DeviceBuffer k_levels, v_levels, k_boundaries, v_boundaries, status;
+  std::vector<int64_t> tokens_mirror;
+};
+
+DeviceKvCache::DeviceKvCache(const CacheConfig& config) : impl_(std::make_unique<Impl>()) {
+  validate(config);
+  require_device("DeviceKvCache");
+  if (!decode_pair_built(config.format))
+    raise(Status::unsupported, fmt::format("DeviceKvCache: format pair {} has no CUDA kernels in this build "
+                                           "(configure with -DTQKV_CUDA_ALL_PAIRS=ON)",
+                                           kv_format_name(config.format)));
+  if (!decode_head_dim_built(config.head_dim))
+    raise(Status::unsupported, fmt::format("DeviceKvCache: head_dim = {} has no CUDA kernels (built: 64, 80, "
+                                           "96, 128, 256, 512, 576)",
+                                           config.head_dim));
+  if (config.batch > 65535 || config.kv_heads > 65535)
+    raise(Status::invalid_argument, fmt::format("DeviceKvCache: batch = {} and kv_heads = {} must be <= 65535 "
+                                                "(CUDA grid)",
+                                                config.batch, config.kv_heads));
+  Impl& m = *impl_;
+  m.config = config;
+  check_cuda(cudaGetDevice(&m.device), "DeviceKvCache: cudaGetDevice");
+  const int d = config.head_dim;
+  m.k_row_bytes = row_bytes(config.format.key, d);
+  m.v_row_bytes = row_bytes(config.format.value, d);
+  const std::size_t rows = std::size_t(config.batch) * config.kv_heads * config.capacity;
+  m.k_codes.allocate(rows * m.k_row_bytes, "key codes");
+  m.v_codes.allocate(rows * m.v_row_bytes, "value codes");
+  m.k_scales.allocate(rows * sizeof(float), "key scales");
+  m.v_scales.allocate(rows * sizeof(float), "value scales");
+  m.tokens.allocate(std::size_t(config.batch) * sizeof(int64_t), "token counters");
+  m.tokens_mirror.assign(config.batch, 0);
+  m.status.allocate(append_status_bytes(), "append status");
+
+  // The same rotations as KvCache (one per KV head, seeded per layer and head).
+  std::vector<uint32_t> signs;
+  for (int h = 0; h < config.kv_heads; ++h) {
+    const Rotation rot(d, rotation_seed(config.seed, config.layer, h), config.sign_flips);
+    signs.insert(signs.end(), rot.sign_bits().begin(), rot.sign_bits().end());
+  }
+  m.sign_bits.allocate(signs.size() * sizeof(uint32_t), "sign bits");
+  m.sign_bits.upload(signs.data(), m.sign_bits.bytes, "sign bits");
+  auto upload_codebook = [&](Format f, DeviceBuffer& levels, DeviceBuffer& bounds, const char* name) {
+    const Codebook* cb = codebook_for(f, config);
+    if (!cb) return;
+    levels.allocate(cb->levels_f32.size() * sizeof(float), name);
+    levels.upload(cb->levels_f32.data(), levels.bytes, name);
+    bounds.allocate(cb->boundaries_f32.size() * sizeof(float), name);
+    bounds.upload(cb->boundaries_f32.data(), bounds.bytes, name);
+  };
+  upload_codebook(config.format.key, m.k_levels, m.k_boundaries, "key codebook");
+  upload_codebook(config.format.value, m.v_levels, m.v_boundaries, "value codebook");
+}
+
+DeviceKvCache::~DeviceKvCache() = default;
+DeviceKvCache::DeviceKvCache(DeviceKvCache&&) noexcept = default;
+DeviceKvCache& DeviceKvCache::operator=(DeviceKvCache&&) noexcept = default;
+
+const CacheConfig& DeviceKvCache::config() const { return impl_->config; }
+int DeviceKvCache::device() const { return impl_->device; }
+
+CacheView DeviceKvCache::view() const {
+  const Impl& m = *impl_;
+  CacheView v;
+  v.format = m.config.format;
+  v.batch = m.config.batch;
+  v.kv_heads = m.config.kv_heads;
+  v.head_dim = m.config.head_dim;
+  v.capacity = m.config.capacity;
+  v.ring = m.config.ring;
+  v.sign_words = (m.config.head_dim + 31) / 32;
+  v.k_row_bytes = m.k_row_bytes;
+  v.v_row_bytes = m.v_row_bytes;
+  v.k_codes = m.k_codes.as<uint8_t>();
+  v.v_codes = m.v_codes.as<uint8_t>();
+  v.k_scales = m.k_scales.as<float>();
+  v.v_scales = m.v_scales.as<float>();
+  v.tokens = m.tokens.as<int64_t>();
+  v.sign_bits = m.sign_bits.as<uint32_t>();
+  v.k_levels = m.k_levels.as<float>();
+  v.v_levels = m.v_levels.as<float>();
+  return v;
+}
+
+std::size_t DeviceKvCache::storage_bytes() const {
+  const Impl& m = *impl_;
+  return m.k_codes.bytes + m.v_codes.bytes + m.k_scales.bytes + m.v_scales.bytes;
+}
+
+void DeviceKvCache::upload(const KvCache& host) {
+  Impl& m = *impl_;
+  if (!same_layout(host.config(), m.config))
+    raise(Status::invalid_argument,
+          "DeviceKvCache::upload: the host cache's config differs (shape, formats, ring, seed, layer, "
+          "signs, scale rule or codebook)");
+  const CacheView h = host.view();
+  m.k_codes.upload(h.k_codes, m.k_codes.bytes, "key codes");
+  m.v_codes.upload(h.v_codes, m.v_codes.bytes, "value codes");
+  m.k_scales.upload(h.k_scales, m.k_scales.bytes, "key scales");
+  m.v_scales.upload(h.v_scales, m.v_scales.bytes, "value scales");
+  m.tokens.upload(h.tokens, m.tokens.bytes, "token counters");
+  m.tokens_mirror.assign(h.tokens, h.tokens + m.config.batch);
+}
+
+HostCacheBytes DeviceKvCache::download() const {
+  const Impl& m = *impl_;
+  HostCacheBytes out;
+  out.k_codes = m.k_codes.download<uint8_t>("key codes");
+  out.v_codes = m.v_codes.download<uint8_t>("value codes");
+  out.k_scales = m.k_scales.download<float>("key scales");
+  out.v_scales = m.v_scales.download<float>("value scales");
+  out.tokens = m.tokens.download<int64_t>("token counters");
+  return out;
+}
+
+namespace {
+
+void launch_append_checked(DeviceKvCache::Impl& m, int seq_begin, int n_seqs, const void* k, const void* v,
+                           int n_tokens, InputType type, void* stream, const char* what) {
+  const CacheConfig& c = m.config;
+  require_device_pointer(k, what, "k");
+  require_device_pointer(v, what, "v");
+  const InputKind kind = input_kind(type);
+  const std::size_t elem = kind == InputKind::f32 ? 4 : 2;
+  if (reinterpret_cast<uintptr_t>(k) % elem != 0 || reinterpret_cast<uintptr_t>(v) % elem != 0)
+    raise(Status::invalid_argument, fmt::format("{}: k and v must be aligned to their {}-byte elements", what, elem));
+  if (!c.ring)
+    for (int s = seq_begin; s < seq_begin + n_seqs; ++s)
+      if (m.tokens_mirror[s] + n_tokens > c.capacity)
+        raise(Status::out_of_range,
+              fmt::format("{}: sequence {} holds {} tokens; {} more exceed capacity {} (not a ring buffer)",
+                          what, s, m.tokens_mirror[s], n_tokens, c.capacity));
+  AppendLaunch a;
+  a.format = c.format;
+  a.batch = c.batch;
+  a.kv_heads = c.kv_heads;
+  a.head_dim = c.head_dim;
+  a.capacity = c.capacity;
+  a.ring = c.ring;
+  a.sign_words = (c.head_dim + 31) / 32;
+  a.k_row_bytes = m.k_row_bytes;
+  a.v_row_bytes = m.v_row_bytes;
+  a.k_codes = m.k_codes.as<uint8_t>();
+  a.v_codes = m.v_codes.as<uint8_t>();
+  a.k_scales = m.k_scales.as<float>();
+  a.v_scales = m.v_scales.as<float>();
+  a.tokens = m.tokens.as<int64_t>();
+  a.sign_bits = m.sign_bits.as<uint32_t>();
+  a.k_boundaries = m.k_boundaries.as<float>();
+  a.v_boundaries = m.v_boundaries.as<float>();
+  a.k_levels = m.k_levels.as<float>();
+  a.v_levels = m.v_levels.as<float>();
+  a.least_squares = c.scale_rule == ScaleRule::least_squares;
+  a.k = k;
+  a.v = v;
+  a.input = kind;
+  a.seq_begin = seq_begin;
+  a.n_seqs = n_seqs;
+  a.n_tokens = n_tokens;
+  a.status = m.status.ptr;
+  check_cuda(launch_append(a, static_cast<cudaStream_t>(stream)), what);
+  for (int s = seq_begin; s < seq_begin + n_seqs; ++s) m.tokens_mirror[s] += n_tokens;
+}
+
+}  // namespace
+
+void DeviceKvCache::append(int seq, const void* k, const void* v, int n_tokens, InputType type, void* stream) {
+  constexpr const char* what = "DeviceKvCache::append";
+  if (seq < 0 || seq >= impl_->config.batch)
+    raise(Status::out_of_range, fmt::format("{}: sequence index {} is outside [0, {})", what, seq, impl_->config.batch));
+  if (n_tokens <= 0)
+    raise(Status::invalid_argument, fmt::format("{}: n_tokens = {} must be positive (sequence {})", what, n_tokens, seq));
+  launch_append_checked(*impl_, seq, 1, k, v, n_tokens, type, stream, what);
+}
+
+void DeviceKvCache::append_step(const void* k, const void* v, InputType type, void* stream) {
+  launch_append_checked(*impl_, 0, impl_->config.batch, k, v, 1, type, stream, "DeviceKvCache::append_step");
+}
+
+void DeviceKvCache::reset(int seq, void* stream) {
+  Impl& m = *impl_;
+  if (seq < 0 || seq >= m.config.batch)
+    raise(Status::out_of_range,
+          fmt::format("DeviceKvCache::reset: sequence index {} is outside [0, {})", seq, m.config.batch));
+  check_cuda(cudaMemsetAsync(m.tokens.as<int64_t>() + seq, 0, sizeof(int64_t), static_cast<cudaStream_t>(stream)),
+             "DeviceKvCache::reset");
+  m.tokens_mirror[seq] = 0;
+}
+
+int64_t DeviceKvCache::tokens(int seq) const {
+  if (seq < 0 || seq >= impl_->config.batch)
+    raise(Status::out_of_range,
+          fmt::format("DeviceKvCache::tokens: sequence index {} is outside [0, {})", seq, impl_->config.batch));
+  return impl_->tokens_mirror[seq];
+}
+
+void DeviceKvCache::sync_tokens(void* stream) {
+  Impl& m = *impl_;
+  check_cuda(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "DeviceKvCache::sync_tokens");
+  m.tokens_mirror = m.tokens.download<int64_t>("token counters");
+}
+
+void DeviceKvCache::check_appends(void* stream) {
+  Impl& m = *impl_;
+  check_cuda(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "DeviceKvCache::check_appends");
+  const std::vector<uint8_t> record = m.status.download<uint8_t>("append status");
+  const AppendFailure f = append_status_read(record.data());
+  if (f.kind == AppendFailure::none) return;
+  check_cuda(cudaMemset(m.status.ptr, 0, m.status.bytes), "DeviceKvCache::check_appends: clear");
+  if (f.kind == AppendFailure::non_finite)
+    raise(Status::non_finite,
+          fmt::format("DeviceKvCache::append: {} of sequence {}, kv head {}, position {} has a non-finite "
+                      "coordinate; that row was not written",
+                      f.is_value ? "value" : "key", f.seq, f.kv_head, f.position));
+  m.tokens_mirror = m.tokens.download<int64_t>("token counters");
+  raise(Status::out_of_range,
+        fmt::format("DeviceKvCache::append: sequence {} would hold {} tokens, past capacity {} (not a ring "
+                    "buffer); the excess tokens were dropped",
+                    f.seq, f.position, m.config.capacity));
+}
+
+}  // namespace tqkv::cuda

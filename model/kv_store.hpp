@@ -1,0 +1,93 @@
+// Per-layer KV storage behind the model's attention: tqkv caches (the thing under test) and
+// baselines that fake-quantize K/V in float (quantize, dequantize, keep the result) so that
+// their quality can be compared at equal bits.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "tqkv/attention.hpp"
+#include "tqkv/cache.hpp"
+#include "tqkv/format.hpp"
+
+namespace tqkv::model {
+
+enum class KvKind : uint8_t {
+  tqkv,   // tqkv::KvCache + tqkv::decode_attention (f16, tq2..tq8, k8v4, ...)
+  f32,    // unquantized float, the model's own attention (a sanity check for f16)
+  q4_0,   // llama.cpp q4_0 on K and V: blocks of 32, fp16 scale d, x = d * (q - 8)
+  kivi2,  // KIVI 2-bit: keys per channel over groups of kKiviGroup tokens (the newest,
+          // incomplete group stays unquantized), values per token over groups of kKiviGroup
+          // coordinates; affine with fp16 scale and minimum
+};
+
+// Group size of the KIVI-2 baseline, for keys (tokens) and values (coordinates) alike: with an
+// fp16 scale and an fp16 minimum per group it costs 2 + 32/64 = 2.5 bits per coordinate, the
+// same as tq2 at head_dim 64 (2 bits + one fp32 scale per 64 coordinates).
+inline constexpr int kKiviGroup = 64;
+
+struct KvSpec {
+  KvKind kind = KvKind::tqkv;
+  KvFormat format{Format::f16, Format::f16};  // kind == tqkv only
+  bool sign_flips = true;                      // kind == tqkv only
+  ScaleRule scale_rule = kDefaultScaleRule;    // kind == tqkv only
+  CodebookKind codebook = CodebookKind::gaussian;
+  Backend backend = Backend::automatic;       // kind == tqkv: where decode_attention runs
+};
+
+// "f32", "q4_0", "kivi2", any tqkv::parse_kv_format name ("f16", "tq4", "k8v4", ...), and a tqkv
+// name with the suffix "-noflip" (rotation without random signs). Throws Error naming the text.
+KvSpec parse_kv_spec(std::string_view text);
+std::string kv_spec_name(const KvSpec& spec);
+// Bytes one position of one KV head costs in the format (K and V; scales included; amortised
+// per-channel KIVI scales). tqkv formats use tqkv::kv_bytes_per_position.
+double kv_spec_bytes_per_position(const KvSpec& spec, int head_dim);
+
+class KvStore {
+ public:
+  virtual ~KvStore() = default;
+  // Appends n tokens: k, v [n][kv_heads][head_dim].
+  virtual void append(const float* k, const float* v, int n) = 0;
+  // Attention of the last n appended tokens, token i seeing positions [0, length - n + i]:
+  // q [n][q_heads][head_dim] -> out [n][q_heads][head_dim]. Scale 1/sqrt(head_dim).
+  virtual void attend(const float* q, int n, int q_heads, float* out) = 0;
+  virtual int64_t length() const = 0;
+  virtual void reset() = 0;
+};
+
+std::unique_ptr<KvStore> make_kv_store(const KvSpec& spec, int layer, int kv_heads, int head_dim,
+                                       int capacity);
+
+// A diagnostic store: attends with an exact float store (whose output the model uses, so every
+// layer sees the same activations) and, on the same K/V/q, with each of `shadows`, accumulating
+// the squared error of each shadow's attention output per query head.
+class ErrorProbeStore final : public KvStore {
+ public:
+  ErrorProbeStore(const std::vector<KvSpec>& shadows, int layer, int kv_heads, int head_dim,
+                  int capacity, int q_heads);
+  void append(const float* k, const float* v, int n) override;
+  void attend(const float* q, int n, int q_heads, float* out) override;
+  int64_t length() const override { return exact_->length(); }
+  void reset() override;
+  // Relative RMS error of shadow s's output over everything attended: sqrt(sum err^2 / sum o^2),
+  // for one query head or (head = -1) all of them.
+  double relative_error(int shadow, int head = -1) const;
+
+ private:
+  std::unique_ptr<KvStore> exact_;
+  std::vector<std::unique_ptr<KvStore>> shadows_;
+  int head_dim_, q_heads_;
+  std::vector<double> err_sq_;  // [shadow][q_head]
+  std::vector<double> ref_sq_;  // [q_head]
+  std::vector<float> scratch_;
+};
+
+// Fake quantization of one vector (exposed for tests): q4_0 blocks of 32 (n a multiple of 32),
+// and the KIVI affine 2-bit rule over one group (stride between elements in floats).
+void fake_quant_q4_0(const float* x, float* y, int n);
+void fake_quant_affine2(const float* x, float* y, int n, int stride);
+
+}  // namespace tqkv::model

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Runs the real-model evaluation of docs/real-model.md: perplexity of SmolLM2-135M on Moby Dick
+# and greedy-generation agreement with f16, for each KV format and baseline. Resumable: a result
+# file that exists is not computed again. Slow on 2 cores (about 5-10 minutes per format):
+#   nohup scripts/eval/run_eval.sh > eval.log 2>&1 &
+# Environment: TQKV (the tqkv binary, default build/tools/tqkv), OUT (result folder, default
+# docs/real-model-results), CTX, CHUNKS, SCORE_FROM, GEN_TOKENS, FORMATS, BASELINES.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "${repo}"
+TQKV="${TQKV:-build/tools/tqkv}"
+OUT="${OUT:-docs/real-model-results}"
+TEXT="${TEXT:-${repo}/../shared/data/moby-dick.txt}"
+CTX="${CTX:-2048}"
+CHUNKS="${CHUNKS:-2}"
+SCORE_FROM="${SCORE_FROM:-512}"
+GEN_TOKENS="${GEN_TOKENS:-48}"
+FORMATS="${FORMATS:-f16 tq4 k8v4 tq3 tq2 k4v2}"
+BASELINES="${BASELINES:-q4_0 kivi2 tq4-noflip tq2-noflip tq3-noflip}"
+MODEL="$(scripts/fetch-model.sh)"
+mkdir -p "${OUT}"
+# Idle OpenMP threads sleep instead of spinning: the machine is shared.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
+
+perplexity() {
+  local kv="$1" out="${OUT}/ppl-$1.json"
+  [[ -s "${out}" ]] && return 0
+  echo "== perplexity ${kv}" >&2
+  "${TQKV}" perplexity -m "${MODEL}" -f "${TEXT}" --kv "${kv}" --ctx "${CTX}" --chunks "${CHUNKS}" \
+    --score-from "${SCORE_FROM}" --json > "${out}.tmp"
+  mv "${out}.tmp" "${out}"
+  cat "${out}" >&2
+}
+
+# Prompts: a long passage of the book (the cache matters), a plain continuation and a chat turn.
+prompt_text() {
+  case "$1" in
+    0) sed -n '/^CHAPTER 1\. Loomings\.$/,$p' "${TEXT}" | sed -n '3,12p' ;;
+    1) echo "The history of whaling in New England began" ;;
+    2) echo "Explain in a few sentences why the sea is salty." ;;
+  esac
+}
+generate() {
+  local kv="$1" p="$2" out="${OUT}/gen-$2-$1.json" chat=()
+  [[ -s "${out}" ]] && return 0
+  [[ "${p}" == 2 ]] && chat=(--chat)
+  echo "== generate prompt ${p} ${kv}" >&2
+  "${TQKV}" generate -m "${MODEL}" -p "$(prompt_text "${p}")" "${chat[@]}" --kv "${kv}" \
+    -n "${GEN_TOKENS}" --json > "${out}.tmp"
+  mv "${out}.tmp" "${out}"
+}
+
+for kv in ${FORMATS}; do perplexity "${kv}"; done
+for p in 0 1 2; do
+  for kv in ${FORMATS} ${BASELINES}; do generate "${kv}" "${p}"; done
+done
+for kv in ${BASELINES}; do perplexity "${kv}"; done
+echo "done" >&2
