@@ -38,11 +38,12 @@ constexpr int kKvHeads = 8;
 constexpr int kQHeads = 32;
 constexpr std::size_t kFlushBytes = std::size_t{64} << 20;  // > 8 MiB L3 by far
 
-// Streams a buffer larger than every cache level so the next iteration starts cold.
+// Streams a buffer larger than every cache level so the next iteration starts cold. One
+// thread on purpose: idle OpenMP workers spin for a while after a parallel region, which would
+// add to the process CPU time of the next timed call.
 void flush_caches() {
   static std::vector<uint64_t> junk(kFlushBytes / sizeof(uint64_t), 1);
   uint64_t sum = 0;
-#pragma omp parallel for reduction(+ : sum)
   for (std::size_t i = 0; i < junk.size(); i += 8) sum += junk[i];
   benchmark::DoNotOptimize(sum);
 }

@@ -77,12 +77,13 @@ KvFormat parse_kv_format(std::string_view text) {
     const Format f = parse_format(text);
     return {f, f};
   } catch (const Error& e) {
-    if (text.size() >= 4 && text[0] == 'k') detail = fmt::format(": {}", e.what());
+    if (text.size() >= 4 && text[0] == 'k') detail = e.what();
   }
+  if (!detail.empty()) raise(Status::invalid_argument, fmt::format("KV format '{}': {}", text, detail));
   raise(Status::invalid_argument,
-        fmt::format("KV format '{}' is not known{} (expected f16, tq2, tq3, tq4, tq8, or kXvY such "
-                    "as k8v4, k4v2, kf16v4)",
-                    text, detail));
+        fmt::format("KV format '{}' is not known (expected f16, tq2, tq3, tq4, tq8, or kXvY such as "
+                    "k8v4, k4v2, kf16v4)",
+                    text));
 }
 
 std::string kv_format_name(KvFormat f) {

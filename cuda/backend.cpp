@@ -57,10 +57,11 @@ int sm_count() {
 // Resident decode blocks per SM of (format pair, head dim) on the current device, cached.
 int blocks_per_sm(KvFormat format, int head_dim) {
   static std::mutex mutex;
-  static std::map<std::tuple<int, int, int, int>, int> cache;
+  static std::map<std::tuple<int, int, int, int, int>, int> cache;
   int device = 0;
   check_cuda(cudaGetDevice(&device), "decode_attention: cudaGetDevice");
-  const auto key = std::make_tuple(device, int(format.key), int(format.value), head_dim);
+  const auto key = std::make_tuple(device, int(format.key), int(format.value), head_dim,
+                                   static_cast<int>(selected_decode_kernel()));
   std::lock_guard<std::mutex> lock(mutex);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   int blocks = 0;
@@ -127,29 +128,59 @@ void* cached_workspace(std::size_t bytes, cudaStream_t stream) {
   return ptr;
 }
 
-// lambda for the levels at a device address (tq2, tq3, tq4; code_level_lambda), cached by address.
-// The first call for an address copies the levels back (synchronous); during stream capture an
-// unseen address gets 1 (plain fp16 levels, less precise), and a stale entry for a reused address
-// only costs precision, never correctness.
+// lambda of the levels at a device address (tq2, tq3, tq4; code_level_lambda). A registered
+// DeviceKvCache codebook is authoritative; another address is read back once (synchronous) and
+// remembered; during stream capture an unseen address gets 1 (plain fp16 levels, less precise).
+struct LevelsRegistry {
+  std::mutex mutex;
+  std::map<const float*, float> registered, read_back;
+  std::map<std::vector<float>, float> by_values;
+  float lambda_of(const std::vector<float>& levels) {  // callers hold the mutex
+    auto it = by_values.find(levels);
+    if (it == by_values.end())
+      it = by_values.emplace(levels, code_level_lambda(levels.data(), static_cast<int>(levels.size()))).first;
+    return it->second;
+  }
+};
+LevelsRegistry& levels_registry() {
+  static LevelsRegistry r;
+  return r;
+}
+
 float levels_lambda(Format f, const float* device_levels, cudaStream_t stream) {
   if (f != Format::tq2 && f != Format::tq3 && f != Format::tq4) return 1.0f;
-  static std::mutex mutex;
-  static std::map<const float*, float> by_address;
-  static std::map<std::vector<float>, float> by_values;
-  std::lock_guard<std::mutex> lock(mutex);
-  if (auto it = by_address.find(device_levels); it != by_address.end()) return it->second;
+  LevelsRegistry& r = levels_registry();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  if (auto it = r.registered.find(device_levels); it != r.registered.end()) return it->second;
+  if (auto it = r.read_back.find(device_levels); it != r.read_back.end()) return it->second;
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   check_cuda(cudaStreamIsCapturing(stream, &capture), "decode_attention: cudaStreamIsCapturing");
   if (capture != cudaStreamCaptureStatusNone) return 1.0f;
   std::vector<float> levels(std::size_t{1} << format_bits(f));
   check_cuda(cudaMemcpy(levels.data(), device_levels, levels.size() * sizeof(float), cudaMemcpyDeviceToHost),
              "decode_attention: reading the codebook levels");
-  auto it = by_values.find(levels);
-  if (it == by_values.end())
-    it = by_values.emplace(levels, code_level_lambda(levels.data(), static_cast<int>(levels.size()))).first;
-  by_address.emplace(device_levels, it->second);
-  return it->second;
+  const float lambda = r.lambda_of(levels);
+  r.read_back.emplace(device_levels, lambda);
+  return lambda;
 }
+
+}  // namespace
+
+void register_levels(const float* device_levels, const float* host_levels, int count) {
+  LevelsRegistry& r = levels_registry();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  r.registered[device_levels] = r.lambda_of(std::vector<float>(host_levels, host_levels + count));
+  r.read_back.erase(device_levels);
+}
+
+void unregister_levels(const float* device_levels) noexcept {
+  LevelsRegistry& r = levels_registry();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  r.registered.erase(device_levels);
+  r.read_back.erase(device_levels);
+}
+
+namespace {
 
 void validate_for_device(const CacheView& c, const DecodeParams& p, const char* what) {
   validate(c, p);

@@ -3,11 +3,12 @@
 // enough cache copies that each launch reads bytes no earlier launch left in L2. GB/s counts the
 // KV bytes the step must read (kv_bytes_per_position: rows + scales).
 //
-// Each shape is timed as single launches and as CUDA-graph replays (one graph per cache copy, so
-// replays stay cold in L2), for each selected decode kernel. Also times append (quantize-on-write)
+// Each shape is timed as single launches (events around each call: for short kernels this
+// includes the host's launch latency) and as CUDA-graph replays of 16 decode steps (time per
+// step), for each selected decode kernel. Also times append (quantize-on-write)
 // of a 32k-token chunk, counting bytes read (f16 or f32 input) plus bytes written.
 //
-// usage: bench_cuda [--quick] [--formats tq4,k8v4,f16] [--kernels mma8,mma4,cuda_core] [--extras] [--reps N]
+// usage: bench_cuda [--quick] [--formats tq4,k8v4,f16] [--kernels mma,cuda_core] [--extras] [--reps N]
 //   --extras: also d = 256/512, batch 32 and the append throughput
 #include <cuda_runtime_api.h>
 
@@ -112,8 +113,7 @@ struct Shape {
 
 const char* kernel_name(cuda_detail::DecodeKernel k) {
   switch (k) {
-    case cuda_detail::DecodeKernel::mma8: return "mma8";
-    case cuda_detail::DecodeKernel::mma4: return "mma4";
+    case cuda_detail::DecodeKernel::mma: return "mma";
     case cuda_detail::DecodeKernel::cuda_core: return "cuda_core";
   }
   return "?";
@@ -182,18 +182,26 @@ void run(const Shape& s, const Pattern& pat, int reps, double copy_gbs,
     const double us = time_us(stream, reps, [&](int i) {
       cuda_backend::decode_attention(caches[i % copies].view(), q, out, p, ctx);
     });
-    // One graph per copy, replayed round-robin.
-    std::vector<cudaGraphExec_t> graphs(copies);
-    for (std::size_t i = 0; i < copies; ++i) {
+    // Graph replay: each graph holds kGraphSteps decode steps over consecutive copies (as a model
+    // captures all layers of a step), so the time per step includes the launch gaps inside a
+    // graph but not the host's launch latency; graphs are replayed round-robin (cold L2).
+    constexpr int kGraphSteps = 16;
+    const std::size_t n_graphs = (copies + kGraphSteps - 1) / kGraphSteps;
+    std::vector<cudaGraphExec_t> graphs(n_graphs);
+    for (std::size_t gi = 0; gi < n_graphs; ++gi) {
       cudaGraph_t graph;
       check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "capture");
-      cuda_backend::decode_attention(caches[i].view(), q, out, p, ctx);
+      for (int st = 0; st < kGraphSteps; ++st)
+        cuda_backend::decode_attention(caches[(gi * kGraphSteps + st) % copies].view(), q, out, p, ctx);
       check(cudaStreamEndCapture(stream, &graph), "end capture");
-      check(cudaGraphInstantiate(&graphs[i], graph, 0), "instantiate");
+      check(cudaGraphInstantiate(&graphs[gi], graph, 0), "instantiate");
       cudaGraphDestroy(graph);
     }
-    for (std::size_t i = 0; i < copies; ++i) check(cudaGraphLaunch(graphs[i], stream), "replay");
-    const double graph_us = time_us(stream, reps, [&](int i) { check(cudaGraphLaunch(graphs[i % copies], stream), "replay"); });
+    for (std::size_t gi = 0; gi < n_graphs; ++gi) check(cudaGraphLaunch(graphs[gi], stream), "replay");
+    const double graph_us =
+        time_us(stream, std::max(20, reps / kGraphSteps),
+                [&](int i) { check(cudaGraphLaunch(graphs[i % n_graphs], stream), "replay"); }) /
+        kGraphSteps;
     for (auto& g : graphs) cudaGraphExecDestroy(g);
     check(cudaGetLastError(), "decode");
     const double gbs = static_cast<double>(kv_bytes) / (us * 1e-6) / 1e9;
@@ -203,7 +211,7 @@ void run(const Shape& s, const Pattern& pat, int reps, double copy_gbs,
                 graph_us, gbs, 100.0 * gbs / copy_gbs, 100.0 * graph_gbs / copy_gbs, copies);
     std::fflush(stdout);
   }
-  cuda_detail::select_decode_kernel(cuda_detail::DecodeKernel::mma8);
+  cuda_detail::select_decode_kernel(cuda_detail::DecodeKernel::mma);
   cudaFree(q);
   cudaFree(out);
   cudaStreamDestroy(stream);
@@ -276,7 +284,7 @@ int main(int argc, char** argv) {
   bool quick = false, extras = false;
   int reps = 200;
   std::vector<std::string> formats = {"tq4", "k8v4", "f16", "tq3", "tq2"};
-  std::vector<cuda_detail::DecodeKernel> kernels = {cuda_detail::DecodeKernel::mma8};
+  std::vector<cuda_detail::DecodeKernel> kernels = {cuda_detail::DecodeKernel::mma};
   auto split_list = [](const std::string& list) {
     std::vector<std::string> out;
     for (std::size_t pos = 0; pos != std::string::npos;) {
@@ -295,8 +303,7 @@ int main(int argc, char** argv) {
     else if (a == "--kernels" && i + 1 < argc) {
       kernels.clear();
       for (const auto& k : split_list(argv[++i])) {
-        if (k == "mma8") kernels.push_back(cuda_detail::DecodeKernel::mma8);
-        else if (k == "mma4") kernels.push_back(cuda_detail::DecodeKernel::mma4);
+        if (k == "mma") kernels.push_back(cuda_detail::DecodeKernel::mma);
         else if (k == "cuda_core") kernels.push_back(cuda_detail::DecodeKernel::cuda_core);
         else {
           std::fprintf(stderr, "bench_cuda: unknown kernel %s\n", k.c_str());
@@ -304,7 +311,7 @@ int main(int argc, char** argv) {
         }
       }
     } else {
-      std::fprintf(stderr, "usage: bench_cuda [--quick] [--formats tq4,k8v4,f16] [--kernels mma8,mma4,cuda_core] [--extras] [--reps N]\n");
+      std::fprintf(stderr, "usage: bench_cuda [--quick] [--formats tq4,k8v4,f16] [--kernels mma,cuda_core] [--extras] [--reps N]\n");
       return 1;
     }
   }
@@ -317,7 +324,7 @@ int main(int argc, char** argv) {
     const double copy_gbs = copy_bandwidth_gbs();
     std::printf("device-to-device copy: %.0f GB/s (read + write)\n\n", copy_gbs);
     const Pattern pat = make_pattern(0xbe9c4);
-    std::printf("| format | kernel | d | heads | batch | context | median us | graph us | GB/s | %% copy | graph %% copy | copies |\n");
+    std::printf("| format | kernel | d | heads | batch | context | median us | graph us/step | GB/s | %% copy | graph %% copy | copies |\n");
     std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     const std::vector<int> contexts = quick ? std::vector<int>{4096, 16384} : std::vector<int>{4096, 16384, 65536};
     for (const auto& f : formats)

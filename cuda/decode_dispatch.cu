@@ -15,7 +15,7 @@ TQKV_CUDA_FOR_EACH_PAIR(TQKV_DECLARE_PAIR)
 #undef TQKV_DECLARE_PAIR
 
 namespace {
-std::atomic<int> g_decode_kernel{static_cast<int>(DecodeKernel::mma8)};
+std::atomic<int> g_decode_kernel{static_cast<int>(DecodeKernel::mma)};
 }  // namespace
 
 DecodeKernel selected_decode_kernel() noexcept { return static_cast<DecodeKernel>(g_decode_kernel.load()); }
@@ -24,9 +24,8 @@ void select_decode_kernel(DecodeKernel kernel) noexcept { g_decode_kernel.store(
 int decode_split_granule(int head_dim, int k_row_bytes, int v_row_bytes) noexcept {
   const DecodeKernel k = selected_decode_kernel();
   if (k == DecodeKernel::cuda_core) return 2 * decode_tile_for_rows(k_row_bytes, v_row_bytes);
-  const int warps = (k == DecodeKernel::mma4 && head_dim == 128) ? 4 : 8;
-  const int warps_per_tile = head_dim <= 128 ? 1 : head_dim <= 256 ? 2 : 4;
-  return 16 * (warps / warps_per_tile);  // one 16-position tile per worker
+  (void)head_dim;  // workers per block: 8 / warps_per_tile (1 to 4); a granule of 128 keeps every worker busy
+  return 16 * 8;
 }
 
 float code_level_lambda(const float* levels, int count) noexcept {

@@ -1,6 +1,6 @@
-// Launchers of the decode kernels of one format pair: the tensor-core kernel (decode_mma.cuh) in
-// its shipped shape, its 4-warp shape (d = 128 only, for comparison) and the CUDA-core kernel of
-// v2 (decode_kernel.cuh), chosen by selected_decode_kernel() (the default is the first).
+// Launchers of the decode kernels of one format pair: the tensor-core kernel (decode_mma.cuh,
+// shipped) and the CUDA-core kernel of v2 (decode_kernel.cuh, kept for side-by-side timing),
+// chosen by selected_decode_kernel().
 #pragma once
 
 #include <atomic>
@@ -28,8 +28,8 @@ cudaError_t opt_in_smem(Kernel kernel, int bytes, std::atomic<uint64_t>& opted_i
 // One kernel instance: its function, threads and shared memory.
 template <Format KF, Format VF, int D, DecodeKernel K>
 struct DecodeInstance {
-  static constexpr int kWarps = K == DecodeKernel::mma4 ? 4 : 8;
-  static constexpr int kStages = K == DecodeKernel::mma4 ? 4 : 2;
+  static constexpr int kWarps = 8;
+  static constexpr int kStages = 2;
   using Shape = MmaShape<KF, VF, D, kWarps, kStages>;
   static constexpr int threads() { return K == DecodeKernel::cuda_core ? kDecodeThreads : kWarps * 32; }
   static constexpr int smem() {
@@ -59,16 +59,12 @@ struct DecodeInstance {
   }
 };
 
-// Calls f(instance) for the selected kernel of (KF, VF, D); the 4-warp shape exists for d = 128.
+// Calls f(instance) for the selected kernel of (KF, VF, D).
 template <Format KF, Format VF, int D, typename F>
 cudaError_t with_decode_instance(F&& f) {
-  switch (selected_decode_kernel()) {
-    case DecodeKernel::cuda_core: return f(DecodeInstance<KF, VF, D, DecodeKernel::cuda_core>{});
-    case DecodeKernel::mma4:
-      if constexpr (D == 128) return f(DecodeInstance<KF, VF, D, DecodeKernel::mma4>{});
-      [[fallthrough]];
-    default: return f(DecodeInstance<KF, VF, D, DecodeKernel::mma8>{});
-  }
+  if (selected_decode_kernel() == DecodeKernel::cuda_core)
+    return f(DecodeInstance<KF, VF, D, DecodeKernel::cuda_core>{});
+  return f(DecodeInstance<KF, VF, D, DecodeKernel::mma>{});
 }
 
 template <Format KF, Format VF, typename F>

@@ -74,14 +74,24 @@ constexpr int smem_wavefronts(const int (&addr)[32], int width) {
   return total;
 }
 
+// Warps sharing a tile (each keeps the output of D / wpt coordinates in registers): one up to
+// d = 256 unless the stages would not fit in shared memory, two above (registers).
+constexpr int warps_per_tile(Format kf, Format vf, int d, int warps, int stages) {
+  const int pad = 128;  // worst case of the bank-conflict padding of one row
+  const int stage = 16 * (row_bytes_of(kf, d) + row_bytes_of(vf, d) + 2 * pad) + 128;
+  const int fixed = 8 * d * 4 + 2 * 1024 + d / 16 * 512 + cmax(table_rows(kf), table_rows(vf)) * kTableRowBytes;
+  for (int wpt = d <= 256 ? 1 : 2; wpt < 8; wpt *= 2)
+    if ((d / 16) % wpt == 0 && fixed + warps / wpt * stages * stage <= 220 * 1024) return wpt;
+  return 8;
+}
+
 template <Format KF, Format VF, int D, int WARPS, int STAGES>
 struct MmaShape {
   static_assert(D % 16 == 0, "head dim must be a multiple of 16");
   static constexpr int kThreads = WARPS * 32;
   static constexpr int kKB = bits_of(KF), kVB = bits_of(VF);
   static constexpr int kRowK = row_bytes_of(KF, D), kRowV = row_bytes_of(VF, D);
-  // Warps sharing a tile: each keeps the output of D / kWpt coordinates in registers.
-  static constexpr int kWpt = D <= 128 ? 1 : D <= 256 ? 2 : 4;
+  static constexpr int kWpt = warps_per_tile(KF, VF, D, WARPS, STAGES);
   static_assert(WARPS % kWpt == 0 && (D / 16) % kWpt == 0, "warps must divide the tile work");
   static constexpr int kWorkers = WARPS / kWpt;
   static constexpr int kKSteps = D / 16;
@@ -133,7 +143,8 @@ struct MmaShape {
   // Shared memory (bytes, 16-byte aligned offsets).
   static constexpr int kOffQ = 0;  // float [8][D]: rotated query, then the block's output
   static constexpr int kOffStats = kOffQ + kMaxHeadsPerBlock * D * 4;  // m[8], d[8], q max
-  static constexpr int kOffQFrag = kOffStats + 32 * 4;                 // uint4 [kKSteps][32]
+  static constexpr int kOffLevels = kOffStats + 32 * 4;                // float [2][256]: K, V levels
+  static constexpr int kOffQFrag = kOffLevels + 2 * 256 * 4;           // uint4 [kKSteps][32]
   static constexpr int kOffTable = kOffQFrag + kKSteps * 32 * 16;
   static constexpr int kTableBytes = cmax(table_rows(KF), table_rows(VF)) * kTableRowBytes;
   static constexpr int kOffStages = kOffTable + kTableBytes;
@@ -249,7 +260,7 @@ __device__ __forceinline__ uint32_t table_entry(const float* levels, int row, fl
 
 template <Format KF, Format VF, int D, int WARPS, int STAGES>
 constexpr int mma_min_blocks() {
-  return D <= 128 ? 16 / WARPS : 1;
+  return D <= 128 ? 16 / WARPS : 1;  // 128 registers at d <= 128 (2 blocks of 8 warps per SM)
 }
 
 template <Format KF, Format VF, int D, int WARPS, int STAGES>
@@ -356,6 +367,12 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     q_s[idx] = x;
   }
   if (tid == 0) *qmax_s = 0.0f;
+  // Levels into shared memory first: the table loop below must not wait on global loads.
+  float* levels_s = reinterpret_cast<float*>(smem + S::kOffLevels);
+  if constexpr (quantized(KF))
+    for (int i = tid; i < (1 << S::kKB); i += S::kThreads) levels_s[i] = c.k_levels[i];
+  if constexpr (quantized(VF))
+    for (int i = tid; i < (1 << S::kVB); i += S::kThreads) levels_s[256 + i] = c.v_levels[i];
   if constexpr (quantized(KF)) {
     block_fwht_unnormalized(q_s, n_heads, D, D);
     for (int idx = tid; idx < n_heads * D; idx += S::kThreads) q_s[idx] *= hadamard_norm(D, idx % D);
@@ -376,10 +393,10 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
       uint32_t e = 0;
       if (part < 8) {
         if constexpr (quantized(KF))
-          if (r < table_rows(KF)) e = table_entry<KF>(c.k_levels, r, a.k_lambda);
+          if (r < table_rows(KF)) e = table_entry<KF>(levels_s, r, a.k_lambda);
       } else {
         if constexpr (quantized(VF))
-          if (r < table_rows(VF)) e = table_entry<VF>(c.v_levels, r, a.v_lambda);
+          if (r < table_rows(VF)) e = table_entry<VF>(levels_s + 256, r, a.v_lambda);
       }
       *reinterpret_cast<uint4*>(smem + S::kOffTable + r * kTableRowBytes + part * 16) = make_uint4(e, e, e, e);
     }

@@ -74,6 +74,11 @@ struct DeviceKvCache::Impl {
   DeviceBuffer k_codes, v_codes, k_scales, v_scales, tokens, sign_bits;
   DeviceBuffer k_levels, v_levels, k_boundaries, v_boundaries, status;
   std::vector<int64_t> tokens_mirror;
+  // The decode kernel's lambda for these levels (see register_levels) lives as long as they do.
+  ~Impl() {
+    if (k_levels.ptr) unregister_levels(k_levels.as<float>());
+    if (v_levels.ptr) unregister_levels(v_levels.as<float>());
+  }
 };
 
 DeviceKvCache::DeviceKvCache(const CacheConfig& config) : impl_(std::make_unique<Impl>()) {
@@ -121,6 +126,7 @@ DeviceKvCache::DeviceKvCache(const CacheConfig& config) : impl_(std::make_unique
     levels.upload(cb->levels_f32.data(), levels.bytes, name);
     bounds.allocate(cb->boundaries_f32.size() * sizeof(float), name);
     bounds.upload(cb->boundaries_f32.data(), bounds.bytes, name);
+    register_levels(levels.as<float>(), cb->levels_f32.data(), static_cast<int>(cb->levels_f32.size()));
   };
   upload_codebook(config.format.key, m.k_levels, m.k_boundaries, "key codebook");
   upload_codebook(config.format.value, m.v_levels, m.v_boundaries, "value codebook");

@@ -40,9 +40,9 @@ struct DecodeLaunch {
   float v_lambda = 1.0f;
 };
 
-// Decode kernels in the build. mma8 (8 warps, 2 stages per warp) is the shipped one; mma4
-// (4 warps, 4 stages, d = 128 only) and cuda_core (v2) stay for side-by-side timing.
-enum class DecodeKernel : uint8_t { mma8 = 0, mma4 = 1, cuda_core = 2 };
+// Decode kernels in the build: mma (tensor cores, 8 warps, 2 stages per worker) is the shipped
+// one; cuda_core (v2) stays for side-by-side timing.
+enum class DecodeKernel : uint8_t { mma = 0, cuda_core = 1 };
 DecodeKernel selected_decode_kernel() noexcept;
 // For benchmarks and tests; not thread-safe against concurrent decode calls.
 void select_decode_kernel(DecodeKernel kernel) noexcept;
@@ -51,6 +51,10 @@ int decode_split_granule(int head_dim, int k_row_bytes, int v_row_bytes) noexcep
 // The factor in [1, 2) that makes the fp16 roundings of lambda * level smallest (largest
 // relative error over the levels). Any lambda is correct; this one is the most precise.
 float code_level_lambda(const float* levels, int count) noexcept;
+// lambda for device-resident levels: DeviceKvCache registers its codebooks (with their host
+// values) for as long as it lives; other addresses are read back once and remembered.
+void register_levels(const float* device_levels, const float* host_levels, int count);
+void unregister_levels(const float* device_levels) noexcept;
 
 // Head dims with compiled decode kernels.
 inline constexpr int kDecodeHeadDims[] = {64, 80, 96, 128, 256, 512, 576};

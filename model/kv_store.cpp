@@ -13,6 +13,7 @@ namespace tqkv::model {
 namespace {
 
 constexpr std::string_view kNoFlipSuffix = "-noflip";
+constexpr std::string_view kCenterSuffix = "-center";
 constexpr int kQ40Block = 32;  // llama.cpp QK4_0
 
 // Rounds through binary16, as the baselines store their scales in fp16.
@@ -188,6 +189,39 @@ class FloatStore final : public KvStore {
   int64_t length_ = 0;
 };
 
+// Subtracts a frozen per-KV-head key mean (the first chunk's) before the wrapped store sees K.
+class CenteredStore final : public KvStore {
+ public:
+  CenteredStore(std::unique_ptr<KvStore> inner, int kv_heads, int head_dim)
+      : inner_(std::move(inner)), row_(static_cast<std::size_t>(kv_heads) * head_dim) {}
+
+  void append(const float* k, const float* v, int n) override {
+    if (n <= 0) return inner_->append(k, v, n);
+    if (mean_.empty()) {
+      mean_.assign(row_, 0.0f);
+      for (int t = 0; t < n; ++t)
+        for (std::size_t i = 0; i < row_; ++i) mean_[i] += k[t * row_ + i] / static_cast<float>(n);
+    }
+    centered_.resize(static_cast<std::size_t>(n) * row_);
+    for (int t = 0; t < n; ++t)
+      for (std::size_t i = 0; i < row_; ++i) centered_[t * row_ + i] = k[t * row_ + i] - mean_[i];
+    inner_->append(centered_.data(), v, n);
+  }
+  void attend(const float* q, int n, int q_heads, float* out) override {
+    inner_->attend(q, n, q_heads, out);
+  }
+  int64_t length() const override { return inner_->length(); }
+  void reset() override {
+    inner_->reset();
+    mean_.clear();
+  }
+
+ private:
+  std::unique_ptr<KvStore> inner_;
+  std::size_t row_;
+  std::vector<float> mean_, centered_;
+};
+
 }  // namespace
 
 void fake_quant_q4_0(const float* x, float* y, int n) {
@@ -287,6 +321,11 @@ double ErrorProbeStore::relative_error(int shadow, int head) const {
 
 KvSpec parse_kv_spec(std::string_view text) {
   KvSpec spec;
+  if (text.size() > kCenterSuffix.size() && text.ends_with(kCenterSuffix)) {
+    spec = parse_kv_spec(text.substr(0, text.size() - kCenterSuffix.size()));
+    spec.center_keys = true;
+    return spec;
+  }
   if (text == "f32") {
     spec.kind = KvKind::f32;
   } else if (text == "q4_0") {
@@ -303,6 +342,11 @@ KvSpec parse_kv_spec(std::string_view text) {
 }
 
 std::string kv_spec_name(const KvSpec& spec) {
+  if (spec.center_keys) {
+    KvSpec plain = spec;
+    plain.center_keys = false;
+    return kv_spec_name(plain) + std::string(kCenterSuffix);
+  }
   switch (spec.kind) {
     case KvKind::f32: return "f32";
     case KvKind::q4_0: return "q4_0";
@@ -328,10 +372,14 @@ double kv_spec_bytes_per_position(const KvSpec& spec, int head_dim) {
 
 std::unique_ptr<KvStore> make_kv_store(const KvSpec& spec, int layer, int kv_heads, int head_dim,
                                        int capacity) {
+  std::unique_ptr<KvStore> store;
   if (spec.kind == KvKind::tqkv) {
-    return std::make_unique<TqkvStore>(spec, layer, kv_heads, head_dim, capacity);
+    store = std::make_unique<TqkvStore>(spec, layer, kv_heads, head_dim, capacity);
+  } else {
+    store = std::make_unique<FloatStore>(spec.kind, kv_heads, head_dim, capacity);
   }
-  return std::make_unique<FloatStore>(spec.kind, kv_heads, head_dim, capacity);
+  if (spec.center_keys) store = std::make_unique<CenteredStore>(std::move(store), kv_heads, head_dim);
+  return store;
 }
 
 }  // namespace tqkv::model

@@ -36,10 +36,17 @@ struct KvSpec {
   ScaleRule scale_rule = kDefaultScaleRule;    // kind == tqkv only
   CodebookKind codebook = CodebookKind::gaussian;
   Backend backend = Backend::automatic;       // kind == tqkv: where decode_attention runs
+  // Subtract a per-(layer, KV head) key mean before caching. Softmax is invariant to adding
+  // q.mu to every logit of a query, so attention is unchanged in exact arithmetic, but the common
+  // component of the keys (large on real models, see docs/real-model.md) no longer takes up the
+  // quantizer's range. The mean is that of the first appended chunk, then frozen (changing it
+  // later would shift old and new logits differently). Any kind; name suffix "-center".
+  bool center_keys = false;
 };
 
-// "f32", "q4_0", "kivi2", any tqkv::parse_kv_format name ("f16", "tq4", "k8v4", ...), and a tqkv
-// name with the suffix "-noflip" (rotation without random signs). Throws Error naming the text.
+// "f32", "q4_0", "kivi2", any tqkv::parse_kv_format name ("f16", "tq4", "k8v4", ...), a tqkv
+// name with the suffix "-noflip" (rotation without random signs), and any of these with the
+// suffix "-center" (center_keys). Throws Error naming the text.
 KvSpec parse_kv_spec(std::string_view text);
 std::string kv_spec_name(const KvSpec& spec);
 // Bytes one position of one KV head costs in the format (K and V; scales included; amortised

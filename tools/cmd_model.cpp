@@ -142,6 +142,14 @@ struct ModelOptions {
         ->check(CLI::IsMember({"adjacent", "half"}));
   }
 
+  // Non-default tqkv options, for result labels ("scale norm", "codebook beta").
+  std::string variant() const {
+    std::string v;
+    if (!scale_rule.empty()) v += "scale " + scale_rule;
+    if (!codebook.empty()) v += (v.empty() ? "" : ", ") + std::string("codebook ") + codebook;
+    return v;
+  }
+
   KvSpec base_spec() const {
     KvSpec spec = model::parse_kv_spec(kv);
     if (!scale_rule.empty()) spec.scale_rule = parse_scale_rule(scale_rule);
@@ -337,11 +345,12 @@ void run_perplexity(const ModelOptions& opt, const std::string& text_path, int c
     std::printf("\n");
   }
   if (json) {
-    std::printf("{\"kv\": \"%s\", \"kv_layers\": \"%s\", \"ctx\": %d, \"windows\": %d, "
+    std::printf("{\"kv\": \"%s\", \"kv_layers\": \"%s\", \"variant\": \"%s\", \"ctx\": %d, \"windows\": %d, "
                 "\"scored_tokens\": %lld, \"nll\": %.8f, \"perplexity\": %.6f, "
                 "\"perplexity_stderr\": %.6f, \"top1\": %.6f, \"kv_bytes_per_token\": %.1f, "
                 "\"seconds\": %.1f, \"tokens_per_second\": %.2f}\n",
-                opt.kv.c_str(), opt.kv_layers.c_str(), ctx, n_chunks, static_cast<long long>(scored),
+                opt.kv.c_str(), opt.kv_layers.c_str(), opt.variant().c_str(), ctx, n_chunks,
+                static_cast<long long>(scored),
                 mean, ppl, ppl_err, static_cast<double>(top1) / static_cast<double>(scored),
                 kv_bytes, elapsed, static_cast<double>(n_chunks) * ctx / elapsed);
   } else {

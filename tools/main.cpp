@@ -21,6 +21,10 @@ int main(int argc, char** argv) {
   tqkv::tools::add_info_command(app);
   tqkv::tools::add_model_commands(app);
   tqkv::tools::add_bench_command(app);
+  if (argc == 1) {  // no command: show what there is
+    std::fputs(app.help().c_str(), stdout);
+    return 2;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -16,7 +16,8 @@ FAMILY = {  # how each result is drawn and grouped
     "tq": ("tqkv (random signs)", "tab:blue", "o"),
     "noflip": ("tqkv without sign flips", "tab:orange", "s"),
     "baseline": ("baselines (q4_0, KIVI-2)", "tab:red", "^"),
-    "ref": ("f16 / mixed", "tab:gray", "D"),
+    "ref": ("f16", "tab:gray", "D"),
+    "mixed": ("tqkv variants (per-layer formats, scale, codebook)", "tab:green", "P"),
 }
 
 
@@ -36,6 +37,7 @@ def load(results):
         with open(path) as f:
             r = json.load(f)
         name = r["kv"] + (f" [{r['kv_layers']}]" if r.get("kv_layers") else "")
+        name += f" ({r['variant']})" if r.get("variant") else ""
         ppl[name] = r
     gen = {}
     for path in glob.glob(os.path.join(results, "gen-*.json")):
@@ -89,7 +91,7 @@ def main():
     seen = set()
     for k in order:
         r = ppl[k]
-        fam = family(k.split(" ")[0]) if " [" not in k else "ref"
+        fam = family(k) if " " not in k else "mixed"
         label, color, marker = FAMILY[fam]
         delta = 100 * (r["perplexity"] / base["perplexity"] - 1)
         ax.scatter(r["kv_bytes_per_token"], delta, color=color, marker=marker, s=60,

@@ -349,12 +349,12 @@ TEST_F(Cuda, ExtremeLogitScalesKeepPrecision) {
   }
 }
 
-// Every decode kernel in the build (the shipped tensor-core kernel, its 4-warp shape and the
-// CUDA-core kernel kept for timing) against the reference; the selection is restored after.
+// Every decode kernel in the build (the shipped tensor-core kernel and the CUDA-core kernel kept
+// for timing) against the reference; the selection is restored after.
 TEST_F(Cuda, EveryDecodeKernelMatchesReference) {
   std::mt19937_64 rng(kSeed + 9);
   using cuda_detail::DecodeKernel;
-  for (DecodeKernel k : {DecodeKernel::mma4, DecodeKernel::cuda_core, DecodeKernel::mma8}) {
+  for (DecodeKernel k : {DecodeKernel::cuda_core, DecodeKernel::mma}) {
     cuda_detail::select_decode_kernel(k);
     for (const char* fmt : {"tq4", "k8v4", "f16", "tq2"})
       for (int d : {128, 256}) {
@@ -369,7 +369,7 @@ TEST_F(Cuda, EveryDecodeKernelMatchesReference) {
         check_decode(c, rng, /*with_sinks=*/true);
       }
   }
-  cuda_detail::select_decode_kernel(DecodeKernel::mma8);
+  cuda_detail::select_decode_kernel(DecodeKernel::mma);
 }
 
 TEST_F(Cuda, EmptySequenceGivesZeros) {
