@@ -86,6 +86,7 @@ def main():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(8, 5))
     seen = set()
@@ -102,6 +103,8 @@ def main():
     ax.axhline(1.0, color="tab:green", ls="--", lw=1, label="+1 % (goal for tq4)")
     ax.axhline(0.0, color="black", lw=0.5)
     ax.set_xscale("log", base=2)
+    ax.set_ylim(bottom=-0.5)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:.0f}"))
     ax.set_yscale("symlog", linthresh=2)
     ax.set_xlabel("KV cache bytes per token (30 layers x 3 KV heads, K+V, scales included)")
     ax.set_ylabel("perplexity change vs f16 cache (%)")
