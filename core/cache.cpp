@@ -73,6 +73,20 @@ void validate(const CacheConfig& c) {
                       c.kv_heads, c.capacity));
 }
 
+CacheView view_shape(const CacheConfig& c) {
+  CacheView v;
+  v.format = c.format;
+  v.batch = c.batch;
+  v.kv_heads = c.kv_heads;
+  v.head_dim = c.head_dim;
+  v.capacity = c.capacity;
+  v.ring = c.ring;
+  v.sign_words = (c.head_dim + 31) / 32;
+  v.k_row_bytes = row_bytes(c.format.key, c.head_dim);
+  v.v_row_bytes = row_bytes(c.format.value, c.head_dim);
+  return v;
+}
+
 KvCache::KvCache(const CacheConfig& config) : config_(config) {
   validate(config_);
   const int d = config_.head_dim;
@@ -185,16 +199,7 @@ void KvCache::decode_value(int seq, int kv_head, int64_t position, float* out) c
 }
 
 CacheView KvCache::view() const {
-  CacheView v;
-  v.format = config_.format;
-  v.batch = config_.batch;
-  v.kv_heads = config_.kv_heads;
-  v.head_dim = config_.head_dim;
-  v.capacity = config_.capacity;
-  v.ring = config_.ring;
-  v.sign_words = (config_.head_dim + 31) / 32;
-  v.k_row_bytes = k_row_bytes_;
-  v.v_row_bytes = v_row_bytes_;
+  CacheView v = view_shape(config_);
   v.k_codes = k_codes_.data();
   v.k_scales = k_scales_.data();
   v.v_codes = v_codes_.data();

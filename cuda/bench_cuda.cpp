@@ -8,7 +8,7 @@
 // step), for each selected decode kernel. Also times append (quantize-on-write)
 // of a 32k-token chunk, counting bytes read (f16 or f32 input) plus bytes written.
 //
-// usage: bench_cuda [--quick] [--formats tq4,k8v4,f16] [--kernels mma,cuda_core] [--extras] [--reps N]
+// usage: bench_cuda [--quick] [--formats tq4,k8v4,f16] [--kernels mma,cuda_core] [--extras] [--reps N] [--copies N]
 //   --extras: also d = 256/512, batch 32 and the append throughput
 #include <cuda_runtime_api.h>
 
@@ -39,6 +39,8 @@ void check(cudaError_t e, const char* what) {
 
 // Bytes of rotating copies: several times the L2 (50 MB on an H100), so every launch reads cold data.
 constexpr std::size_t kColdBytes = std::size_t{400} << 20;
+// --copies N overrides the count (1 = warm L2: tells the fixed cost of a step from cold-memory cost).
+std::size_t g_copies_override = 0;
 // Device memory the copies may use in total.
 constexpr std::size_t kMaxCopiesBytes = std::size_t{24} << 30;
 // Random pattern tiled over the cache storage (codes, f16 values, scales).
@@ -145,8 +147,10 @@ void run(const Shape& s, const Pattern& pat, int reps, double copy_gbs,
   cfg.capacity = s.context;
   cfg.format = parse_kv_format(s.format);
   const std::size_t kv_bytes = kv_bytes_per_position(cfg.format, s.head_dim) * std::size_t(s.batch) * s.kv_heads * s.context;
-  const std::size_t copies = std::clamp<std::size_t>((kColdBytes + kv_bytes - 1) / kv_bytes, 1,
-                                                     std::max<std::size_t>(1, kMaxCopiesBytes / kv_bytes));
+  const std::size_t copies =
+      g_copies_override ? g_copies_override
+                        : std::clamp<std::size_t>((kColdBytes + kv_bytes - 1) / kv_bytes, 1,
+                                                  std::max<std::size_t>(1, kMaxCopiesBytes / kv_bytes));
   std::vector<cuda::DeviceKvCache> caches;
   const std::vector<int64_t> tokens(s.batch, s.context);
   for (std::size_t i = 0; i < copies; ++i) {
@@ -299,6 +303,7 @@ int main(int argc, char** argv) {
     if (a == "--quick") quick = true;
     else if (a == "--extras") extras = true;
     else if (a == "--reps" && i + 1 < argc) reps = std::atoi(argv[++i]);
+    else if (a == "--copies" && i + 1 < argc) g_copies_override = std::strtoul(argv[++i], nullptr, 10);
     else if (a == "--formats" && i + 1 < argc) formats = split_list(argv[++i]);
     else if (a == "--kernels" && i + 1 < argc) {
       kernels.clear();
@@ -311,7 +316,7 @@ int main(int argc, char** argv) {
         }
       }
     } else {
-      std::fprintf(stderr, "usage: bench_cuda [--quick] [--formats tq4,k8v4,f16] [--kernels mma,cuda_core] [--extras] [--reps N]\n");
+      std::fprintf(stderr, "usage: bench_cuda [--quick] [--formats tq4,k8v4,f16] [--kernels mma,cuda_core] [--extras] [--reps N] [--copies N]\n");
       return 1;
     }
   }

@@ -141,16 +141,7 @@ int DeviceKvCache::device() const { return impl_->device; }
 
 CacheView DeviceKvCache::view() const {
   const Impl& m = *impl_;
-  CacheView v;
-  v.format = m.config.format;
-  v.batch = m.config.batch;
-  v.kv_heads = m.config.kv_heads;
-  v.head_dim = m.config.head_dim;
-  v.capacity = m.config.capacity;
-  v.ring = m.config.ring;
-  v.sign_words = (m.config.head_dim + 31) / 32;
-  v.k_row_bytes = m.k_row_bytes;
-  v.v_row_bytes = m.v_row_bytes;
+  CacheView v = view_shape(m.config);
   v.k_codes = m.k_codes.as<uint8_t>();
   v.v_codes = m.v_codes.as<uint8_t>();
   v.k_scales = m.k_scales.as<float>();

@@ -20,6 +20,7 @@ namespace tqkv::model {
 
 class GgufFile;
 
+// encode() memoizes pieces in a cache: one Tokenizer must not encode from two threads at once.
 class Tokenizer {
  public:
   // Reads tokenizer.ggml.{model,tokens,merges,token_type,bos/eos/unknown_token_id}. Throws

@@ -44,7 +44,9 @@ echo "== bench_cuda"
 # tq4 with every decode kernel side by side (plus d = 256/512, batch 32, append); the other
 # formats with the shipped kernel only.
 { "$BIN/bench_cuda" --formats tq4 --kernels mma,cuda_core --extras &&
-  "$BIN/bench_cuda" --formats k8v4,f16,tq3,tq2 --kernels mma; } >"$OUT/bench.md" 2>&1
+  "$BIN/bench_cuda" --formats k8v4,f16,tq3,tq2 --kernels mma &&
+  echo "warm L2 (one copy): the fixed cost of a step" &&
+  "$BIN/bench_cuda" --formats tq4 --kernels mma --quick --copies 1; } >"$OUT/bench.md" 2>&1
 result[bench]=$?
 
 echo "== PyTorch SDPA (fp16 K/V) peer"

@@ -325,7 +325,7 @@ void run_perplexity(const ModelOptions& opt, const std::string& text_path, int c
     std::printf("\n|---|");
     for (std::size_t i = 0; i < probe_names.size(); ++i) std::printf("---|---|");
     std::printf("\n");
-    std::vector<double> mean(probes.size(), 0.0);
+    std::vector<double> mean_error(probes.size(), 0.0);
     for (int l = 0; l < c.n_layers; ++l) {
       std::printf("| %d |", l);
       for (std::size_t sidx = 0; sidx < probes.size(); ++sidx) {
@@ -335,13 +335,13 @@ void run_perplexity(const ModelOptions& opt, const std::string& text_path, int c
           if (st->relative_error(static_cast<int>(sidx), h) > st->relative_error(static_cast<int>(sidx), worst)) worst = h;
         }
         const double e = st->relative_error(static_cast<int>(sidx));
-        mean[sidx] += e / c.n_layers;
+        mean_error[sidx] += e / c.n_layers;
         std::printf(" %.4f | %.4f (h%d) |", e, st->relative_error(static_cast<int>(sidx), worst), worst);
       }
       std::printf("\n");
     }
     std::printf("| mean |");
-    for (double e : mean) std::printf(" %.4f | |", e);
+    for (double e : mean_error) std::printf(" %.4f | |", e);
     std::printf("\n");
   }
   if (json) {

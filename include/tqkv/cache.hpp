@@ -32,6 +32,10 @@ struct CacheConfig {
 // Throws Error naming the first bad field.
 void validate(const CacheConfig& config);
 
+// The shape part of the view of a cache with this config (formats, sizes, row bytes); the
+// pointers are left null for the owner (KvCache, cuda::DeviceKvCache) to fill.
+CacheView view_shape(const CacheConfig& config);
+
 // Encodes n vectors x[i * x_stride, + head_dim) into rows[i * row_stride] and scales[i]: the
 // work of append. The default runs encode_vector on each; the fast CPU backend supplies a SIMD
 // version producing the same bytes (tqkv::fast_cpu_encoder() in tqkv.hpp).

@@ -47,6 +47,20 @@ def load(results):
     return ppl, gen
 
 
+def short_label(name):
+    """'tq4-center [2,9-11=k8v4-center] (codebook beta)' -> 'tq4-center +k8 keys on 4 layers (beta)'."""
+    if " [" not in name:
+        return name.replace("(codebook beta)", "(beta)").replace("(scale norm)", "(norm scale)")
+    base, rest = name.split(" [", 1)
+    layers, tail = rest.split("]", 1)
+    count = 0
+    for group in layers.split(";"):
+        for item in group.split("=")[0].split(","):
+            lo, _, hi = item.partition("-")
+            count += int(hi or lo) - int(lo) + 1
+    return f"{base} +k8 keys on {count} layers" + tail.replace("(codebook beta)", "(beta)")
+
+
 def first_divergence(ids, ref):
     for i, (a, b) in enumerate(zip(ids, ref)):
         if a != b:
@@ -98,8 +112,8 @@ def main():
         ax.scatter(r["kv_bytes_per_token"], delta, color=color, marker=marker, s=60,
                    label=None if fam in seen else label, zorder=3)
         seen.add(fam)
-        ax.annotate(k, (r["kv_bytes_per_token"], delta), textcoords="offset points",
-                    xytext=(6, 4), fontsize=8)
+        ax.annotate(short_label(k), (r["kv_bytes_per_token"], delta), textcoords="offset points",
+                    xytext=(6, 4), fontsize=7)
     ax.axhline(1.0, color="tab:green", ls="--", lw=1, label="+1 % (goal for tq4)")
     ax.axhline(0.0, color="black", lw=0.5)
     ax.set_xscale("log", base=2)

@@ -22,12 +22,15 @@ mkdir -p "${OUT}"
 # Idle OpenMP threads sleep instead of spinning: the machine is shared.
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 
+# perplexity KV [NAME [EXTRA OPTIONS...]]
 perplexity() {
-  local kv="$1" out="${OUT}/ppl-$1.json"
+  local kv="$1" name="${2:-$1}"
+  local out="${OUT}/ppl-${name}.json"
+  shift; [[ $# -gt 0 ]] && shift
   [[ -s "${out}" ]] && return 0
-  echo "== perplexity ${kv}" >&2
+  echo "== perplexity ${name}" >&2
   "${TQKV}" perplexity -m "${MODEL}" -f "${TEXT}" --kv "${kv}" --ctx "${CTX}" --chunks "${CHUNKS}" \
-    --score-from "${SCORE_FROM}" --json > "${out}.tmp"
+    --score-from "${SCORE_FROM}" --json "$@" > "${out}.tmp"
   mv "${out}.tmp" "${out}"
   cat "${out}" >&2
 }
@@ -55,4 +58,24 @@ for p in 0 1 2; do
   for kv in ${FORMATS} ${BASELINES}; do generate "${kv}" "${p}"; done
 done
 for kv in ${BASELINES}; do perplexity "${kv}"; done
+
+# Where tq4 falls short: per-layer attention error (keys vs values, sign flips), then the
+# candidate fixes: scale rule, codebook, key centering, 8-bit keys on the worst layers.
+probe="${OUT}/probe-ctx1024.md"
+if [[ ! -s "${probe}" ]]; then
+  "${TQKV}" perplexity -m "${MODEL}" -f "${TEXT}" --ctx 1024 --chunks 1 \
+    --probe-error tq4,k4v16,k16v4,k8v4,tq4-noflip > "${probe}.tmp"
+  mv "${probe}.tmp" "${probe}"
+fi
+perplexity tq4 tq4-scale-norm --scale-rule norm
+perplexity tq4 tq4-codebook-beta --codebook beta
+perplexity tq4-center
+perplexity tq4-center tq4-k8mixed-center --kv-layers "2,9-11,13,17-20,22,23,25,26=k8v4-center"
+perplexity k8v4-center
+perplexity tq3-center
+perplexity tq2-center
+perplexity k4v2-center
+perplexity tq4-center tq4-center-beta --codebook beta
+perplexity tq4-center tq4-k8mixed-center-beta --codebook beta \
+  --kv-layers "2,9-11,13,17-20,22,23,25,26=k8v4-center"
 echo "done" >&2

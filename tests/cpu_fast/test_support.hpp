@@ -13,24 +13,9 @@
 
 #include "cpu/fast/fast.hpp"
 #include "tqkv/cache.hpp"
+#include "../core/test_support.hpp"  // seeded_rng, normal_vector, expect_error
 
 namespace tqkv::test {
-
-// A generator with a fixed seed, printed (and recorded in the XML report) for replay.
-inline std::mt19937_64 seeded_rng(uint64_t seed) {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  std::printf("[   seed   ] %s.%s: %llu\n", info ? info->test_suite_name() : "?",
-              info ? info->name() : "?", static_cast<unsigned long long>(seed));
-  ::testing::Test::RecordProperty("seed", std::to_string(seed));
-  return std::mt19937_64(seed);
-}
-
-inline std::vector<float> normal_vector(std::mt19937_64& rng, std::size_t n, double stddev = 1.0) {
-  std::normal_distribution<double> dist(0.0, stddev);
-  std::vector<float> v(n);
-  for (auto& x : v) x = static_cast<float>(dist(rng));
-  return v;
-}
 
 // Normalised mean squared error of `got` against `want`: sum (got - want)^2 / sum want^2.
 inline double nmse(const std::vector<float>& got, const std::vector<float>& want) {

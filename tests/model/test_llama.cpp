@@ -325,6 +325,39 @@ TEST(KvSpecs, ParseNamesAndBytes) {
   EXPECT_EQ(kv_spec_bytes_per_position(parse_kv_spec("f32"), 64), 512.0);
 }
 
+// Key centering shifts every logit of a query by the same q.mu: attention output unchanged.
+TEST(KvSpecs, CenteredKeysLeaveExactAttentionUnchanged) {
+  const KvSpec centered = parse_kv_spec("f32-center");
+  EXPECT_TRUE(centered.center_keys);
+  EXPECT_EQ(kv_spec_name(centered), "f32-center");
+  EXPECT_EQ(kv_spec_name(parse_kv_spec("tq4-noflip-center")), "tq4-noflip-center");
+  std::mt19937_64 rng(kSeed);
+  const int kv_heads = 2, dim = 64, q_heads = 4, n = 50;
+  auto k = random_vector(static_cast<std::size_t>(n) * kv_heads * dim, rng);
+  for (std::size_t i = 0; i < k.size(); i += dim) k[i] += 20.0f;  // a large common component
+  const auto v = random_vector(k.size(), rng);
+  const auto q = random_vector(static_cast<std::size_t>(n) * q_heads * dim, rng, 0.2f);
+  auto plain = make_kv_store(parse_kv_spec("f32"), 0, kv_heads, dim, n);
+  auto shifted = make_kv_store(centered, 0, kv_heads, dim, n);
+  std::vector<float> a(q.size()), b(q.size());
+  for (auto* s : {plain.get(), shifted.get()}) {
+    s->append(k.data(), v.data(), 20);  // the first chunk sets the mean
+    s->append(k.data() + 20 * kv_heads * dim, v.data() + 20 * kv_heads * dim, n - 20);
+  }
+  plain->attend(q.data(), n, q_heads, a.data());
+  shifted->attend(q.data(), n, q_heads, b.data());
+  EXPECT_LE(max_abs_diff(a, b), 1e-4f * max_abs(a));
+  // And it lowers the error of 4-bit keys that share a large component.
+  auto tq = make_kv_store(parse_kv_spec("k4v16"), 0, kv_heads, dim, n);  // keys only
+  auto tq_centered = make_kv_store(parse_kv_spec("k4v16-center"), 0, kv_heads, dim, n);
+  std::vector<float> c(q.size()), d(q.size());
+  tq->append(k.data(), v.data(), n);
+  tq_centered->append(k.data(), v.data(), n);
+  tq->attend(q.data(), n, q_heads, c.data());
+  tq_centered->attend(q.data(), n, q_heads, d.data());
+  EXPECT_LT(max_abs_diff(d, a), max_abs_diff(c, a));
+}
+
 TEST(Baselines, Q40MatchesGgmlRule) {
   // A block whose largest-magnitude value is -8: d = 1, every integer in [-8, 7] is exact.
   std::vector<float> x(32), y(32, NAN);
