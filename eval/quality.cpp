@@ -45,7 +45,7 @@ double nmse(const std::vector<float>& approx, const std::vector<float>& exact) {
 
 // Output metrics of `approx` against `exact`, both [batch][q_heads][head_dim].
 template <class T>
-Metrics compare_outputs(const std::vector<T>& approx, const std::vector<double>& exact, int head_dim) {
+Metrics compare_outputs_impl(const std::vector<T>& approx, const std::vector<double>& exact, int head_dim) {
   Metrics m;
   double err = 0, energy = 0, cos_sum = 0;
   m.min_cosine = 1.0;
@@ -102,6 +102,11 @@ std::string cell(const Metrics& m) { return fmt::format("{:.2e} ({:.5f})", m.rel
 
 }  // namespace
 
+Metrics compare_outputs(const std::vector<float>& approx, const std::vector<double>& exact,
+                        int head_dim) {
+  return compare_outputs_impl(approx, exact, head_dim);
+}
+
 void uniform_round_trip(const float* x, int n, int bits, float* out) {
   if (bits < 1 || bits > 8)
     raise(Status::unsupported, fmt::format("uniform quantizer bits = {} is not supported (1 to 8)", bits));
@@ -141,7 +146,7 @@ Metrics evaluate_format(const SyntheticKv& data, KvFormat format, const QualityO
   p.q_heads = s.q_heads;
   std::vector<float> out(data.q.size());
   decode_attention_reference(cache.view(), data.q.data(), out.data(), p);
-  Metrics m = compare_outputs(out, dense_outputs(data, data.k, data.v), s.head_dim);
+  Metrics m = compare_outputs_impl(out, dense_outputs(data, data.k, data.v), s.head_dim);
   std::vector<float> k, v;
   decode_all(cache, s, k, v);
   m.key_nmse = nmse(k, data.k);
@@ -157,7 +162,7 @@ Metrics evaluate_uniform(const SyntheticKv& data, int bits) {
     uniform_round_trip(data.k.data() + at, s.head_dim, bits, k.data() + at);
     uniform_round_trip(data.v.data() + at, s.head_dim, bits, v.data() + at);
   }
-  Metrics m = compare_outputs(dense_outputs(data, k, v), dense_outputs(data, data.k, data.v), s.head_dim);
+  Metrics m = compare_outputs_impl(dense_outputs(data, k, v), dense_outputs(data, data.k, data.v), s.head_dim);
   m.key_nmse = nmse(k, data.k);
   m.value_nmse = nmse(v, data.v);
   return m;

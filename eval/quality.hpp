@@ -65,6 +65,11 @@ struct Metrics {
   double value_nmse = 0;   // the same for values
 };
 
+// Output metrics (rel_l2, nmse, cosines) of attention outputs `approx` against `exact`, both
+// [rows][head_dim]; the key/value fields stay 0.
+Metrics compare_outputs(const std::vector<float>& approx, const std::vector<double>& exact,
+                        int head_dim);
+
 // How the cache under test is configured beyond its format.
 struct QualityOptions {
   ScaleRule scale_rule = kDefaultScaleRule;

@@ -89,23 +89,11 @@ void run(const DemoOptions& o) {
     std::vector<double> runs;
     for (int r = 0; r < o.repeats; ++r)
       runs.push_back(time_ms([&] { decode_attention(cache.view(), data.q.data(), out.data(), params); }));
-    double err = 0, ref = 0, cos_sum = 0;
-    for (std::size_t h = 0; h < out.size() / d; ++h) {
-      double dot = 0, na = 0, nb = 0;
-      for (int i = 0; i < d; ++i) {
-        const double a = out[h * d + i], b = dense[h * d + i];
-        err += (a - b) * (a - b);
-        ref += b * b;
-        dot += a * b;
-        na += a * a;
-        nb += b * b;
-      }
-      cos_sum += dot / std::sqrt(na * nb);
-    }
+    const eval::Metrics m = eval::compare_outputs(out, dense, d);
     const double bytes = static_cast<double>(cache.storage_bytes());
     fmt::print("{:>7} {:>8.1f} MB {:>6.2f}x {:>11.3f}% {:>9.5f} {:>9.1f} ms {:>9.3f} ms\n",
                kv_format_name(cc.format), bytes / 1e6, fp16_bytes / bytes,
-               100 * std::sqrt(err / ref), cos_sum / static_cast<double>(out.size() / d),
+               100 * m.rel_l2, m.mean_cosine,
                append_ms, median_ms(runs));
   }
   fmt::print("\ncache: codes + scales held; saved: against an fp16 K/V cache ({:.1f} MB).\n"
