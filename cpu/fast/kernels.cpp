@@ -3,7 +3,7 @@
 //
 // Decode attention works per block of kBlockPositions positions of one (sequence, KV head):
 //   1. decode the block's key rows into floats (unscaled codebook levels, or f16 -> f32),
-//   2. dot products with every query head of the group (register tiles of 4 heads x 2 rows),
+//   2. dot products with every query head of the group (register tiles of 4 heads x 3 rows),
 //   3. online softmax per head (scale, softcap, running max, exp),
 //   4. decode the value rows and accumulate weight * row into each head's output.
 // Decoding a row once and reusing it for the whole query group is what makes each code byte be
@@ -251,39 +251,41 @@ HWY_INLINE void SumOfFour(V a, V b, V c, V e, int count, float* HWY_RESTRICT out
   for (int k = 0; k < count; ++k) out[k * stride] = sums[k];
 }
 
-// scores[h * kNB + j] = q_h . k_j for HB heads (q rows d apart) and nb decoded rows.
+// scores[h * kNB + j] = q_h . k_j for HB heads (q rows d apart) and R decoded rows from row j:
+// HB x R accumulators. Three rows of four heads (12 chains) hide the FMA latency on AVX2 and
+// share each query load among three rows; 12 + 3 rows fit the 16 vector registers.
+template <int HB, int R>
+HWY_INLINE void ScoreTile(const float* HWY_RESTRICT q, int d, const float* HWY_RESTRICT kb, int j,
+                          float* HWY_RESTRICT scores) {
+  const DF df;
+  const int n = static_cast<int>(hn::Lanes(df));
+  const auto zero = hn::Zero(df);
+  hn::Vec<DF> acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int h = 0; h < 4; ++h) acc[r][h] = zero;
+  const float* k0 = kb + static_cast<std::size_t>(j) * d;
+  for (int i = 0; i < d; i += n) {
+    hn::Vec<DF> kv[R];
+    for (int r = 0; r < R; ++r) kv[r] = hn::LoadU(df, k0 + r * d + i);
+    for (int h = 0; h < HB; ++h) {
+      const auto qh = hn::LoadU(df, q + h * d + i);
+      for (int r = 0; r < R; ++r) acc[r][h] = hn::MulAdd(qh, kv[r], acc[r][h]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    SumOfFour(acc[r][0], acc[r][1], acc[r][2], acc[r][3], HB, scores + j + r, kNB);
+}
+
 template <int HB>
 HWY_INLINE void ScoreHeads(const float* HWY_RESTRICT q, int d, const float* HWY_RESTRICT kb,
                            int nb, float* HWY_RESTRICT scores) {
   static_assert(HB >= 1 && HB <= 4, "a tile holds at most 4 heads (SumOfFour)");
-  const DF df;
-  const int n = static_cast<int>(hn::Lanes(df));
-  const auto zero = hn::Zero(df);
   int j = 0;
-  for (; j + 2 <= nb; j += 2) {
-    hn::Vec<DF> acc0[4] = {zero, zero, zero, zero}, acc1[4] = {zero, zero, zero, zero};
-    const float* k0 = kb + j * d;
-    const float* k1 = k0 + d;
-    for (int i = 0; i < d; i += n) {
-      const auto kv0 = hn::LoadU(df, k0 + i);
-      const auto kv1 = hn::LoadU(df, k1 + i);
-      for (int h = 0; h < HB; ++h) {
-        const auto qh = hn::LoadU(df, q + h * d + i);
-        acc0[h] = hn::MulAdd(qh, kv0, acc0[h]);
-        acc1[h] = hn::MulAdd(qh, kv1, acc1[h]);
-      }
-    }
-    SumOfFour(acc0[0], acc0[1], acc0[2], acc0[3], HB, scores + j, kNB);
-    SumOfFour(acc1[0], acc1[1], acc1[2], acc1[3], HB, scores + j + 1, kNB);
-  }
-  if (j < nb) {
-    hn::Vec<DF> acc[4] = {zero, zero, zero, zero};
-    const float* k0 = kb + j * d;
-    for (int i = 0; i < d; i += n) {
-      const auto kv = hn::LoadU(df, k0 + i);
-      for (int h = 0; h < HB; ++h) acc[h] = hn::MulAdd(hn::LoadU(df, q + h * d + i), kv, acc[h]);
-    }
-    SumOfFour(acc[0], acc[1], acc[2], acc[3], HB, scores + j, kNB);
+  for (; j + 3 <= nb; j += 3) ScoreTile<HB, 3>(q, d, kb, j, scores);
+  switch (nb - j) {
+    case 2: ScoreTile<HB, 2>(q, d, kb, j, scores); break;
+    case 1: ScoreTile<HB, 1>(q, d, kb, j, scores); break;
+    default: break;
   }
 }
 
@@ -327,7 +329,7 @@ HWY_INLINE void AccumulateHeads(const float* HWY_RESTRICT w, const float* HWY_RE
 }
 
 // Runs fn<HB>(first head) over the group in tiles of at most 4 heads (the register budget of
-// the score and accumulate tiles on AVX2: 8 accumulators + 2 rows + 4 query vectors).
+// score and accumulate tiles on AVX2: up to 12 accumulators + 3 rows).
 template <class Fn>
 HWY_INLINE void ForHeadTiles(int group, const Fn& fn) {
   int h = 0;
