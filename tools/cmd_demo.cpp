@@ -96,7 +96,8 @@ void run(const DemoOptions& o) {
                100 * m.rel_l2, m.mean_cosine,
                append_ms, median_ms(runs));
   }
-  fmt::print("\ncache: codes + scales held; saved: against an fp16 K/V cache ({:.1f} MB).\n"
+  fmt::print("\ncache: codes + scales held (f16 rows keep an unused 4-byte scale slot); saved: "
+             "against an fp16 K/V cache ({:.1f} MB).\n"
              "rel. error: ||attention output - dense fp64 attention on the original K/V|| / "
              "||dense||; cosine: mean over heads.\n"
              "append: quantize-on-write of all tokens; attention: one decode step for every "
