@@ -63,6 +63,25 @@ __device__ __forceinline__ float output_factor(float m, float d, const float* si
   return den > 0.0f ? w / den : 0.0f;
 }
 
+// Positions [begin, begin + count) of split `split` of sequence b: the visible range (held by
+// the cache and inside the window) cut into `tile`-aligned pieces, one per split. Shared by both
+// decode kernels so they split a sequence identically.
+struct SplitPositions {
+  int64_t begin;
+  int count;
+};
+__device__ inline SplitPositions split_positions(const DecodeLaunch& a, int b, int split, int tile) {
+  const int64_t tokens = a.cache.tokens[b];
+  const int valid = valid_slots(tokens, a.cache.capacity);
+  const int64_t first_visible = first_visible_position(tokens, a.window);
+  const int64_t lo = first_visible > tokens - valid ? first_visible : tokens - valid;
+  const int64_t visible = tokens > lo ? tokens - lo : 0;
+  const int64_t per_split = ((visible + a.splits - 1) / a.splits + tile - 1) / tile * tile;
+  const int64_t begin = lo + split * per_split;
+  const int64_t end = tokens < begin + per_split ? tokens : begin + per_split;
+  return {begin, end > begin ? static_cast<int>(end - begin) : 0};
+}
+
 // Normalises n_heads unnormalised value-domain outputs o[g * head_dim + i] (shared memory),
 // rotates them back for tq values (x = S H^T r) and stores them. All threads must call it.
 __device__ inline void finalize_heads(float* o, const float* m, const float* d, int n_heads,
@@ -158,16 +177,10 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const DecodeLaun
   }
   __syncthreads();
 
-  // This split's positions: the visible range [lo, tokens) cut into tile-aligned pieces.
-  const int64_t tokens = c.tokens[b];
-  const int valid = valid_slots(tokens, c.capacity);
-  const int64_t first_visible = first_visible_position(tokens, a.window);
-  const int64_t lo = first_visible > tokens - valid ? first_visible : tokens - valid;
-  const int64_t visible = tokens > lo ? tokens - lo : 0;
-  const int64_t per_split = ((visible + a.splits - 1) / a.splits + T - 1) / T * T;
-  const int64_t begin = lo + split * per_split;
-  const int64_t end = tokens < begin + per_split ? tokens : begin + per_split;
-  const int n_pos = end > begin ? static_cast<int>(end - begin) : 0;
+  // This split's positions: the visible range cut into tile-aligned pieces.
+  const SplitPositions positions = split_positions(a, b, split, T);
+  const int64_t begin = positions.begin;
+  const int n_pos = positions.count;
   const int n_tiles = (n_pos + T - 1) / T;
 
   const std::size_t head_row0 = row_index(c, b, kv_head, 0);

@@ -290,15 +290,9 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   const int b = blockIdx.z;
 
   // This split's positions (as decode_kernel), in 16-position tiles dealt round-robin to workers.
-  const int64_t tokens = c.tokens[b];
-  const int valid = valid_slots(tokens, c.capacity);
-  const int64_t first_visible = first_visible_position(tokens, a.window);
-  const int64_t lo = first_visible > tokens - valid ? first_visible : tokens - valid;
-  const int64_t visible = tokens > lo ? tokens - lo : 0;
-  const int64_t per_split = ((visible + a.splits - 1) / a.splits + T - 1) / T * T;
-  const int64_t begin = lo + split * per_split;
-  const int64_t end = tokens < begin + per_split ? tokens : begin + per_split;
-  const int n_pos = end > begin ? static_cast<int>(end - begin) : 0;
+  const SplitPositions positions = split_positions(a, b, split, T);
+  const int64_t begin = positions.begin;
+  const int n_pos = positions.count;
   const int n_tiles = (n_pos + T - 1) / T;
   const int my_tiles = n_tiles > worker ? (n_tiles - worker + S::kWorkers - 1) / S::kWorkers : 0;
 
