@@ -40,14 +40,7 @@ Snapshot snapshot(const KvCache& cache) {
 
 CacheConfig config(KvFormat format, int capacity, bool ring = false, int batch = 1, int kv_heads = 2,
                    int head_dim = 64) {
-  CacheConfig c;
-  c.batch = batch;
-  c.kv_heads = kv_heads;
-  c.head_dim = head_dim;
-  c.capacity = capacity;
-  c.format = format;
-  c.ring = ring;
-  return c;
+  return test::cache_config(format, kv_heads, head_dim, capacity, batch, ring);
 }
 
 // [n][kv_heads][head_dim] chunk whose token t (absolute position first + t) is recognisable after

@@ -12,9 +12,23 @@
 #include <string_view>
 #include <vector>
 
+#include "tqkv/cache.hpp"
 #include "tqkv/error.hpp"
 
 namespace tqkv::test {
+
+// A cache config of the given shape; everything else at its default.
+inline CacheConfig cache_config(KvFormat format, int kv_heads, int head_dim, int capacity,
+                                int batch = 1, bool ring = false) {
+  CacheConfig c;
+  c.batch = batch;
+  c.kv_heads = kv_heads;
+  c.head_dim = head_dim;
+  c.capacity = capacity;
+  c.format = format;
+  c.ring = ring;
+  return c;
+}
 
 // A generator with a fixed seed. The seed is printed (and recorded in the XML report) so that a
 // failing case can be replayed exactly.

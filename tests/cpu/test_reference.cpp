@@ -37,14 +37,7 @@ const KvFormat kPairs[] = {{Format::tq4, Format::tq4}, {Format::tq8, Format::tq4
                            {Format::tq2, Format::tq8}};
 
 CacheConfig config(KvFormat format, int kv_heads, int head_dim, int capacity, int batch = 1, bool ring = false) {
-  CacheConfig c;
-  c.batch = batch;
-  c.kv_heads = kv_heads;
-  c.head_dim = head_dim;
-  c.capacity = capacity;
-  c.format = format;
-  c.ring = ring;
-  return c;
+  return test::cache_config(format, kv_heads, head_dim, capacity, batch, ring);
 }
 
 void fill(KvCache& cache, int seq, int n, std::mt19937_64& rng) {
