@@ -57,11 +57,10 @@ int sm_count() {
 // Resident decode blocks per SM of (format pair, head dim) on the current device, cached.
 int blocks_per_sm(KvFormat format, int head_dim) {
   static std::mutex mutex;
-  static std::map<std::tuple<int, int, int, int, int>, int> cache;
+  static std::map<std::tuple<int, int, int, int>, int> cache;
   int device = 0;
   check_cuda(cudaGetDevice(&device), "decode_attention: cudaGetDevice");
-  const auto key = std::make_tuple(device, int(format.key), int(format.value), head_dim,
-                                   static_cast<int>(selected_decode_kernel()));
+  const auto key = std::make_tuple(device, int(format.key), int(format.value), head_dim);
   std::lock_guard<std::mutex> lock(mutex);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   int blocks = 0;
@@ -80,7 +79,7 @@ int resolve_splits(const CacheView& c, const DecodeParams& p) {
   if (p.splits > 0) return p.splits;
   const int64_t base_blocks = int64_t{c.batch} * c.kv_heads * head_chunks(c, p);
   // A split streams at least one granule (every worker of the block gets work).
-  const int granule = decode_split_granule(c.head_dim, static_cast<int>(c.k_row_bytes), static_cast<int>(c.v_row_bytes));
+  const int granule = kDecodeSplitGranule;
   // Device counters are not visible to the host without a sync: size the split for the longest
   // sequence the cache can show (its capacity, or the window).
   const int64_t reach = p.window > 0 ? std::min(c.capacity, p.window) : c.capacity;
@@ -92,12 +91,26 @@ int resolve_splits(const CacheView& c, const DecodeParams& p) {
   return static_cast<int>(std::clamp<int64_t>(std::min(wanted, useful), 1, kMaxSplits));
 }
 
-std::size_t workspace_bytes_for(const CacheView& c, const DecodeParams& p, int splits) {
-  if (splits <= 1) return 0;
+// Workspace of a multi-split launch: the split counters (DecodeLaunch::counters) first, in a
+// region of fixed size, so that every call finds them at the same place whatever its shape: the
+// counters are zero between calls, while the rest of the workspace holds any call's leftovers.
+// Then the partial outputs and their (max, denominator), each part 256-byte aligned.
+constexpr std::size_t kSplitCounters = 16384;
+struct WorkspaceLayout {
+  std::size_t o_offset = 0, md_offset = 0, bytes = 0;
+};
+WorkspaceLayout workspace_layout(const CacheView& c, const DecodeParams& p, int splits) {
+  if (splits <= 1) return {};
+  auto align = [](std::size_t n) { return (n + kWorkspaceAlignment - 1) / kWorkspaceAlignment * kWorkspaceAlignment; };
   const std::size_t parts = std::size_t(c.batch) * p.q_heads * splits;
-  const std::size_t o_bytes = (parts * c.head_dim * sizeof(float) + kWorkspaceAlignment - 1) /
-                              kWorkspaceAlignment * kWorkspaceAlignment;
-  return o_bytes + parts * 2 * sizeof(float);
+  WorkspaceLayout l;
+  l.o_offset = align(kSplitCounters * sizeof(unsigned));
+  l.md_offset = l.o_offset + align(parts * c.head_dim * sizeof(float));
+  l.bytes = l.md_offset + parts * 2 * sizeof(float);
+  return l;
+}
+std::size_t workspace_bytes_for(const CacheView& c, const DecodeParams& p, int splits) {
+  return workspace_layout(c, p, splits).bytes;
 }
 
 // The per-device workspace used when the caller gives none. Allocated on the first call that
@@ -124,6 +137,8 @@ void* cached_workspace(std::size_t bytes, cudaStream_t stream) {
   size = 0;
   const std::size_t want = std::max(bytes, kInitialWorkspaceBytes);
   check_cuda(cudaMalloc(&ptr, want), fmt::format("decode_attention: cudaMalloc({}) of the workspace", want));
+  // The split counters must start at zero; decode leaves them at zero.
+  check_cuda(cudaMemset(ptr, 0, want), "decode_attention: cudaMemset of the workspace");
   size = want;
   return ptr;
 }
@@ -200,6 +215,13 @@ void validate_for_device(const CacheView& c, const DecodeParams& p, const char* 
           fmt::format("{}: kv_heads = {} with q_heads = {} exceeds the CUDA grid", what, c.kv_heads, p.q_heads));
   if (p.splits > kMaxSplits)
     raise(Status::invalid_argument, fmt::format("{}: splits = {} exceeds {}", what, p.splits, kMaxSplits));
+  // Automatic splits stay at 1 for shapes this large (they fill the GPU without splitting).
+  const int64_t merge_groups = int64_t{c.batch} * c.kv_heads * head_chunks(c, p);
+  if (p.splits > 1 && merge_groups > static_cast<int64_t>(kSplitCounters))
+    raise(Status::invalid_argument,
+          fmt::format("{}: splits = {} with batch x kv_heads x query-head chunks = {} exceeds the {} split "
+                      "counters of the workspace (use splits = 0 or 1)",
+                      what, p.splits, merge_groups, kSplitCounters));
 }
 
 }  // namespace
@@ -284,6 +306,7 @@ void decode_attention(const CacheView& c, const float* q, void* out, const Decod
   launch.head_chunks = head_chunks(c, p);
   launch.splits = resolve_splits(c, p);
   launch.out_type = p.out_type;
+  launch.timeline = decode_timeline();
   launch.k_lambda = levels_lambda(c.format.key, c.k_levels, stream);
   launch.v_lambda = levels_lambda(c.format.value, c.v_levels, stream);
   const std::size_t need = workspace_bytes_for(c, p, launch.splits);
@@ -301,9 +324,10 @@ void decode_attention(const CacheView& c, const float* q, void* out, const Decod
     } else {
       ws = cached_workspace(need, stream);
     }
-    const std::size_t parts = std::size_t(c.batch) * p.q_heads * launch.splits;
-    launch.part_o = static_cast<float*>(ws);
-    launch.part_md = reinterpret_cast<float*>(static_cast<uint8_t*>(ws) + need - parts * 2 * sizeof(float));
+    const WorkspaceLayout layout = workspace_layout(c, p, launch.splits);
+    launch.counters = static_cast<unsigned*>(ws);
+    launch.part_o = reinterpret_cast<float*>(static_cast<uint8_t*>(ws) + layout.o_offset);
+    launch.part_md = reinterpret_cast<float*>(static_cast<uint8_t*>(ws) + layout.md_offset);
   }
   check_cuda(launch_decode(launch, stream), what);
 }

@@ -1,20 +1,25 @@
-// bench_cuda: times tqkv decode attention on the GPU (and the card's copy bandwidth) for a small
-// grid of shapes. Median of many single-launch timings with CUDA events; cold L2 by rotating over
-// enough cache copies that each launch reads bytes no earlier launch left in L2. GB/s counts the
-// KV bytes the step must read (kv_bytes_per_position: rows + scales).
+// bench_cuda: times tqkv decode attention on the GPU against the card's measured read and copy
+// bandwidth, over a grid of shapes (issue 6), and writes the rows as markdown (stdout) and JSON.
+// scripts/gpu-bench/run.sh runs it with the PyTorch SDPA peer; scripts/gpu-bench/report.py merges
+// the two into bench/results/.
 //
-// Each shape is timed as single launches (events around each call: for short kernels this
-// includes the host's launch latency) and as CUDA-graph replays of 16 decode steps (time per
-// step), for each selected decode kernel. Also times append (quantize-on-write)
-// of a 32k-token chunk, counting bytes read (f16 or f32 input) plus bytes written.
-//
-// usage: bench_cuda [--quick] [--formats tq4,k8v4,f16] [--kernels mma,cuda_core] [--extras] [--reps N] [--copies N]
-//   --extras: also d = 256/512, batch 32 and the append throughput
+// Each row: the median of single launches timed with CUDA events (for short kernels this includes
+// the host's launch latency) and the time per step of CUDA-graph replays of kGraphSteps decode
+// steps. Cold L2: every launch reads one of enough rotating cache
+// copies that no earlier launch left its bytes in L2. GB/s counts the KV bytes the step must read
+// (kv_bytes_per_position: rows + scales); % read compares with a read-only kernel's bandwidth (a
+// decode step only reads), % copy with a device-to-device copy (bytes read + written).
+// --append also times append (quantize-on-write) of a 32k-token chunk, counting bytes read (f16 or
+// f32 input) plus bytes written.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -22,6 +27,7 @@
 #include <fmt/format.h>
 
 #include "backend.hpp"
+#include "bench_read.hpp"
 #include "launch.hpp"
 #include "tqkv/cuda.hpp"
 #include "tqkv/error.hpp"
@@ -29,6 +35,18 @@
 namespace {
 
 using namespace tqkv;
+
+constexpr const char* kUsage =
+    "usage: bench_cuda [--grid full|issue|quick] [--formats tq4,k8v4,...]\n"
+    "                  [--json PATH] [--reps N] [--copies N] [--append] [--plan]\n"
+    "  --grid     full: d 64..512, 4 head layouts, batch 1..128, context 1k..128k (skips what does not fit);\n"
+    "             issue (default): issue 6's target shapes; quick: a handful\n"
+    "  --formats  K/V format pairs (default: every built pair; issue grid: tq4,k8v4,tq3,tq2,f16)\n"
+    "  --json     also write every row (and the bandwidths) to PATH\n"
+    "  --reps     single launches per row at most (big shapes get fewer, down to 10); default 200\n"
+    "  --copies   rotating cache copies (1 = warm L2); default: enough for a cold L2\n"
+    "  --append   also time append of a 32k-token chunk (--extras: the same)\n"
+    "  --plan     print the rows, copies, repetitions and an estimate of the run time; run nothing\n";
 
 void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) {
@@ -41,10 +59,27 @@ void check(cudaError_t e, const char* what) {
 constexpr std::size_t kColdBytes = std::size_t{400} << 20;
 // --copies N overrides the count (1 = warm L2: tells the fixed cost of a step from cold-memory cost).
 std::size_t g_copies_override = 0;
-// Device memory the copies may use in total.
-constexpr std::size_t kMaxCopiesBytes = std::size_t{24} << 30;
+// Device memory left beside the copies: decode workspace, queries, outputs, graphs.
+constexpr std::size_t kReserveBytes = std::size_t{2} << 30;
 // Random pattern tiled over the cache storage (codes, f16 values, scales).
 constexpr std::size_t kPatternBytes = std::size_t{16} << 20;
+// Bytes the timed single launches of one row read in total (20 ms at 3 TB/s): big shapes get
+// fewer repetitions than --reps, down to kMinReps, so the full grid stays within minutes.
+constexpr double kTimedBytes = 60e9;
+constexpr int kMinReps = 10;
+constexpr int kWarmupLaunches = 5;
+// Decode steps per captured graph (as a model captures all layers of a step); replays per row.
+constexpr int kGraphSteps = 16;
+constexpr int kMinGraphReplays = 3;
+constexpr int kMaxGraphReplays = 20;
+// Graph replays = reps / this, clamped to the two above: graphs run about as many steps as single launches.
+constexpr int kRepsPerGraphReplay = kGraphSteps;
+// Sections of the copies' storage start on this boundary (16-byte loads need 16; 256 matches cudaMalloc).
+constexpr std::size_t kSectionAlignment = 256;
+// Buffer the read and copy bandwidths stream through: far beyond L2.
+constexpr std::size_t kBandwidthBytes = std::size_t{1} << 30;
+constexpr int kBandwidthReps = 12;
+constexpr int kBandwidthWarmup = 2;
 
 struct Pattern {
   std::vector<uint8_t> codes, halves, scales;
@@ -83,42 +118,168 @@ double median(std::vector<float> v) {
   return v[v.size() / 2];
 }
 
-// Device-to-device copy rate, counting bytes read plus written (METHOD.md).
-double copy_bandwidth_gbs() {
-  const std::size_t bytes = std::size_t{1} << 30;
-  void *a = nullptr, *b = nullptr;
-  check(cudaMalloc(&a, bytes), "malloc copy");
-  check(cudaMalloc(&b, bytes), "malloc copy");
-  check(cudaMemset(a, 1, bytes), "memset");
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0);
-  cudaEventCreate(&e1);
-  std::vector<float> ms;
-  for (int i = 0; i < 12; ++i) {
-    cudaEventRecord(e0);
-    check(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice), "copy");
-    cudaEventRecord(e1);
-    cudaEventSynchronize(e1);
-    float t = 0;
-    cudaEventElapsedTime(&t, e0, e1);
-    if (i >= 2) ms.push_back(t);
+std::size_t align_up(std::size_t bytes, std::size_t alignment) {
+  return (bytes + alignment - 1) / alignment * alignment;
+}
+
+// The pattern in device memory, so filling many GB of copies runs at device-copy speed.
+struct DevicePattern {
+  void *codes = nullptr, *halves = nullptr, *scales = nullptr;
+  explicit DevicePattern(const Pattern& p) {
+    for (auto [dst, src] : {std::pair{&codes, &p.codes}, {&halves, &p.halves}, {&scales, &p.scales}}) {
+      check(cudaMalloc(dst, kPatternBytes), "malloc pattern");
+      check(cudaMemcpy(*dst, src->data(), kPatternBytes, cudaMemcpyHostToDevice), "pattern");
+    }
   }
+  ~DevicePattern() {
+    for (void* b : {codes, halves, scales}) cudaFree(b);
+  }
+  DevicePattern(const DevicePattern&) = delete;
+  DevicePattern& operator=(const DevicePattern&) = delete;
+};
+
+void tile_on_device(void* dst, std::size_t bytes, const void* pattern) {
+  for (std::size_t off = 0; off < bytes; off += kPatternBytes)
+    check(cudaMemcpy(static_cast<uint8_t*>(dst) + off, pattern, std::min(kPatternBytes, bytes - off),
+                     cudaMemcpyDeviceToDevice),
+          "fill");
+}
+
+// Median milliseconds of kBandwidthReps event-timed calls of f() on the default stream.
+template <typename F>
+float median_ms(F&& f) {
+  cudaEvent_t e0, e1;
+  check(cudaEventCreate(&e0), "event");
+  check(cudaEventCreate(&e1), "event");
+  std::vector<float> ms;
+  for (int i = 0; i < kBandwidthWarmup + kBandwidthReps; ++i) {
+    check(cudaEventRecord(e0), "event");
+    f();
+    check(cudaEventRecord(e1), "event");
+    check(cudaEventSynchronize(e1), "bandwidth");
+    float t = 0;
+    check(cudaEventElapsedTime(&t, e0, e1), "event");
+    if (i >= kBandwidthWarmup) ms.push_back(t);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return static_cast<float>(median(ms));
+}
+
+struct Bandwidth {
+  double copy_gbs = 0;  // device-to-device copy, bytes read + written (METHOD.md)
+  double read_gbs = 0;  // read-only kernel, bytes read
+};
+
+Bandwidth measure_bandwidth() {
+  void *a = nullptr, *b = nullptr;
+  unsigned* sink = nullptr;
+  check(cudaMalloc(&a, kBandwidthBytes), "malloc bandwidth");
+  check(cudaMalloc(&b, kBandwidthBytes), "malloc bandwidth");
+  check(cudaMalloc(reinterpret_cast<void**>(&sink), sizeof(unsigned)), "malloc sink");
+  check(cudaMemset(a, 1, kBandwidthBytes), "memset");
+  const double bytes = static_cast<double>(kBandwidthBytes);
+  Bandwidth bw;
+  bw.copy_gbs = 2 * bytes / (median_ms([&] {
+                  check(cudaMemcpyAsync(b, a, kBandwidthBytes, cudaMemcpyDeviceToDevice), "copy");
+                }) * 1e-3) / 1e9;
+  bw.read_gbs = bytes / (median_ms([&] { check(bench::launch_read_all(a, kBandwidthBytes, sink, nullptr), "read"); }) *
+                         1e-3) / 1e9;
   cudaFree(a);
   cudaFree(b);
-  return 2.0 * static_cast<double>(bytes) / (median(ms) * 1e-3) / 1e9;
+  cudaFree(sink);
+  return bw;
 }
 
 struct Shape {
-  std::string format;
+  KvFormat format;
   int head_dim, q_heads, kv_heads, batch, context;
+  std::size_t rows() const { return std::size_t(batch) * kv_heads * context; }
 };
 
-const char* kernel_name(cuda_detail::DecodeKernel k) {
-  switch (k) {
-    case cuda_detail::DecodeKernel::mma: return "mma";
-    case cuda_detail::DecodeKernel::cuda_core: return "cuda_core";
+// The grids of issue 6. full: every built pair (or --formats) over every shape; skipped rows say so.
+std::vector<Shape> full_grid(const std::vector<KvFormat>& formats) {
+  struct Heads { int head_dim, q, kv; };
+  // (32, 8) and (32, 32) at every d; (16, 8) at d = 256 and (9, 3) at d = 64 as in the issue.
+  const std::vector<Heads> layouts = {{64, 32, 8},   {64, 9, 3},     {64, 32, 32},  {128, 32, 8}, {128, 32, 32},
+                                      {256, 32, 8},  {256, 16, 8},   {256, 32, 32}, {512, 32, 8}, {512, 32, 32}};
+  std::vector<Shape> grid;
+  for (const auto& f : formats)
+    for (const auto& h : layouts)
+      for (int batch : {1, 8, 32, 128})
+        for (int ctx : {1024, 4096, 16384, 65536, 131072}) grid.push_back({f, h.head_dim, h.q, h.kv, batch, ctx});
+  return grid;
+}
+
+// Issue 6's target shapes: d = 128 32/8 at batch 1, 8, 32 and 4k..64k, plus d = 256 and 512.
+std::vector<Shape> issue_grid(const std::vector<KvFormat>& formats) {
+  std::vector<Shape> grid;
+  for (const auto& f : formats) {
+    for (int batch : {1, 8, 32})
+      for (int ctx : {4096, 16384, 65536}) grid.push_back({f, 128, 32, 8, batch, ctx});
+    grid.push_back({f, 256, 16, 8, 8, 65536});
+    grid.push_back({f, 512, 32, 8, 8, 16384});
   }
-  return "?";
+  return grid;
+}
+
+std::vector<Shape> quick_grid(const std::vector<KvFormat>& formats) {
+  std::vector<Shape> grid;
+  for (const auto& f : formats)
+    for (int batch : {1, 8})
+      for (int ctx : {4096, 65536}) grid.push_back({f, 128, 32, 8, batch, ctx});
+  return grid;
+}
+
+std::vector<KvFormat> built_pairs() {
+  std::vector<KvFormat> pairs;
+  for (Format k : kAllFormats)
+    for (Format v : kAllFormats)
+      if (cuda_detail::decode_pair_built({k, v})) pairs.push_back({k, v});
+  return pairs;
+}
+
+// How one row runs: the copies' storage (arena) and the repetitions.
+struct Plan {
+  std::size_t bytes_read = 0;     // KV bytes one decode step reads
+  std::size_t k_codes = 0, v_codes = 0, scales = 0;  // bytes of each section of one copy (aligned)
+  std::size_t copies = 0;         // 0: one copy does not fit in device memory
+  int reps = 0, graph_replays = 0;
+  std::size_t copy_bytes() const { return k_codes + v_codes + 2 * scales; }
+  std::size_t graphs() const { return (copies + kGraphSteps - 1) / kGraphSteps; }
+  // Decode steps the row runs: warm-up, single launches, graph replays.
+  std::size_t steps() const {
+    return kWarmupLaunches + std::size_t(reps) + std::size_t(graph_replays) * kGraphSteps;
+  }
+};
+
+Plan make_plan(const Shape& s, std::size_t free_bytes, int max_reps) {
+  Plan p;
+  p.bytes_read = kv_bytes_per_position(s.format, s.head_dim) * s.rows();
+  p.k_codes = align_up(s.rows() * row_bytes(s.format.key, s.head_dim), kSectionAlignment);
+  p.v_codes = align_up(s.rows() * row_bytes(s.format.value, s.head_dim), kSectionAlignment);
+  p.scales = align_up(s.rows() * sizeof(float), kSectionAlignment);
+  const std::size_t fit = free_bytes > kReserveBytes ? (free_bytes - kReserveBytes) / p.copy_bytes() : 0;
+  const std::size_t wanted = g_copies_override ? g_copies_override : (kColdBytes + p.bytes_read - 1) / p.bytes_read;
+  p.copies = std::min(std::max<std::size_t>(wanted, 1), fit);
+  p.reps = static_cast<int>(std::clamp(kTimedBytes / static_cast<double>(p.bytes_read), double(kMinReps),
+                                       double(std::max(max_reps, kMinReps))));
+  p.graph_replays = std::clamp(p.reps / kRepsPerGraphReplay, kMinGraphReplays, kMaxGraphReplays);
+  return p;
+}
+
+// Model of one row's seconds for --plan: steps at the card's read bandwidth with a floor per step
+// (single launches of small shapes measure 20-30 us on an H100, docs/gpu r9), plus setup: filling
+// the copies at copy speed (read + write), capturing and instantiating graphs, allocation.
+constexpr double kPlanReadBytesPerSecond = 3.0e12;
+constexpr double kPlanStepFloorSeconds = 25e-6;
+constexpr double kPlanRowSetupSeconds = 10e-3;
+constexpr double kPlanGraphSetupSeconds = 0.5e-3;
+double estimate_seconds(const Plan& p) {
+  const double step = std::max(static_cast<double>(p.bytes_read) / kPlanReadBytesPerSecond, kPlanStepFloorSeconds);
+  const double fill = 2.0 * static_cast<double>(p.copies * p.copy_bytes()) / kPlanReadBytesPerSecond;
+  return static_cast<double>(p.steps()) * step + fill + kPlanRowSetupSeconds +
+         static_cast<double>(p.graphs()) * kPlanGraphSetupSeconds;
 }
 
 // Median of `reps` event-timed calls of f(i) on `stream`, in microseconds.
@@ -138,31 +299,162 @@ double time_us(cudaStream_t stream, int reps, F&& f) {
   return median(ms) * 1e3;
 }
 
-void run(const Shape& s, const Pattern& pat, int reps, double copy_gbs,
-         const std::vector<cuda_detail::DecodeKernel>& kernels) {
-  CacheConfig cfg;
-  cfg.batch = s.batch;
-  cfg.kv_heads = s.kv_heads;
-  cfg.head_dim = s.head_dim;
-  cfg.capacity = s.context;
-  cfg.format = parse_kv_format(s.format);
-  const std::size_t kv_bytes = kv_bytes_per_position(cfg.format, s.head_dim) * std::size_t(s.batch) * s.kv_heads * s.context;
-  const std::size_t copies =
-      g_copies_override ? g_copies_override
-                        : std::clamp<std::size_t>((kColdBytes + kv_bytes - 1) / kv_bytes, 1,
-                                                  std::max<std::size_t>(1, kMaxCopiesBytes / kv_bytes));
-  std::vector<cuda::DeviceKvCache> caches;
-  const std::vector<int64_t> tokens(s.batch, s.context);
-  for (std::size_t i = 0; i < copies; ++i) {
-    caches.emplace_back(cfg);
-    const CacheView v = caches.back().view();
-    const std::size_t rows = std::size_t(s.batch) * s.kv_heads * s.context;
-    tile(v.k_codes, rows * v.k_row_bytes, is_quantized(cfg.format.key) ? pat.codes : pat.halves);
-    tile(v.v_codes, rows * v.v_row_bytes, is_quantized(cfg.format.value) ? pat.codes : pat.halves);
-    tile(v.k_scales, rows * 4, pat.scales);
-    tile(v.v_scales, rows * 4, pat.scales);
-    check(cudaMemcpy(const_cast<int64_t*>(v.tokens), tokens.data(), tokens.size() * 8, cudaMemcpyHostToDevice), "tokens");
+// One row of results. status: "ok", "skipped: memory" or "error: ...".
+struct Row {
+  Shape shape;
+  std::string kernel;
+  Plan plan;
+  std::string status = "ok";
+  double us = 0, graph_us = 0;
+};
+
+struct RunInfo {
+  std::string card, device, date;
+  Bandwidth bw;
+  int max_reps = 0;
+};
+
+double gbs(std::size_t bytes, double us) { return static_cast<double>(bytes) / (us * 1e-6) / 1e9; }
+
+void print_header() {
+  std::printf("| format | kernel | d | heads | batch | context | MB read | median us | graph us/step | GB/s | "
+              "%% read | %% copy | graph GB/s | graph %% read | copies | reps |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+}
+
+void print_row(const Row& r, const Bandwidth& bw) {
+  const Shape& s = r.shape;
+  const std::string head = fmt::format("| {:<6} | {:<9} | {:4} | {:>2}/{:<2} | {:5} | {:6} | {:9.1f} |",
+                                       kv_format_name(s.format), r.kernel, s.head_dim, s.q_heads, s.kv_heads,
+                                       s.batch, s.context, static_cast<double>(r.plan.bytes_read) / 1e6);
+  if (r.status != "ok") {
+    std::printf("%s %s | | | | | | | | |\n", head.c_str(), r.status.c_str());
+  } else {
+    const double g = gbs(r.plan.bytes_read, r.us), gg = gbs(r.plan.bytes_read, r.graph_us);
+    std::printf("%s %9.1f | %9.1f | %7.1f | %5.1f%% | %5.1f%% | %7.1f | %5.1f%% | %4zu | %4d |\n", head.c_str(), r.us,
+                r.graph_us, g, 100.0 * g / bw.read_gbs, 100.0 * g / bw.copy_gbs, gg, 100.0 * gg / bw.read_gbs,
+                r.plan.copies, r.plan.reps);
   }
+  std::fflush(stdout);
+}
+
+std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    if (static_cast<unsigned char>(c) >= 0x20) out += c;
+  }
+  return out + "\"";
+}
+
+std::string json_number(double x) { return std::isfinite(x) ? fmt::format("{:.6g}", x) : "null"; }
+
+// Every row with the run's card, date and bandwidths; rewritten after each row so an interrupted
+// run keeps what it measured. Keys shared with scripts/gpu-bench/peer_sdpa.py.
+void write_json(const std::string& path, const RunInfo& info, const std::vector<Row>& rows) {
+  std::string common = fmt::format("\"card\": {}, \"date\": {}, \"copy_gbs\": {}, \"read_gbs\": {}",
+                                   json_string(info.card), json_string(info.date), json_number(info.bw.copy_gbs),
+                                   json_number(info.bw.read_gbs));
+  // make_plan's rule, so the peer (peer_sdpa.py) rotates and repeats the same way.
+  const std::string rule = fmt::format(
+      "{{\"cold_bytes\": {}, \"copies_override\": {}, \"reserve_bytes\": {}, \"timed_bytes\": {}, "
+      "\"min_reps\": {}, \"max_reps\": {}, \"warmup\": {}, \"graph_steps\": {}, \"min_graph_replays\": {}, "
+      "\"max_graph_replays\": {}, \"reps_per_graph_replay\": {}}}",
+      kColdBytes, g_copies_override, kReserveBytes, json_number(kTimedBytes), kMinReps,
+      std::max(info.max_reps, kMinReps), kWarmupLaunches, kGraphSteps, kMinGraphReplays, kMaxGraphReplays, kRepsPerGraphReplay);
+  std::string text = fmt::format("{{\"tool\": \"bench_cuda\", \"device\": {}, {}, \"plan_rule\": {}, \"rows\": [\n",
+                                 json_string(info.device), common, rule);
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const Row& r = rows[i];
+    const Shape& s = r.shape;
+    const bool ok = r.status == "ok";
+    auto timed = [&](double value) { return ok ? json_number(value) : std::string("null"); };
+    const double g = ok ? gbs(r.plan.bytes_read, r.us) : 0, gg = ok ? gbs(r.plan.bytes_read, r.graph_us) : 0;
+    text += fmt::format(
+        "  {{\"format\": {}, \"kernel\": {}, \"head_dim\": {}, \"q_heads\": {}, \"kv_heads\": {}, \"batch\": {}, "
+        "\"context\": {}, \"bytes_read\": {}, \"status\": {}, \"median_us\": {}, \"graph_us_per_step\": {}, "
+        "\"gbs\": {}, \"graph_gbs\": {}, \"pct_read_bw\": {}, \"pct_copy_bw\": {}, \"graph_pct_read_bw\": {}, "
+        "\"graph_pct_copy_bw\": {}, \"copies\": {}, \"reps\": {}, {}}}{}\n",
+        json_string(kv_format_name(s.format)), json_string(r.kernel), s.head_dim, s.q_heads, s.kv_heads, s.batch,
+        s.context, r.plan.bytes_read, json_string(r.status), timed(r.us), timed(r.graph_us), timed(g), timed(gg),
+        timed(100.0 * g / info.bw.read_gbs), timed(100.0 * g / info.bw.copy_gbs), timed(100.0 * gg / info.bw.read_gbs),
+        timed(100.0 * gg / info.bw.copy_gbs), r.plan.copies, r.plan.reps, common, i + 1 < rows.size() ? "," : "");
+  }
+  text += "]}\n";
+  std::FILE* f = std::fopen(path.c_str(), "w");
+  if (!f || std::fwrite(text.data(), 1, text.size(), f) != text.size() || std::fclose(f) != 0) {
+    std::fprintf(stderr, "bench_cuda: --json %s: cannot write\n", path.c_str());
+    std::exit(1);
+  }
+}
+
+// The copies of one shape: one allocation, section-major ([k codes of every copy][v codes]...),
+// so filling it is four long device copies. The DeviceKvCache (capacity 1) supplies what the
+// copies share: rotation signs, codebooks and the token counters (set to `context`).
+class Copies {
+ public:
+  Copies(const Shape& s, const Plan& plan, const DevicePattern& pattern) : plan_(plan) {
+    CacheConfig cfg;
+    cfg.batch = s.batch;
+    cfg.kv_heads = s.kv_heads;
+    cfg.head_dim = s.head_dim;
+    cfg.capacity = 1;
+    cfg.format = s.format;
+    shared_.emplace(cfg);
+    const std::vector<int64_t> tokens(s.batch, s.context);
+    check(cudaMemcpy(const_cast<int64_t*>(shared_->view().tokens), tokens.data(), tokens.size() * sizeof(int64_t),
+                     cudaMemcpyHostToDevice),
+          "tokens");
+    if (cudaMalloc(&arena_, plan.copies * plan.copy_bytes()) != cudaSuccess) {
+      cudaGetLastError();  // clear the failed allocation; the caller reports the row as skipped
+      arena_ = nullptr;
+      return;
+    }
+    auto* base = static_cast<uint8_t*>(arena_);
+    const std::size_t n = plan.copies;
+    tile_on_device(base, n * plan.k_codes, is_quantized(s.format.key) ? pattern.codes : pattern.halves);
+    tile_on_device(base + n * plan.k_codes, n * plan.v_codes,
+                   is_quantized(s.format.value) ? pattern.codes : pattern.halves);
+    tile_on_device(base + n * (plan.k_codes + plan.v_codes), 2 * n * plan.scales, pattern.scales);
+    view_ = shared_->view();
+    view_.capacity = s.context;
+  }
+  ~Copies() { cudaFree(arena_); }
+  Copies(const Copies&) = delete;
+  Copies& operator=(const Copies&) = delete;
+
+  bool allocated() const { return arena_ != nullptr; }
+  // Copy i % copies.
+  CacheView view(std::size_t i) const {
+    const std::size_t n = plan_.copies, c = i % n;
+    auto* base = static_cast<const uint8_t*>(arena_);
+    CacheView v = view_;
+    v.k_codes = base + c * plan_.k_codes;
+    v.v_codes = base + n * plan_.k_codes + c * plan_.v_codes;
+    v.k_scales = reinterpret_cast<const float*>(base + n * (plan_.k_codes + plan_.v_codes) + c * plan_.scales);
+    v.v_scales = reinterpret_cast<const float*>(base + n * (plan_.k_codes + plan_.v_codes + plan_.scales) +
+                                                c * plan_.scales);
+    return v;
+  }
+
+ private:
+  Plan plan_;
+  std::optional<cuda::DeviceKvCache> shared_;
+  CacheView view_;
+  void* arena_ = nullptr;
+};
+
+// Times one shape; its row is appended to `rows`.
+void run(const Shape& s, const Plan& plan, const DevicePattern& pattern, std::vector<Row>& rows) {
+  const std::size_t first = rows.size();
+  rows.push_back({s, "mma", plan});
+  auto mark = [&](const std::string& status) {
+    for (std::size_t i = first; i < rows.size(); ++i) rows[i].status = status;
+  };
+  if (plan.copies == 0) return mark("skipped: memory");
+  const Copies copies(s, plan, pattern);
+  if (!copies.allocated()) return mark("skipped: memory");
+
   const std::size_t n_q = std::size_t(s.batch) * s.q_heads * s.head_dim;
   float* q = nullptr;
   void* out = nullptr;
@@ -180,42 +472,31 @@ void run(const Shape& s, const Pattern& pat, int reps, double copy_gbs,
   cudaStream_t stream;
   check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
   const ExecContext ctx{Backend::cuda, stream};
-  for (const auto kernel : kernels) {
-    cuda_detail::select_decode_kernel(kernel);
-    for (int i = 0; i < 5; ++i) cuda_backend::decode_attention(caches[i % copies].view(), q, out, p, ctx);
-    const double us = time_us(stream, reps, [&](int i) {
-      cuda_backend::decode_attention(caches[i % copies].view(), q, out, p, ctx);
-    });
-    // Graph replay: each graph holds kGraphSteps decode steps over consecutive copies (as a model
-    // captures all layers of a step), so the time per step includes the launch gaps inside a
-    // graph but not the host's launch latency; graphs are replayed round-robin (cold L2).
-    constexpr int kGraphSteps = 16;
-    const std::size_t n_graphs = (copies + kGraphSteps - 1) / kGraphSteps;
-    std::vector<cudaGraphExec_t> graphs(n_graphs);
-    for (std::size_t gi = 0; gi < n_graphs; ++gi) {
+  {
+    Row& row = rows[first];
+    for (int i = 0; i < kWarmupLaunches; ++i) cuda_backend::decode_attention(copies.view(i), q, out, p, ctx);
+    row.us = time_us(stream, plan.reps, [&](int i) { cuda_backend::decode_attention(copies.view(i), q, out, p, ctx); });
+    // Graph replay: each graph holds kGraphSteps decode steps over consecutive copies, so the time
+    // per step includes the launch gaps inside a graph but not the host's launch latency. Every
+    // graph is uploaded first (so no replay pays for it), then they are replayed round-robin: a
+    // copy a replay reads was last read by the single launches or a whole rotation ago (cold L2).
+    std::vector<cudaGraphExec_t> graphs(plan.graphs());
+    for (std::size_t gi = 0; gi < graphs.size(); ++gi) {
       cudaGraph_t graph;
       check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "capture");
       for (int st = 0; st < kGraphSteps; ++st)
-        cuda_backend::decode_attention(caches[(gi * kGraphSteps + st) % copies].view(), q, out, p, ctx);
+        cuda_backend::decode_attention(copies.view(gi * kGraphSteps + st), q, out, p, ctx);
       check(cudaStreamEndCapture(stream, &graph), "end capture");
       check(cudaGraphInstantiate(&graphs[gi], graph, 0), "instantiate");
       cudaGraphDestroy(graph);
     }
-    for (std::size_t gi = 0; gi < n_graphs; ++gi) check(cudaGraphLaunch(graphs[gi], stream), "replay");
-    const double graph_us =
-        time_us(stream, std::max(20, reps / kGraphSteps),
-                [&](int i) { check(cudaGraphLaunch(graphs[i % n_graphs], stream), "replay"); }) /
-        kGraphSteps;
+    for (auto& g : graphs) check(cudaGraphUpload(g, stream), "upload");
+    row.graph_us = time_us(stream, plan.graph_replays, [&](int i) {
+                     check(cudaGraphLaunch(graphs[i % graphs.size()], stream), "replay");
+                   }) / kGraphSteps;
     for (auto& g : graphs) cudaGraphExecDestroy(g);
     check(cudaGetLastError(), "decode");
-    const double gbs = static_cast<double>(kv_bytes) / (us * 1e-6) / 1e9;
-    const double graph_gbs = static_cast<double>(kv_bytes) / (graph_us * 1e-6) / 1e9;
-    std::printf("| %-6s | %-9s | %4d | %2d/%-2d | %5d | %6d | %9.1f | %9.1f | %7.1f | %5.1f%% | %5.1f%% | %4zu |\n",
-                s.format.c_str(), kernel_name(kernel), s.head_dim, s.q_heads, s.kv_heads, s.batch, s.context, us,
-                graph_us, gbs, 100.0 * gbs / copy_gbs, 100.0 * graph_gbs / copy_gbs, copies);
-    std::fflush(stdout);
   }
-  cuda_detail::select_decode_kernel(cuda_detail::DecodeKernel::mma);
   cudaFree(q);
   cudaFree(out);
   cudaStreamDestroy(stream);
@@ -282,68 +563,170 @@ void run_append(const std::string& format, cuda::InputType type, int reps, doubl
   cudaStreamDestroy(stream);
 }
 
+std::vector<std::string> split_list(const std::string& list) {
+  std::vector<std::string> out;
+  for (std::size_t pos = 0; pos != std::string::npos;) {
+    const std::size_t comma = list.find(',', pos);
+    out.push_back(list.substr(pos, comma == std::string::npos ? comma : comma - pos));
+    pos = comma == std::string::npos ? comma : comma + 1;
+  }
+  return out;
+}
+
+[[noreturn]] void usage_error(const std::string& message) {
+  std::fprintf(stderr, "bench_cuda: %s\n%s", message.c_str(), kUsage);
+  std::exit(1);
+}
+
+std::string utc_now() {
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return text;
+}
+
+struct Options {
+  std::string grid = "issue", json;
+  std::vector<KvFormat> formats;  // empty: the grid's default
+  int reps = 200;
+  bool append = false, plan_only = false;
+};
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const bool has_value = i + 1 < argc;
+    if (a == "--grid" && has_value) {
+      o.grid = argv[++i];
+      if (o.grid != "full" && o.grid != "issue" && o.grid != "quick")
+        usage_error(fmt::format("--grid {}: expected full, issue or quick", o.grid));
+    } else if (a == "--quick") {
+      o.grid = "quick";
+    } else if (a == "--append" || a == "--extras") {
+      o.append = true;
+    } else if (a == "--plan") {
+      o.plan_only = true;
+    } else if (a == "--json" && has_value) {
+      o.json = argv[++i];
+    } else if (a == "--reps" && has_value) {
+      o.reps = std::atoi(argv[++i]);
+      if (o.reps < 1) usage_error(fmt::format("--reps {}: expected a positive count", argv[i]));
+    } else if (a == "--copies" && has_value) {
+      g_copies_override = std::strtoul(argv[++i], nullptr, 10);
+      if (g_copies_override == 0) usage_error(fmt::format("--copies {}: expected a positive count", argv[i]));
+    } else if (a == "--formats" && has_value) {
+      for (const auto& name : split_list(argv[++i])) {
+        KvFormat f;
+        try {
+          f = parse_kv_format(name);
+        } catch (const Error& e) {
+          usage_error(fmt::format("--formats: {}", e.what()));
+        }
+        if (!cuda_detail::decode_pair_built(f)) {
+          std::string built;
+          for (const auto& b : built_pairs()) built += (built.empty() ? "" : ",") + kv_format_name(b);
+          usage_error(fmt::format("--formats: {} has no CUDA kernels in this build (built: {})", name, built));
+        }
+        o.formats.push_back(f);
+      }
+    } else {
+      usage_error(fmt::format("unknown or incomplete option {}", a));
+    }
+  }
+  return o;
+}
+
+std::vector<Shape> grid_of(const Options& o) {
+  if (o.grid == "full") return full_grid(o.formats.empty() ? built_pairs() : o.formats);
+  if (o.grid == "quick") return quick_grid(o.formats.empty() ? built_pairs() : o.formats);
+  std::vector<KvFormat> issue_formats;
+  for (const char* name : {"tq4", "k8v4", "tq3", "tq2", "f16"}) issue_formats.push_back(parse_kv_format(name));
+  return issue_grid(o.formats.empty() ? issue_formats : o.formats);
+}
+
+// The free device memory a row's copies may use (freed copies of the previous row included).
+std::size_t free_device_bytes() {
+  std::size_t free = 0, total = 0;
+  check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
+  return free;
+}
+
+// Device memory --plan assumes without a GPU: an H100 80GB's free memory after the CUDA context.
+constexpr std::size_t kPlanFreeBytesWithoutDevice = std::size_t{79} << 30;
+
+void print_plan(const Options& o, const std::vector<Shape>& grid, bool have_device) {
+  const std::size_t free = have_device ? free_device_bytes() : kPlanFreeBytesWithoutDevice;
+  std::printf("plan: grid %s, %zu shapes, free device memory %.1f GiB%s\n", o.grid.c_str(), grid.size(),
+              static_cast<double>(free) / (1 << 30), have_device ? "" : " (assumed: no device)");
+  std::printf("| format | d | heads | batch | context | MB read | copies | reps | graph replays | est. s |\n"
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  double total = 0;
+  std::size_t skipped = 0;
+  for (const Shape& s : grid) {
+    const Plan p = make_plan(s, free, o.reps);
+    const double secs = p.copies ? estimate_seconds(p) : 0;
+    total += secs;
+    skipped += p.copies == 0;
+    std::printf("| %s | %d | %d/%d | %d | %d | %.1f | %s | %d | %d | %.3f |\n", kv_format_name(s.format).c_str(),
+                s.head_dim, s.q_heads, s.kv_heads, s.batch, s.context, static_cast<double>(p.bytes_read) / 1e6,
+                p.copies ? std::to_string(p.copies).c_str() : "skipped: memory", p.reps, p.graph_replays, secs);
+  }
+  std::printf("\nestimate: %.0f s for %zu rows (%zu skipped: memory), at %.1f TB/s read, %.0f us floor per step\n",
+              total, grid.size(), skipped, kPlanReadBytesPerSecond / 1e12,
+              kPlanStepFloorSeconds * 1e6);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, extras = false;
-  int reps = 200;
-  std::vector<std::string> formats = {"tq4", "k8v4", "f16", "tq3", "tq2"};
-  std::vector<cuda_detail::DecodeKernel> kernels = {cuda_detail::DecodeKernel::mma};
-  auto split_list = [](const std::string& list) {
-    std::vector<std::string> out;
-    for (std::size_t pos = 0; pos != std::string::npos;) {
-      const std::size_t comma = list.find(',', pos);
-      out.push_back(list.substr(pos, comma == std::string::npos ? comma : comma - pos));
-      pos = comma == std::string::npos ? comma : comma + 1;
-    }
-    return out;
-  };
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--quick") quick = true;
-    else if (a == "--extras") extras = true;
-    else if (a == "--reps" && i + 1 < argc) reps = std::atoi(argv[++i]);
-    else if (a == "--copies" && i + 1 < argc) g_copies_override = std::strtoul(argv[++i], nullptr, 10);
-    else if (a == "--formats" && i + 1 < argc) formats = split_list(argv[++i]);
-    else if (a == "--kernels" && i + 1 < argc) {
-      kernels.clear();
-      for (const auto& k : split_list(argv[++i])) {
-        if (k == "mma") kernels.push_back(cuda_detail::DecodeKernel::mma);
-        else if (k == "cuda_core") kernels.push_back(cuda_detail::DecodeKernel::cuda_core);
-        else {
-          std::fprintf(stderr, "bench_cuda: unknown kernel %s\n", k.c_str());
-          return 1;
-        }
-      }
-    } else {
-      std::fprintf(stderr, "usage: bench_cuda [--quick] [--formats tq4,k8v4,f16] [--kernels mma,cuda_core] [--extras] [--reps N] [--copies N]\n");
-      return 1;
-    }
-  }
+  const Options o = parse(argc, argv);
   try {
-    if (tqkv::cuda::device_count() == 0) {
+    const std::vector<Shape> grid = grid_of(o);
+    const bool have_device = tqkv::cuda::device_count() > 0;
+    if (o.plan_only) {
+      print_plan(o, grid, have_device);
+      return 0;
+    }
+    if (!have_device) {
       std::printf("bench_cuda: no CUDA device\n");
       return 0;
     }
-    std::printf("device: %s\n", tqkv::cuda_backend::device_description().c_str());
-    const double copy_gbs = copy_bandwidth_gbs();
-    std::printf("device-to-device copy: %.0f GB/s (read + write)\n\n", copy_gbs);
-    const Pattern pat = make_pattern(0xbe9c4);
-    std::printf("| format | kernel | d | heads | batch | context | median us | graph us/step | GB/s | %% copy | graph %% copy | copies |\n");
-    std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
-    const std::vector<int> contexts = quick ? std::vector<int>{4096, 16384} : std::vector<int>{4096, 16384, 65536};
-    for (const auto& f : formats)
-      for (int batch : {1, 8})
-        for (int ctx : contexts) run({f, 128, 32, 8, batch, ctx}, pat, reps, copy_gbs, kernels);
-    if (extras) {
-      // Larger head dims (issue 6: within 10 % of d = 128 in bandwidth terms).
-      for (int d : {256, 512}) run({"tq4", d, 32, 8, 8, 16384}, pat, reps, copy_gbs, kernels);
-      run({"tq4", 256, 16, 8, 8, 65536}, pat, reps, copy_gbs, kernels);
-      run({"tq4", 128, 32, 8, 32, 16384}, pat, reps, copy_gbs, kernels);
+    const auto start = std::chrono::steady_clock::now();
+    RunInfo info;
+    info.device = tqkv::cuda_backend::device_description();
+    cudaDeviceProp prop{};
+    check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
+    info.card = prop.name;
+    info.date = utc_now();
+    info.max_reps = o.reps;
+    info.bw = measure_bandwidth();
+    std::printf("device: %s\n", info.device.c_str());
+    std::printf("read-only kernel: %.0f GB/s; device-to-device copy: %.0f GB/s (read + write)\n\n", info.bw.read_gbs,
+                info.bw.copy_gbs);
+    const DevicePattern pattern(make_pattern(0xbe9c4));
+    std::vector<Row> rows;
+    print_header();
+    for (const Shape& s : grid) {
+      const std::size_t first = rows.size();
+      try {
+        run(s, make_plan(s, free_device_bytes(), o.reps), pattern, rows);
+      } catch (const Error& e) {
+        for (std::size_t i = first; i < rows.size(); ++i) rows[i].status = fmt::format("error: {}", e.what());
+      }
+      for (std::size_t i = first; i < rows.size(); ++i) print_row(rows[i], info.bw);
+      if (!o.json.empty()) write_json(o.json, info, rows);
     }
-    if (!extras) return 0;
+    const auto timed = std::count_if(rows.begin(), rows.end(), [](const Row& r) { return r.status == "ok"; });
+    std::printf("\n%zu rows: %td timed, %td not (see status); %.0f s\n", rows.size(), timed,
+                static_cast<std::ptrdiff_t>(rows.size()) - timed,
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    if (!o.append) return 0;
     std::printf("\n| append | input | chunk | median us | GB/s (read + written) | %% copy |\n| --- | --- | --- | --- | --- | --- |\n");
-    for (const auto type : {cuda::InputType::f16, cuda::InputType::f32}) run_append("tq4", type, quick ? 5 : 20, copy_gbs);
+    for (const auto type : {cuda::InputType::f16, cuda::InputType::f32})
+      run_append("tq4", type, o.grid == "quick" ? 5 : 20, info.bw.copy_gbs);
   } catch (const tqkv::Error& e) {
     std::fprintf(stderr, "bench_cuda: %s\n", e.what());
     return 1;

@@ -1,12 +1,10 @@
-// Launchers of the decode kernels of one format pair: the tensor-core kernel (decode_mma.cuh,
-// shipped) and the CUDA-core kernel of v2 (decode_kernel.cuh, kept for side-by-side timing),
-// chosen by selected_decode_kernel().
+// Launchers of the decode kernel (decode_mma.cuh) of one format pair, for every built head dim.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 
-#include "decode_kernel.cuh"
+#include "decode_common.cuh"
 #include "decode_mma.cuh"
 #include "launch.hpp"
 
@@ -26,19 +24,14 @@ cudaError_t opt_in_smem(Kernel kernel, int bytes, std::atomic<uint64_t>& opted_i
 }
 
 // One kernel instance: its function, threads and shared memory.
-template <Format KF, Format VF, int D, DecodeKernel K>
+template <Format KF, Format VF, int D>
 struct DecodeInstance {
   static constexpr int kWarps = 8;
   static constexpr int kStages = 2;
   using Shape = MmaShape<KF, VF, D, kWarps, kStages>;
-  static constexpr int threads() { return K == DecodeKernel::cuda_core ? kDecodeThreads : kWarps * 32; }
-  static constexpr int smem() {
-    return K == DecodeKernel::cuda_core ? DecodeShape<KF, VF, D>::kSmemBytes : Shape::kSmemBytes;
-  }
-  static auto kernel() {
-    if constexpr (K == DecodeKernel::cuda_core) return decode_kernel<KF, VF, D>;
-    else return decode_mma_kernel<KF, VF, D, kWarps, kStages>;
-  }
+  static constexpr int threads() { return kWarps * 32; }
+  static constexpr int smem() { return Shape::kSmemBytes; }
+  static auto kernel() { return decode_mma_kernel<KF, VF, D, kWarps, kStages>; }
   static cudaError_t prepare() {
     static std::atomic<uint64_t> opted_in{0};
     return opt_in_smem(kernel(), smem(), opted_in);
@@ -47,10 +40,8 @@ struct DecodeInstance {
     cudaError_t err = prepare();
     if (err != cudaSuccess) return err;
     const dim3 grid(a.splits, a.cache.kv_heads * a.head_chunks, a.cache.batch);
-    kernel()<<<grid, threads(), smem(), stream>>>(a);
-    err = cudaGetLastError();
-    if (err != cudaSuccess || a.splits == 1) return err;
-    return launch_decode_merge(a, stream);
+    kernel()<<<grid, threads(), smem(), stream>>>(a);  // splits merge in-kernel (finish_decode_block)
+    return cudaGetLastError();
   }
   static cudaError_t blocks_per_sm(int* blocks) {
     cudaError_t err = prepare();
@@ -59,24 +50,16 @@ struct DecodeInstance {
   }
 };
 
-// Calls f(instance) for the selected kernel of (KF, VF, D).
-template <Format KF, Format VF, int D, typename F>
-cudaError_t with_decode_instance(F&& f) {
-  if (selected_decode_kernel() == DecodeKernel::cuda_core)
-    return f(DecodeInstance<KF, VF, D, DecodeKernel::cuda_core>{});
-  return f(DecodeInstance<KF, VF, D, DecodeKernel::mma>{});
-}
-
 template <Format KF, Format VF, typename F>
 cudaError_t with_decode_dim(int head_dim, F&& f) {
   switch (head_dim) {
-    case 64: return with_decode_instance<KF, VF, 64>(f);
-    case 80: return with_decode_instance<KF, VF, 80>(f);
-    case 96: return with_decode_instance<KF, VF, 96>(f);
-    case 128: return with_decode_instance<KF, VF, 128>(f);
-    case 256: return with_decode_instance<KF, VF, 256>(f);
-    case 512: return with_decode_instance<KF, VF, 512>(f);
-    case 576: return with_decode_instance<KF, VF, 576>(f);
+    case 64: return f(DecodeInstance<KF, VF, 64>{});
+    case 80: return f(DecodeInstance<KF, VF, 80>{});
+    case 96: return f(DecodeInstance<KF, VF, 96>{});
+    case 128: return f(DecodeInstance<KF, VF, 128>{});
+    case 256: return f(DecodeInstance<KF, VF, 256>{});
+    case 512: return f(DecodeInstance<KF, VF, 512>{});
+    case 576: return f(DecodeInstance<KF, VF, 576>{});
     default: return cudaErrorInvalidValue;  // unreachable: the host checked decode_head_dim_built()
   }
 }

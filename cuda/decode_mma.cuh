@@ -20,16 +20,9 @@
 
 #include <utility>
 
-#include "decode_kernel.cuh"
+#include "decode_common.cuh"
 
 namespace tqkv::cuda_detail {
-
-template <int N, typename F>
-__device__ __forceinline__ void static_for(F&& f) {
-  [&]<int... I>(std::integer_sequence<int, I...>) {
-    (f(std::integral_constant<int, I>{}), ...);
-  }(std::make_integer_sequence<int, N>{});
-}
 
 constexpr int lowest_bit(int x) { return x & -x; }
 constexpr int cmin(int a, int b) { return a < b ? a : b; }
@@ -142,7 +135,7 @@ struct MmaShape {
 
   // Shared memory (bytes, 16-byte aligned offsets).
   static constexpr int kOffQ = 0;  // float [8][D]: rotated query, then the block's output
-  static constexpr int kOffStats = kOffQ + kMaxHeadsPerBlock * D * 4;  // m[8], d[8], q max
+  static constexpr int kOffStats = kOffQ + kMaxHeadsPerBlock * D * 4;  // m[8], d[8], q max[8]
   static constexpr int kOffLevels = kOffStats + 32 * 4;                // float [2][256]: K, V levels
   static constexpr int kOffQFrag = kOffLevels + 2 * 256 * 4;           // uint4 [kKSteps][32]
   static constexpr int kOffTable = kOffQFrag + kKSteps * 32 * 16;
@@ -273,10 +266,11 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   float* q_s = reinterpret_cast<float*>(smem + S::kOffQ);
   float* m_s = reinterpret_cast<float*>(smem + S::kOffStats);
   float* d_s = m_s + G;
-  float* qmax_s = d_s + G;
+  float* qmax_s = d_s + G;  // [G]: per-head max |q|
   uint4* qfrag = reinterpret_cast<uint4*>(smem + S::kOffQFrag);
   const uint8_t* table = smem + S::kOffTable;
 
+  timeline_mark(a, 0);
   const CacheView& c = a.cache;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -352,54 +346,70 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     cp_async_commit();
   }
 
-  // ---- set-up: rotated query, its fp16 hi/lo fragments, the code tables ----
-  const uint32_t* signs = c.sign_bits + static_cast<std::size_t>(kv_head) * c.sign_words;
-  const float* q_in = a.q + (static_cast<std::size_t>(b) * a.q_heads + h0) * D;
-  for (int idx = tid; idx < n_heads * D; idx += S::kThreads) {
-    float x = q_in[idx] * a.scale;
-    if (quantized(KF) && sign_negated(signs, idx % D)) x = -x;
-    q_s[idx] = x;
-  }
-  if (tid == 0) *qmax_s = 0.0f;
-  // Levels into shared memory first: the table loop below must not wait on global loads.
+  // ---- set-up: rotated query, its fp16 hi/lo fragments, the code tables; two block barriers ----
+  // (ncu, run r10: the shared-memory FWHT with a barrier per stage and the table/fragment
+  // barriers were ~1,300 of the ~2,450 instructions per warp at batch 1, 4k.)
   float* levels_s = reinterpret_cast<float*>(smem + S::kOffLevels);
   if constexpr (quantized(KF))
     for (int i = tid; i < (1 << S::kKB); i += S::kThreads) levels_s[i] = c.k_levels[i];
   if constexpr (quantized(VF))
     for (int i = tid; i < (1 << S::kVB); i += S::kThreads) levels_s[256 + i] = c.v_levels[i];
-  if constexpr (quantized(KF)) {
-    block_fwht_unnormalized(q_s, n_heads, D, D);
-    for (int idx = tid; idx < n_heads * D; idx += S::kThreads) q_s[idx] *= hadamard_norm(D, idx % D);
+  // The query, scaled and rotated into the key domain: one warp per head, in registers.
+  const uint32_t* signs = c.sign_bits + static_cast<std::size_t>(kv_head) * c.sign_words;
+  const float* q_in = a.q + (static_cast<std::size_t>(b) * a.q_heads + h0) * D;
+  for (int h = warp; h < n_heads; h += WARPS) {
+    float x[kWarpSlots<D>];
+    static_for<kWarpSlots<D>>([&](auto J) {
+      constexpr int j = decltype(J)::value;
+      const int i = lane + 32 * j;
+      float v = 0.0f;
+      if (i < D) {
+        v = q_in[h * D + i] * a.scale;
+        if (quantized(KF) && sign_negated(signs, i)) v = -v;
+      }
+      x[j] = v;
+    });
+    if constexpr (quantized(KF)) warp_fwht_unnormalized<D>(x);
+    float mx = 0.0f;
+    static_for<kWarpSlots<D>>([&](auto J) {
+      constexpr int j = decltype(J)::value;
+      const int i = lane + 32 * j;
+      if (i >= D) return;
+      const float v = quantized(KF) ? x[j] * warp_hadamard_norm<D>(j) : x[j];
+      q_s[h * D + i] = v;
+      mx = fmaxf(mx, fabsf(v));
+    });
+    mx = warp_max(mx);
+    if (lane == 0) qmax_s[h] = mx;
   }
   __syncthreads();
-  {
-    float mx = 0.0f;
-    for (int idx = tid; idx < n_heads * D; idx += S::kThreads) mx = fmaxf(mx, fabsf(q_s[idx]));
-    mx = warp_max(mx);
-    // Non-negative floats order as their bit patterns.
-    if (lane == 0) atomicMax(reinterpret_cast<int*>(qmax_s), __float_as_int(mx));
-  }
-  // Tables: a half warp writes one 256-byte row (lanes 0-7 the key entry, 8-15 the value entry).
+  timeline_mark(a, 1);
+  // Tables: each thread computes one entry (a row's key or value half) once and writes its 32
+  // lane copies as 8 16-byte stores, starting at part `lane` so that the 8 lanes of a store
+  // phase hit 8 different bank groups.
   if constexpr (S::kTableBytes > 0) {
     constexpr int rows = S::kTableBytes / kTableRowBytes;
-    for (int r = warp * 2 + (lane >> 4); r < rows; r += WARPS * 2) {
-      const int part = lane & 15;
-      uint32_t e = 0;
-      if (part < 8) {
+    for (int e = tid; e < 2 * rows; e += S::kThreads) {
+      const int r = e >> 1, col = e & 1;
+      uint32_t v = 0;
+      if (col == 0) {
         if constexpr (quantized(KF))
-          if (r < table_rows(KF)) e = table_entry<KF>(levels_s, r, a.k_lambda);
+          if (r < table_rows(KF)) v = table_entry<KF>(levels_s, r, a.k_lambda);
       } else {
         if constexpr (quantized(VF))
-          if (r < table_rows(VF)) e = table_entry<VF>(levels_s + 256, r, a.v_lambda);
+          if (r < table_rows(VF)) v = table_entry<VF>(levels_s + 256, r, a.v_lambda);
       }
-      *reinterpret_cast<uint4*>(smem + S::kOffTable + r * kTableRowBytes + part * 16) = make_uint4(e, e, e, e);
+      uint8_t* dst = smem + S::kOffTable + r * kTableRowBytes + col * kTableV;
+      const uint4 quad = make_uint4(v, v, v, v);
+#pragma unroll
+      for (int p = 0; p < 8; ++p) *reinterpret_cast<uint4*>(dst + ((p + lane) & 7) * 16) = quad;
     }
   }
-  __syncthreads();
   // Scale q by 2^e so that its largest coordinate sits just under 2^15: the lo halves stay normal.
   int q_exp = 0;
   {
-    const float mx = *qmax_s;
+    float mx = 0.0f;
+    for (int h = 0; h < n_heads; ++h) mx = fmaxf(mx, qmax_s[h]);
     if (mx > 0.0f && isfinite(mx)) {
       int e2 = 0;
       frexpf(mx, &e2);  // mx < 2^e2
@@ -438,6 +448,7 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   for (int j = 0; j < S::kMTiles; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
   float m_run = -INFINITY, l_run = 0.0f;
 
+  timeline_mark(a, 2);
   for (int i = 0; i < my_tiles; ++i) {
     if (i + STAGES - 1 < my_tiles) load_tile(i + STAGES - 1);
     cp_async_commit();
@@ -592,42 +603,30 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     worker_sync();  // the next load_tile overwrites this stage
   }
   cp_async_wait<0>();
+  timeline_mark(a, 3);
   l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
   l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
   __syncthreads();  // every worker is done with the stages and tables: reuse them for the merge
+  timeline_mark(a, 4);
 
-  // Each worker's m, l and unnormalised output, then the log-sum-exp combination into q_s.
+  // Log-sum-exp combination of the workers: their (m, l) first; then each lane scales its own
+  // output by its worker's weight exp2(m_w - max_w m) before storing it, so the sum over workers
+  // needs no exponentials per coordinate.
   float* wm = reinterpret_cast<float*>(smem + S::kOffMerge) + worker * S::kMergeFloats;
   if (wi == 0 && t == 0) {
     wm[g] = m_run;
     wm[G + g] = l_run;
   }
-  float* wo = wm + 2 * G;
-  static_for<S::kMTiles>([&](auto J) {
-    constexpr int j = decltype(J)::value;
-    const int coord = g * (D / 8) + wi * S::kMTiles * 2 + 2 * j;
-    wo[(2 * t) * D + coord] = o[j][0];
-    wo[(2 * t + 1) * D + coord] = o[j][1];
-    wo[(2 * t) * D + coord + 1] = o[j][2];
-    wo[(2 * t + 1) * D + coord + 1] = o[j][3];
-  });
   __syncthreads();
-  const float inv_v_lambda = 1.0f / a.v_lambda;
   const float* merge = reinterpret_cast<const float*>(smem + S::kOffMerge);
-  for (int idx = tid; idx < n_heads * D; idx += S::kThreads) {
-    const int h = idx / D;
+  auto worker_weight = [&](int h) {  // this worker's weight for head h (0 when it saw nothing)
     float mx = -INFINITY;
 #pragma unroll
     for (int w = 0; w < S::kWorkers; ++w) mx = fmaxf(mx, merge[w * S::kMergeFloats + h]);
-    float acc = 0.0f;
-    if (mx != -INFINITY)
-#pragma unroll
-      for (int w = 0; w < S::kWorkers; ++w) {
-        const float mw = merge[w * S::kMergeFloats + h];
-        if (mw != -INFINITY) acc += merge[w * S::kMergeFloats + 2 * G + idx] * exp2f(mw - mx);
-      }
-    q_s[idx] = acc * inv_v_lambda;
-  }
+    const float mine = merge[worker * S::kMergeFloats + h];
+    return mine == -INFINITY ? 0.0f : exp2f(mine - mx);
+  };
+  const float f0 = worker_weight(2 * t), f1 = worker_weight(2 * t + 1);
   if (tid < n_heads) {
     float mx = -INFINITY;
     for (int w = 0; w < S::kWorkers; ++w) mx = fmaxf(mx, merge[w * S::kMergeFloats + tid]);
@@ -640,8 +639,26 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     m_s[tid] = mx == -INFINITY ? -INFINITY : mx * 0.6931471805599453f;  // natural-log units
     d_s[tid] = l;
   }
+  float* wo = wm + 2 * G;
+  static_for<S::kMTiles>([&](auto J) {
+    constexpr int j = decltype(J)::value;
+    const int coord = g * (D / 8) + wi * S::kMTiles * 2 + 2 * j;
+    *reinterpret_cast<float2*>(wo + (2 * t) * D + coord) = make_float2(o[j][0] * f0, o[j][2] * f0);
+    *reinterpret_cast<float2*>(wo + (2 * t + 1) * D + coord) = make_float2(o[j][1] * f1, o[j][3] * f1);
+  });
   __syncthreads();
-  finish_decode_block(q_s, m_s, d_s, n_heads, h0, b, a, kv_head, split);
+  const float inv_v_lambda = 1.0f / a.v_lambda;
+  for (int idx = tid; idx < n_heads * D; idx += S::kThreads) {
+    float acc = 0.0f;
+#pragma unroll
+    for (int w = 0; w < S::kWorkers; ++w) acc += merge[w * S::kMergeFloats + 2 * G + idx];
+    q_s[idx] = acc * inv_v_lambda;
+  }
+  __syncthreads();
+  // The workers' area is free again: scratch for the split merge (8 x (D + 1) floats at most).
+  static_assert(S::kWorkers * S::kMergeFloats >= kMaxHeadsPerBlock * (D + 1), "merge scratch must fit");
+  finish_decode_block<D, quantized(VF)>(q_s, m_s, d_s, n_heads, h0, b, a, kv_head, split,
+                                        reinterpret_cast<float*>(smem + S::kOffMerge));
 }
 
 }  // namespace tqkv::cuda_detail

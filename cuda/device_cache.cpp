@@ -1,6 +1,10 @@
 // DeviceKvCache: the KvCache layout in device memory, with quantize-on-append launches.
 #include <cuda_runtime_api.h>
 
+#include <cmath>
+#include <limits>
+#include <vector>
+
 #include <fmt/format.h>
 
 #include "backend.hpp"
@@ -8,6 +12,38 @@
 #include "launch.hpp"
 #include "tqkv/cuda.hpp"
 #include "tqkv/error.hpp"
+
+namespace tqkv::cuda_detail {
+
+// Equal buckets spanning the boundaries from bucket 2 to bucket kCodeBuckets - 2. The Lloyd-Max
+// boundaries of tq2 to tq4 lie several buckets apart; this checks it on the very map the kernel
+// evaluates (code_bucket).
+std::vector<CodeBucket> make_code_grid(const std::vector<float>& bounds, CodeGrid& grid) {
+  const float lo = bounds.front(), hi = bounds.back();
+  grid.scale = static_cast<float>((kCodeBuckets - 4) / (static_cast<double>(hi) - lo));
+  grid.offset = kGridOrigin + std::round(2.0f - lo * grid.scale);  // an integer above 2^23: exact
+  std::vector<CodeBucket> table(kCodeBuckets, CodeBucket{std::numeric_limits<float>::infinity(), 0});
+  std::vector<bool> holds(kCodeBuckets, false);
+  int previous = -1;
+  for (std::size_t i = 0; i < bounds.size(); ++i) {
+    const int b = code_bucket(bounds[i], grid.scale, grid.offset);
+    if (b <= previous)
+      raise(Status::internal, fmt::format("make_code_grid: codebook boundaries {} and {} share a code bucket",
+                                          bounds[i - 1], bounds[i]));
+    table[b] = CodeBucket{bounds[i], static_cast<uint32_t>(i)};
+    holds[b] = true;
+    previous = b;
+  }
+  // A bucket without a boundary: every boundary of the lower buckets is below its z.
+  uint32_t below = 0;
+  for (int b = 0; b < kCodeBuckets; ++b) {
+    if (holds[b]) below = table[b].base + 1;
+    else table[b].base = below;
+  }
+  return table;
+}
+
+}  // namespace tqkv::cuda_detail
 
 namespace tqkv::cuda {
 using namespace tqkv::cuda_detail;
@@ -72,7 +108,8 @@ struct DeviceKvCache::Impl {
   int device = 0;
   std::size_t k_row_bytes = 0, v_row_bytes = 0;
   DeviceBuffer k_codes, v_codes, k_scales, v_scales, tokens, sign_bits;
-  DeviceBuffer k_levels, v_levels, k_boundaries, v_boundaries, status;
+  DeviceBuffer k_levels, v_levels, k_boundaries, v_boundaries, k_buckets, v_buckets, status;
+  CodeGrid k_grid, v_grid;  // buckets point into k_buckets / v_buckets
   std::vector<int64_t> tokens_mirror;
   // The decode kernel's lambda for these levels (see register_levels) lives as long as they do.
   ~Impl() {
@@ -119,7 +156,8 @@ DeviceKvCache::DeviceKvCache(const CacheConfig& config) : impl_(std::make_unique
   }
   m.sign_bits.allocate(signs.size() * sizeof(uint32_t), "sign bits");
   m.sign_bits.upload(signs.data(), m.sign_bits.bytes, "sign bits");
-  auto upload_codebook = [&](Format f, DeviceBuffer& levels, DeviceBuffer& bounds, const char* name) {
+  auto upload_codebook = [&](Format f, DeviceBuffer& levels, DeviceBuffer& bounds, DeviceBuffer& buckets,
+                             CodeGrid& grid, const char* name) {
     const Codebook* cb = codebook_for(f, config);
     if (!cb) return;
     levels.allocate(cb->levels_f32.size() * sizeof(float), name);
@@ -127,9 +165,14 @@ DeviceKvCache::DeviceKvCache(const CacheConfig& config) : impl_(std::make_unique
     bounds.allocate(cb->boundaries_f32.size() * sizeof(float), name);
     bounds.upload(cb->boundaries_f32.data(), bounds.bytes, name);
     register_levels(levels.as<float>(), cb->levels_f32.data(), static_cast<int>(cb->levels_f32.size()));
+    if (cb->boundaries_f32.size() > static_cast<std::size_t>(kMaxGridBoundaries)) return;
+    const std::vector<CodeBucket> table = make_code_grid(cb->boundaries_f32, grid);
+    buckets.allocate(table.size() * sizeof(CodeBucket), name);
+    buckets.upload(table.data(), buckets.bytes, name);
+    grid.buckets = buckets.as<CodeBucket>();
   };
-  upload_codebook(config.format.key, m.k_levels, m.k_boundaries, "key codebook");
-  upload_codebook(config.format.value, m.v_levels, m.v_boundaries, "value codebook");
+  upload_codebook(config.format.key, m.k_levels, m.k_boundaries, m.k_buckets, m.k_grid, "key codebook");
+  upload_codebook(config.format.value, m.v_levels, m.v_boundaries, m.v_buckets, m.v_grid, "value codebook");
 }
 
 DeviceKvCache::~DeviceKvCache() = default;
@@ -186,8 +229,9 @@ HostCacheBytes DeviceKvCache::download() const {
 
 namespace {
 
-void launch_append_checked(DeviceKvCache::Impl& m, int seq_begin, int n_seqs, const void* k, const void* v,
-                           int n_tokens, InputType type, void* stream, const char* what) {
+// `view`: the cache's DeviceKvCache::view(), the storage the kernel writes.
+void launch_append_checked(DeviceKvCache::Impl& m, const CacheView& view, int seq_begin, int n_seqs, const void* k,
+                           const void* v, int n_tokens, InputType type, void* stream, const char* what) {
   const CacheConfig& c = m.config;
   require_device_pointer(k, what, "k");
   require_device_pointer(v, what, "v");
@@ -202,25 +246,11 @@ void launch_append_checked(DeviceKvCache::Impl& m, int seq_begin, int n_seqs, co
               fmt::format("{}: sequence {} holds {} tokens; {} more exceed capacity {} (not a ring buffer)",
                           what, s, m.tokens_mirror[s], n_tokens, c.capacity));
   AppendLaunch a;
-  a.format = c.format;
-  a.batch = c.batch;
-  a.kv_heads = c.kv_heads;
-  a.head_dim = c.head_dim;
-  a.capacity = c.capacity;
-  a.ring = c.ring;
-  a.sign_words = (c.head_dim + 31) / 32;
-  a.k_row_bytes = m.k_row_bytes;
-  a.v_row_bytes = m.v_row_bytes;
-  a.k_codes = m.k_codes.as<uint8_t>();
-  a.v_codes = m.v_codes.as<uint8_t>();
-  a.k_scales = m.k_scales.as<float>();
-  a.v_scales = m.v_scales.as<float>();
-  a.tokens = m.tokens.as<int64_t>();
-  a.sign_bits = m.sign_bits.as<uint32_t>();
+  a.cache = view;
   a.k_boundaries = m.k_boundaries.as<float>();
   a.v_boundaries = m.v_boundaries.as<float>();
-  a.k_levels = m.k_levels.as<float>();
-  a.v_levels = m.v_levels.as<float>();
+  a.k_grid = m.k_grid;
+  a.v_grid = m.v_grid;
   a.least_squares = c.scale_rule == ScaleRule::least_squares;
   a.k = k;
   a.v = v;
@@ -241,11 +271,11 @@ void DeviceKvCache::append(int seq, const void* k, const void* v, int n_tokens, 
     raise(Status::out_of_range, fmt::format("{}: sequence index {} is outside [0, {})", what, seq, impl_->config.batch));
   if (n_tokens <= 0)
     raise(Status::invalid_argument, fmt::format("{}: n_tokens = {} must be positive (sequence {})", what, n_tokens, seq));
-  launch_append_checked(*impl_, seq, 1, k, v, n_tokens, type, stream, what);
+  launch_append_checked(*impl_, view(), seq, 1, k, v, n_tokens, type, stream, what);
 }
 
 void DeviceKvCache::append_step(const void* k, const void* v, InputType type, void* stream) {
-  launch_append_checked(*impl_, 0, impl_->config.batch, k, v, 1, type, stream, "DeviceKvCache::append_step");
+  launch_append_checked(*impl_, view(), 0, impl_->config.batch, k, v, 1, type, stream, "DeviceKvCache::append_step");
 }
 
 void DeviceKvCache::reset(int seq, void* stream) {

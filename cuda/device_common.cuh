@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <utility>
 
 #include "tqkv/attention.hpp"
 #include "tqkv/format.hpp"
@@ -77,19 +78,24 @@ __device__ __forceinline__ void decode_chunk(const uint8_t* p, const float* leve
 inline constexpr int kLowestBlockBit = 4;
 inline constexpr int kHighestBlockBit = 10;
 
-// Block (offset, size) holding coordinate `i`.
-__device__ __forceinline__ void hadamard_block_of(int head_dim, int i, int& offset, int& size) {
-  offset = 0;
-  size = 0;
+// Block (offset, size) holding coordinate `i`; {0, 0} past the last block.
+struct HadamardBlock {
+  int offset, size;
+};
+constexpr HadamardBlock hadamard_block(int head_dim, int i) {
+  int offset = 0;
   for (int bit = kHighestBlockBit; bit >= kLowestBlockBit; --bit) {
     if (!(head_dim & (1 << bit))) continue;
     const int block = 1 << bit;
-    if (i < offset + block) {
-      size = block;
-      return;
-    }
+    if (i < offset + block) return {offset, block};
     offset += block;
   }
+  return {0, 0};
+}
+__device__ __forceinline__ void hadamard_block_of(int head_dim, int i, int& offset, int& size) {
+  const HadamardBlock blk = hadamard_block(head_dim, i);
+  offset = blk.offset;
+  size = blk.size;
 }
 
 // In-place unnormalised FWHT of each block of `n_vec` vectors x[v * stride + i], i < head_dim,
@@ -125,6 +131,57 @@ __device__ __forceinline__ float hadamard_norm(int head_dim, int i) {
   int offset, size;
   hadamard_block_of(head_dim, i, offset, size);
   return rsqrtf(static_cast<float>(size));
+}
+
+template <int N, typename F>
+__device__ __forceinline__ void static_for(F&& f) {
+  [&]<int... I>(std::integer_sequence<int, I...>) {
+    (f(std::integral_constant<int, I>{}), ...);
+  }(std::make_integer_sequence<int, N>{});
+}
+
+// ---- The same transform on one vector held by a warp: no shared memory, no barrier ----
+
+// Coordinates per lane of a D-vector spread over a warp: lane l holds l + 32 j in x[j].
+template <int D>
+inline constexpr int kWarpSlots = (D + 31) / 32;
+
+// Unnormalised block-diagonal FWHT of the warp's vector. Each butterfly computes a + b and a - b
+// of the same operands in the same stage order as block_fwht_unnormalized() and the CPU, so the
+// results are bit-identical. Blocks of 32 or more coordinates are 32-aligned (one block per
+// slot j); a 16-block (head dims = 16 mod 32) is lanes 0-15 of the last slot, whose lanes 16-31
+// hold no coordinate and only pair among themselves. All lanes must call it.
+template <int D>
+__device__ __forceinline__ void warp_fwht_unnormalized(float (&x)[kWarpSlots<D>]) {
+  constexpr int NJ = kWarpSlots<D>;
+  const int lane = threadIdx.x & 31;
+  static_for<5>([&](auto L) {  // len = 1..16: partners in other lanes
+    constexpr int len = 1 << decltype(L)::value;
+    static_for<NJ>([&](auto J) {
+      constexpr int j = decltype(J)::value;
+      if constexpr (len < hadamard_block(D, 32 * j).size) {
+        const float other = __shfl_xor_sync(0xffffffffu, x[j], len);
+        x[j] = (lane & len) ? other - x[j] : x[j] + other;
+      }
+    });
+  });
+  static_for<6>([&](auto L) {  // len = 32..1024: partners in other slots of the same lane
+    constexpr int len = 32 << decltype(L)::value, dj = len / 32;
+    static_for<NJ>([&](auto J) {
+      constexpr int j = decltype(J)::value;
+      if constexpr ((j & dj) == 0 && len < hadamard_block(D, 32 * j).size) {
+        const float a = x[j], b = x[j + dj];
+        x[j] = a + b;
+        x[j + dj] = a - b;
+      }
+    });
+  });
+}
+
+// hadamard_norm() of the coordinates in slot j.
+template <int D>
+__device__ __forceinline__ float warp_hadamard_norm(int j) {
+  return rsqrtf(static_cast<float>(hadamard_block(D, 32 * j).size));
 }
 
 // ---- cp.async (sm_80+): global -> shared copies that do not occupy registers ----

@@ -6,8 +6,11 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <vector>
 
 #include "tqkv/attention.hpp"
 #include "tqkv/layout.hpp"
@@ -26,6 +29,11 @@ struct DecodeLaunch {
   const float* sinks = nullptr;   // [q_heads] or null
   float* part_o = nullptr;        // [batch][q_heads][splits][head_dim] (splits > 1 only)
   float* part_md = nullptr;       // [batch][q_heads][splits][2]: running max, denominator
+  // [batch][kv_heads * head_chunks]: splits finished so far (splits > 1 only). Zero before the
+  // launch; the block that finishes last merges and sets it back to zero.
+  unsigned* counters = nullptr;
+  // Benchmarks only (set_decode_timeline): per block, %globaltimer at each kTimelinePhases phase.
+  unsigned long long* timeline = nullptr;
   float scale = 0.0f;             // resolved logit scale (never 0 here)
   float softcap = 0.0f;
   int window = 0;
@@ -40,14 +48,17 @@ struct DecodeLaunch {
   float v_lambda = 1.0f;
 };
 
-// Decode kernels in the build: mma (tensor cores, 8 warps, 2 stages per worker) is the shipped
-// one; cuda_core (v2) stays for side-by-side timing.
-enum class DecodeKernel : uint8_t { mma = 0, cuda_core = 1 };
-DecodeKernel selected_decode_kernel() noexcept;
-// For benchmarks and tests; not thread-safe against concurrent decode calls.
-void select_decode_kernel(DecodeKernel kernel) noexcept;
-// Positions a split should cover at least (the selected kernel's unit of work per block).
-int decode_split_granule(int head_dim, int k_row_bytes, int v_row_bytes) noexcept;
+// Phases a decode block time-stamps when a timeline buffer is set: entry, query rotated, loop
+// start (set-up done), loop end (worker 0), workers joined, finish start (workers merged),
+// finish done (output or partial stored), split merge done (only the last block of a sequence and
+// KV head; others leave 0).
+inline constexpr int kTimelinePhases = 8;
+// For benchmarks: a device buffer of kTimelinePhases values per block of the next decode launches
+// (null: off). Not thread-safe against concurrent decode calls.
+void set_decode_timeline(unsigned long long* device_buffer) noexcept;
+unsigned long long* decode_timeline() noexcept;
+// Positions a split covers at least: 8 tiles of 16, one for each worker of a decode block.
+inline constexpr int kDecodeSplitGranule = 16 * 8;
 // The factor in [1, 2) that makes the fp16 roundings of lambda * level smallest (largest
 // relative error over the levels). Any lambda is correct; this one is the most precise.
 float code_level_lambda(const float* levels, int count) noexcept;
@@ -61,54 +72,61 @@ inline constexpr int kDecodeHeadDims[] = {64, 80, 96, 128, 256, 512, 576};
 bool decode_head_dim_built(int head_dim) noexcept;
 bool decode_pair_built(KvFormat format) noexcept;
 
-// Rows in shared memory are an odd number of 16-byte units apart, so the 8 lanes of one phase of
-// a 16-byte shared load that touch 8 consecutive rows hit 8 different bank groups.
-constexpr int padded_row_stride(int row_bytes) {
-  return (row_bytes / 16) % 2 == 0 ? row_bytes + 16 : row_bytes;
-}
-// Bytes of K and V rows one pipeline stage of a decode block may hold (two stages are in flight).
-inline constexpr int kDecodeStageBudget = 24 * 1024;
-inline constexpr int kDecodeMaxTile = 64;
-inline constexpr int kDecodeMinTile = 4;  // 128 threads / 4 rows = 32 lanes per row, one warp
-// Positions of one decode tile (a power of two): the split granularity.
-constexpr int decode_tile_for_rows(int k_row_bytes, int v_row_bytes) {
-  const int stride = padded_row_stride(k_row_bytes) + padded_row_stride(v_row_bytes);
-  int tile = kDecodeMaxTile;
-  while (tile > kDecodeMinTile && tile * stride > kDecodeStageBudget) tile /= 2;
-  return tile;
-}
-
-// Main kernel (and, for splits > 1, the merge kernel) on `stream`.
+// The decode kernel on `stream` (one launch; with splits > 1 the last block of each sequence and
+// KV head merges the partials).
 cudaError_t launch_decode(const DecodeLaunch& launch, cudaStream_t stream);
 // Resident decode blocks per SM for this shape (the split choice fills one wave with them).
 cudaError_t decode_blocks_per_sm(KvFormat format, int head_dim, int* blocks);
-// The log-sum-exp merge of launch.splits partials per (sequence, query head) and finalisation.
-cudaError_t launch_decode_merge(const DecodeLaunch& launch, cudaStream_t stream);
 
 // ---- append ----
 
 enum class InputKind : uint8_t { f32 = 0, f16 = 1, bf16 = 2 };
 
+// Code search of tq2/tq3/tq4 rows in append: a monotone float map sends z to one of
+// kCodeBuckets buckets, and the grid is chosen (make_code_grid) so that no bucket holds two
+// codebook boundaries. Then code = base + (z >= bound) for the bucket's one boundary (+inf if
+// none) and base = the boundaries of lower buckets: exactly the count of boundaries <= z.
+inline constexpr int kCodeBuckets = 64;
+inline constexpr int kMaxGridBoundaries = 15;  // tq4; tq8's 255 are searched by bisection
+struct CodeBucket {
+  float bound;
+  uint32_t base;
+};
+struct CodeGrid {
+  float scale = 0.0f;
+  float offset = 0.0f;                   // 2^23 plus an integer: t's bits count buckets
+  const CodeBucket* buckets = nullptr;   // kCodeBuckets (device memory)
+};
+inline constexpr float kGridOrigin = 8388608.0f;  // 2^23: floats in [2^23, 2^24) step by 1
+inline constexpr int32_t kGridOriginBits = 0x4b000000;
+
+// Bucket of z: the bits of fma(z, scale, offset) above those of 2^23, clamped. Monotone in z
+// (fma rounds monotonically; positive floats order as their bits) for |z * scale| < 2^23, far
+// above any |z| <= sqrt(head_dim) a unit-scaled coordinate reaches. Host and device agree bit for
+// bit (fmaf is correctly rounded on both).
+TQKV_HD int code_bucket(float z, float scale, float offset) {
+  const float t = fmaf(z, scale, offset);
+  uint32_t bits;
+  memcpy(&bits, &t, sizeof bits);
+  const int32_t b = static_cast<int32_t>(bits - static_cast<uint32_t>(kGridOriginBits));
+  return b < 0 ? 0 : b > kCodeBuckets - 1 ? kCodeBuckets - 1 : b;
+}
+
+// The grid and its kCodeBuckets buckets (to upload) for sorted boundaries, at most
+// kMaxGridBoundaries of them. Raises Error(internal) if two boundaries would share a bucket.
+std::vector<CodeBucket> make_code_grid(const std::vector<float>& boundaries, CodeGrid& grid);
+
 // Where the first new token of each sequence goes is read from the device counter
-// tokens[seq_begin + s] (so a captured graph appends at the current position on every replay);
-// commit_tokens() advances the counters after the append kernel.
+// cache.tokens[seq_begin + s] (so a captured graph appends at the current position on every
+// replay); commit_tokens() advances the counters after the append kernel.
 struct AppendLaunch {
-  // Device cache storage (mutable view of the same layout as CacheView).
-  KvFormat format{};
-  int batch = 0, kv_heads = 0, head_dim = 0, capacity = 0;
-  bool ring = false;
-  int sign_words = 0;
-  std::size_t k_row_bytes = 0, v_row_bytes = 0;
-  uint8_t* k_codes = nullptr;
-  float* k_scales = nullptr;
-  uint8_t* v_codes = nullptr;
-  float* v_scales = nullptr;
-  int64_t* tokens = nullptr;
-  const uint32_t* sign_bits = nullptr;
+  // The device cache (DeviceKvCache::view()). Its pointers are const because decode reads
+  // through the view; append writes the codes, scales and counters they point to (the cache's
+  // own writable allocations).
+  CacheView cache;
   const float* k_boundaries = nullptr;  // 2^bits - 1 floats (tq formats)
   const float* v_boundaries = nullptr;
-  const float* k_levels = nullptr;      // 2^bits floats (least-squares scale)
-  const float* v_levels = nullptr;
+  CodeGrid k_grid, v_grid;              // tq2, tq3, tq4
   bool least_squares = true;
   // Input: [n_seqs][n_tokens][kv_heads][head_dim] of `input`.
   const void* k = nullptr;

@@ -1,6 +1,8 @@
 // `tqkv bench`: times decode attention on this machine's CPU backends for one shape and prints
 // the median time per decode step and GB/s over the compressed bytes actually read.
-// (GPU timing lives in the CUDA benchmark run by scripts/gpu-check.sh.)
+// GPU timing is bench_cuda (cuda/bench_cuda.cpp): it needs device-side cache copies for a cold L2,
+// CUDA events and graph replays, and times the PyTorch SDPA peer alongside
+// (scripts/gpu-bench/run.sh); `--backend cuda` here says so rather than timing a second way.
 #include <algorithm>
 #include <chrono>
 #include <random>
@@ -27,11 +29,20 @@ struct BenchOptions {
   uint64_t seed = 1;
 };
 
+// Where the GPU benchmark is, for `--backend cuda`.
+constexpr const char* kGpuBenchmark =
+    "the GPU benchmark is bench_cuda (built with -DTQKV_CUDA=ON): `BUILD/cuda/bench_cuda --grid issue|full|quick "
+    "[--formats tq4,k8v4,...] [--json out.json]`; scripts/gpu-bench/run.sh OUTDIR BINDIR runs it with the PyTorch "
+    "SDPA peer and scripts/gpu-bench/report.py writes bench/results/ (bench/results/README.md)";
+
 Backend parse_backend(const std::string& s) {
   if (s == "cpu") return Backend::cpu;
   if (s == "reference" || s == "cpu_reference") return Backend::cpu_reference;
+  if (s == "cuda") raise(Status::unsupported, fmt::format("--backend cuda: {}", kGpuBenchmark));
   raise(Status::invalid_argument,
-        fmt::format("--backend '{}' is not a CPU backend (expected cpu or reference)", s));
+        fmt::format("--backend '{}' is not a backend of this command (expected cpu or reference; cuda "
+                    "says where the GPU benchmark is)",
+                    s));
 }
 
 void run(const BenchOptions& o) {
@@ -86,7 +97,8 @@ void add_bench_command(CLI::App& app) {
   auto o = std::make_shared<BenchOptions>();
   CLI::App* cmd = app.add_subcommand(
       "bench", "Time decode attention on the CPU for each format: median per decode step and GB/s "
-               "over the compressed bytes read (codes + scales of every visible position).");
+               "over the compressed bytes read (codes + scales of every visible position). "
+               "GPU: bench_cuda (`--backend cuda` prints how to run it).");
   cmd->add_option("-f,--formats", o->formats, "KV formats to time")->capture_default_str();
   cmd->add_option("-n,--tokens", o->tokens, "tokens in the cache")->capture_default_str();
   cmd->add_option("-b,--batch", o->batch, "sequences")->capture_default_str();
@@ -95,7 +107,8 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("-d,--head-dim", o->head_dim, "head dim")->capture_default_str();
   cmd->add_option("-r,--repeats", o->repeats, "timed runs (median reported)")->capture_default_str();
   cmd->add_option("-t,--threads", o->threads, "CPU threads, 0 = all")->capture_default_str();
-  cmd->add_option("--backend", o->backend, "cpu (SIMD + threads) or reference (scalar)")
+  cmd->add_option("--backend", o->backend,
+                  "cpu (SIMD + threads) or reference (scalar); cuda points to the GPU benchmark")
       ->capture_default_str();
   cmd->add_option("--seed", o->seed, "seed of the random inputs")->capture_default_str();
   cmd->callback([o] { run(*o); });

@@ -71,7 +71,11 @@ enum class Backend : uint8_t { automatic = 0, cpu_reference = 1, cpu = 2, cuda =
 
 // Where and how to run. `stream` is a cudaStream_t for the CUDA backend (null = default stream).
 // `workspace` is caller-provided scratch of at least decode_workspace_bytes(); without it the
-// backend uses a workspace it caches per device (allocated on the first call only).
+// backend uses a workspace it caches per device (allocated on the first call only). A CUDA
+// workspace must be zero-filled once before its first use (cudaMemset(workspace, 0, bytes)): it
+// holds counters that each call leaves at zero again, so the same workspace serves any later
+// call or graph replay on the same stream. Calls that may run at the same time need separate
+// workspaces.
 struct ExecContext {
   Backend backend = Backend::automatic;
   void* stream = nullptr;

@@ -148,7 +148,7 @@ std::string describe(const Case& c) {
 
 // Runs one case on the GPU and on the reference (same packed bytes) and checks nmse, every output
 // written (poisoned with NaN before), and finiteness.
-void check_decode(Case c, std::mt19937_64& rng, bool with_sinks = false) {
+void check_decode(Case c, std::mt19937_64& rng, bool with_sinks = false, const ExecContext& ctx = {}) {
   CacheConfig cfg;
   cfg.batch = c.batch;
   cfg.kv_heads = c.kv_heads;
@@ -187,7 +187,7 @@ void check_decode(Case c, std::mt19937_64& rng, bool with_sinks = false) {
   DeviceArray<uint8_t> dout(out_bytes);
   dout.poison();
   p.sinks = with_sinks ? dsinks.ptr : nullptr;
-  cuda_backend::decode_attention(dev.view(), dq.ptr, dout.ptr, p, ExecContext{});
+  cuda_backend::decode_attention(dev.view(), dq.ptr, dout.ptr, p, ctx);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::vector<uint8_t> got_bytes = dout.download();
 
@@ -318,6 +318,31 @@ TEST_F(Cuda, FullyMaskedSplitsStayFinite) {
   check_decode(c, rng);
 }
 
+// A caller workspace, zeroed once, serves many multi-split calls of different shapes: the split
+// counters in it are left at zero by every call (a counter left non-zero would make a later
+// call merge too early or never, and its outputs would stay NaN-poisoned or be wrong).
+TEST_F(Cuda, CallerWorkspaceIsReusedAcrossCallsAndShapes) {
+  std::mt19937_64 rng(kSeed + 11);
+  constexpr std::size_t kBytes = std::size_t{8} << 20;
+  DeviceArray<uint8_t> ws(kBytes);
+  CUDA_OK(cudaMemset(ws.ptr, 0, kBytes));
+  ExecContext ctx;
+  ctx.backend = Backend::cuda;
+  ctx.workspace = ws.ptr;
+  ctx.workspace_bytes = kBytes;
+  for (int round = 0; round < 3; ++round)
+    for (int splits : {64, 7, 2, 0}) {
+      Case c;
+      c.format = parse_kv_format(round == 1 ? "k8v4" : "tq4");
+      c.batch = 3 + round;
+      c.q_heads = round == 2 ? 12 : 8;
+      c.kv_heads = round == 2 ? 1 : 2;
+      c.capacity = 1000;
+      c.params.splits = splits;
+      check_decode(c, rng, /*with_sinks=*/splits == 7, ctx);
+    }
+}
+
 TEST_F(Cuda, OutputTypesScaleAndLargeGroups) {
   std::mt19937_64 rng(kSeed + 5);
   for (OutputType t : {OutputType::f32, OutputType::f16, OutputType::bf16}) {
@@ -349,27 +374,21 @@ TEST_F(Cuda, ExtremeLogitScalesKeepPrecision) {
   }
 }
 
-// Every decode kernel in the build (the shipped tensor-core kernel and the CUDA-core kernel kept
-// for timing) against the reference; the selection is restored after.
-TEST_F(Cuda, EveryDecodeKernelMatchesReference) {
+// The backend's own split choice and a forced one (with sinks), for four formats and two head dims.
+TEST_F(Cuda, AutoAndForcedSplitsMatchReference) {
   std::mt19937_64 rng(kSeed + 9);
-  using cuda_detail::DecodeKernel;
-  for (DecodeKernel k : {DecodeKernel::cuda_core, DecodeKernel::mma}) {
-    cuda_detail::select_decode_kernel(k);
-    for (const char* fmt : {"tq4", "k8v4", "f16", "tq2"})
-      for (int d : {128, 256}) {
-        Case c;
-        c.format = parse_kv_format(fmt);
-        c.head_dim = d;
-        c.batch = 3;
-        c.capacity = 700;
-        c.params.splits = 0;
-        check_decode(c, rng);
-        c.params.splits = 3;
-        check_decode(c, rng, /*with_sinks=*/true);
-      }
-  }
-  cuda_detail::select_decode_kernel(DecodeKernel::mma);
+  for (const char* fmt : {"tq4", "k8v4", "f16", "tq2"})
+    for (int d : {128, 256}) {
+      Case c;
+      c.format = parse_kv_format(fmt);
+      c.head_dim = d;
+      c.batch = 3;
+      c.capacity = 700;
+      c.params.splits = 0;
+      check_decode(c, rng);
+      c.params.splits = 3;
+      check_decode(c, rng, /*with_sinks=*/true);
+    }
 }
 
 TEST_F(Cuda, EmptySequenceGivesZeros) {
@@ -403,12 +422,11 @@ struct AppendStats {
 };
 
 // Compares the device cache's bytes with the host cache's, allowing boundary ties (see append.cu).
-void expect_same_bytes(const KvCache& host, const cuda::DeviceKvCache& dev, const std::vector<float>& k_in,
+void expect_same_bytes(const KvCache& host, const cuda::HostCacheBytes& d, const std::vector<float>& k_in,
                        const std::vector<float>& v_in, int seq, int64_t first_position, int n_tokens,
                        AppendStats& stats) {
   const CacheConfig& c = host.config();
   const CacheView h = host.view();
-  const cuda::HostCacheBytes d = dev.download();
   ASSERT_EQ(d.tokens[seq], h.tokens[seq]);
   const int first = c.ring && n_tokens > c.capacity ? n_tokens - c.capacity : 0;
   std::vector<uint8_t> hc(c.head_dim), dc(c.head_dim);
@@ -478,19 +496,25 @@ std::vector<float> as_input(const std::vector<float>& x, cuda::InputType t) {
   return y;
 }
 
+// Appends k and v of type t, placed `offset` elements into their device buffers (offset 1: not
+// 16-byte aligned, the kernel's element-wise loads).
 void device_append(cuda::DeviceKvCache& dev, int seq, const std::vector<float>& k, const std::vector<float>& v,
-                   int n, cuda::InputType t) {
+                   int n, cuda::InputType t, int offset = 0) {
+  auto shifted = [offset](auto values) {
+    values.insert(values.begin(), static_cast<std::size_t>(offset), 0);
+    return values;
+  };
   if (t == cuda::InputType::f32) {
-    DeviceArray<float> dk(k.size()), dv(v.size());
-    dk.upload(k);
-    dv.upload(v);
-    dev.append(seq, dk.ptr, dv.ptr, n, t);
+    DeviceArray<float> dk(k.size() + offset), dv(v.size() + offset);
+    dk.upload(shifted(k));
+    dv.upload(shifted(v));
+    dev.append(seq, dk.ptr + offset, dv.ptr + offset, n, t);
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   } else {
-    DeviceArray<uint16_t> dk(k.size()), dv(v.size());
-    dk.upload(to_half(k, t));
-    dv.upload(to_half(v, t));
-    dev.append(seq, dk.ptr, dv.ptr, n, t);
+    DeviceArray<uint16_t> dk(k.size() + offset), dv(v.size() + offset);
+    dk.upload(shifted(to_half(k, t)));
+    dv.upload(shifted(to_half(v, t)));
+    dev.append(seq, dk.ptr + offset, dv.ptr + offset, n, t);
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   }
 }
@@ -524,12 +548,139 @@ TEST_F(Cuda, AppendMatchesCpuEncodeEveryFormatAndHeadDim) {
         host.append(seq, k.data(), v.data(), n);
         device_append(dev, seq, k, v, n, t);
         dev.check_appends();
-        expect_same_bytes(host, dev, k, v, seq, before, n, stats);
+        expect_same_bytes(host, dev.download(), k, v, seq, before, n, stats);
         EXPECT_EQ(dev.tokens(seq), host.tokens(seq));
       }
     }
   std::printf("append: %zu codes compared, %zu boundary ties (%.2e)\n", stats.codes, stats.ties,
               double(stats.ties) / double(stats.codes));
+  EXPECT_LE(double(stats.ties), kMaxTieFraction * double(stats.codes));
+}
+
+// Chunks of 97 tokens (more than one block of tokens, a partial warp), rings that wrap inside a
+// chunk or keep only its tail, bf16 input, and inputs one element off 16-byte alignment.
+TEST_F(Cuda, AppendAwkwardChunksAndUnalignedInputs) {
+  std::mt19937_64 rng(kSeed + 8);
+  AppendStats stats;
+  struct AppendCase {
+    const char* format;
+    int head_dim;
+    bool ring;
+    int capacity;
+    cuda::InputType type;
+    int offset;
+  };
+  const AppendCase cases[] = {{"tq4", 128, true, 64, cuda::InputType::bf16, 0},   // keeps the last 64 of 97
+                        {"k8v4", 80, true, 100, cuda::InputType::f16, 1},   // wraps inside the chunk
+                        {"tq3", 576, false, 200, cuda::InputType::f32, 1},
+                        {"tq2", 96, true, 100, cuda::InputType::bf16, 1},
+                        {"kf16v4", 128, false, 200, cuda::InputType::f16, 1}};
+  for (const AppendCase& tc : cases) {
+    CacheConfig cfg;
+    cfg.batch = 2;
+    cfg.kv_heads = 3;
+    cfg.head_dim = tc.head_dim;
+    cfg.capacity = tc.capacity;
+    cfg.format = parse_kv_format(tc.format);
+    cfg.ring = tc.ring;
+    KvCache host(cfg);
+    cuda::DeviceKvCache dev(cfg);
+    for (const auto& [seq, n] : {std::pair{1, 10}, std::pair{1, 97}, std::pair{0, 97}}) {
+      const std::size_t count = std::size_t(n) * cfg.kv_heads;
+      const auto k = as_input(random_vectors(rng, count, tc.head_dim), tc.type);
+      const auto v = as_input(random_vectors(rng, count, tc.head_dim), tc.type);
+      const int64_t before = host.tokens(seq);
+      host.append(seq, k.data(), v.data(), n);
+      device_append(dev, seq, k, v, n, tc.type, tc.offset);
+      dev.check_appends();
+      expect_same_bytes(host, dev.download(), k, v, seq, before, n, stats);
+      EXPECT_EQ(dev.tokens(seq), host.tokens(seq)) << tc.format;
+    }
+  }
+  EXPECT_LE(double(stats.ties), kMaxTieFraction * double(stats.codes));
+}
+
+// Head dims without decode kernels (DeviceKvCache refuses them) still append correctly through
+// the launcher: one lane per vector (32), half-filled lanes (48, 112, 1008), 32 lanes (1024).
+TEST_F(Cuda, AppendLauncherEveryHeadDimShape) {
+  std::mt19937_64 rng(kSeed + 9);
+  AppendStats stats;
+  const std::pair<int, const char*> shapes[] = {{32, "tq4"}, {48, "k8v4"}, {112, "tq3"}, {1008, "tq2"}, {1024, "tq4"}};
+  for (const auto& [d, format] : shapes) {
+    CacheConfig cfg;
+    cfg.batch = 2;
+    cfg.kv_heads = 2;
+    cfg.head_dim = d;
+    cfg.capacity = 50;
+    cfg.format = parse_kv_format(format);
+    KvCache host(cfg);
+    const CacheView h = host.view();
+    const std::size_t rows = std::size_t(cfg.batch) * cfg.kv_heads * cfg.capacity;
+    DeviceArray<uint8_t> k_codes(rows * h.k_row_bytes), v_codes(rows * h.v_row_bytes);
+    DeviceArray<float> k_scales(rows), v_scales(rows);
+    DeviceArray<int64_t> tokens(cfg.batch);
+    DeviceArray<uint32_t> signs(std::size_t(cfg.kv_heads) * h.sign_words);
+    DeviceArray<uint8_t> status(cuda_detail::append_status_bytes());
+    k_codes.poison();  // every byte of a written row, padding included, must be written
+    v_codes.poison();
+    CUDA_OK(cudaMemset(tokens.ptr, 0, tokens.n * sizeof(int64_t)));
+    CUDA_OK(cudaMemset(status.ptr, 0, status.n));
+    signs.upload(std::vector<uint32_t>(h.sign_bits, h.sign_bits + signs.n));
+    const Codebook& kc = codebook(cfg.codebook, format_bits(cfg.format.key), d);
+    const Codebook& vc = codebook(cfg.codebook, format_bits(cfg.format.value), d);
+    DeviceArray<float> k_levels(kc.levels_f32.size()), v_levels(vc.levels_f32.size());
+    DeviceArray<float> k_bounds(kc.boundaries_f32.size()), v_bounds(vc.boundaries_f32.size());
+    k_levels.upload(kc.levels_f32);
+    v_levels.upload(vc.levels_f32);
+    k_bounds.upload(kc.boundaries_f32);
+    v_bounds.upload(vc.boundaries_f32);
+    cuda_detail::AppendLaunch a;
+    a.cache = view_shape(cfg);
+    a.cache.k_codes = k_codes.ptr;
+    a.cache.v_codes = v_codes.ptr;
+    a.cache.k_scales = k_scales.ptr;
+    a.cache.v_scales = v_scales.ptr;
+    a.cache.tokens = tokens.ptr;
+    a.cache.sign_bits = signs.ptr;
+    a.cache.k_levels = k_levels.ptr;
+    a.cache.v_levels = v_levels.ptr;
+    a.k_boundaries = k_bounds.ptr;
+    a.v_boundaries = v_bounds.ptr;
+    std::vector<cuda_detail::CodeBucket> k_table, v_table;
+    if (format_bits(cfg.format.key) <= 4) k_table = cuda_detail::make_code_grid(kc.boundaries_f32, a.k_grid);
+    if (format_bits(cfg.format.value) <= 4) v_table = cuda_detail::make_code_grid(vc.boundaries_f32, a.v_grid);
+    DeviceArray<cuda_detail::CodeBucket> k_buckets(k_table.size()), v_buckets(v_table.size());
+    if (!k_table.empty()) k_buckets.upload(k_table);
+    if (!v_table.empty()) v_buckets.upload(v_table);
+    a.k_grid.buckets = k_buckets.ptr;
+    a.v_grid.buckets = v_buckets.ptr;
+    a.least_squares = cfg.scale_rule == ScaleRule::least_squares;
+    a.input = cuda_detail::InputKind::f32;
+    a.status = status.ptr;
+    for (const auto& [seq, n] : {std::pair{1, 41}, std::pair{0, 9}}) {
+      const std::size_t count = std::size_t(n) * cfg.kv_heads;
+      auto k = random_vectors(rng, count, d);
+      const auto v = random_vectors(rng, count, d);
+      std::fill(k.begin(), k.begin() + d, 0.0f);  // a zero vector: scale 0
+      const int64_t before = host.tokens(seq);
+      host.append(seq, k.data(), v.data(), n);
+      DeviceArray<float> dk(k.size()), dv(v.size());
+      dk.upload(k);
+      dv.upload(v);
+      a.k = dk.ptr;
+      a.v = dv.ptr;
+      a.seq_begin = seq;
+      a.n_seqs = 1;
+      a.n_tokens = n;
+      CUDA_OK(cuda_detail::launch_append(a, nullptr));
+      CUDA_OK(cudaDeviceSynchronize());
+      const auto record = status.download();
+      EXPECT_EQ(cuda_detail::append_status_read(record.data()).kind, cuda_detail::AppendFailure::none) << "d " << d;
+      const cuda::HostCacheBytes bytes{k_codes.download(), v_codes.download(), k_scales.download(), v_scales.download(),
+                                       tokens.download()};
+      expect_same_bytes(host, bytes, k, v, seq, before, n, stats);
+    }
+  }
   EXPECT_LE(double(stats.ties), kMaxTieFraction * double(stats.codes));
 }
 
@@ -632,6 +783,19 @@ TEST_F(Cuda, BadInputsRaiseClearErrors) {
   DeviceArray<uint8_t> small(16);
   expect_error(Status::invalid_argument, "workspace_bytes", [&] {
     cuda_backend::decode_attention(dev.view(), q.ptr, out.ptr, p, ExecContext{Backend::cuda, nullptr, small.ptr, 16});
+  });
+  // Forced splits over more (sequence, KV head) groups than the workspace has split counters.
+  CacheConfig wide = cfg;
+  wide.batch = 16385;
+  wide.kv_heads = 1;
+  wide.capacity = 1;
+  cuda::DeviceKvCache wide_cache(wide);
+  DeviceArray<float> wide_q(std::size_t(16385) * 64), wide_out(std::size_t(16385) * 64);
+  DecodeParams wide_p;
+  wide_p.q_heads = 1;
+  wide_p.splits = 2;
+  expect_error(Status::invalid_argument, "split counters", [&] {
+    cuda_backend::decode_attention(wide_cache.view(), wide_q.ptr, wide_out.ptr, wide_p, {});
   });
   CacheConfig odd = cfg;
   odd.head_dim = 160;  // supported by the CPU, not compiled for the GPU
