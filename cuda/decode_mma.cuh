@@ -639,20 +639,35 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     m_s[tid] = mx == -INFINITY ? -INFINITY : mx * 0.6931471805599453f;  // natural-log units
     d_s[tid] = l;
   }
-  float* wo = wm + 2 * G;
+  // The outputs go out in fragment order, one 16-byte store per m tile (slot jj of lane l at
+  // l * kSlots + (jj + l) % kSlots, so the 8 lanes of a store phase hit 8 bank groups); in
+  // (head, coordinate) order the stores of a warp hit the same banks 16 times over (head rows are
+  // D floats apart). Every worker uses the same slots, so the sum over workers is slot by slot.
+  constexpr int kSlots = S::kWpt * S::kMTiles;  // = D / 16
+  float4* wo = reinterpret_cast<float4*>(wm + 2 * G);
   static_for<S::kMTiles>([&](auto J) {
     constexpr int j = decltype(J)::value;
-    const int coord = g * (D / 8) + wi * S::kMTiles * 2 + 2 * j;
-    *reinterpret_cast<float2*>(wo + (2 * t) * D + coord) = make_float2(o[j][0] * f0, o[j][2] * f0);
-    *reinterpret_cast<float2*>(wo + (2 * t + 1) * D + coord) = make_float2(o[j][1] * f1, o[j][3] * f1);
+    const int jj = wi * S::kMTiles + j;
+    wo[lane * kSlots + (jj + lane) % kSlots] = make_float4(o[j][0] * f0, o[j][1] * f1, o[j][2] * f0, o[j][3] * f1);
   });
   __syncthreads();
   const float inv_v_lambda = 1.0f / a.v_lambda;
-  for (int idx = tid; idx < n_heads * D; idx += S::kThreads) {
-    float acc = 0.0f;
+  for (int pos = tid; pos < 32 * kSlots; pos += S::kThreads) {
+    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
-    for (int w = 0; w < S::kWorkers; ++w) acc += merge[w * S::kMergeFloats + 2 * G + idx];
-    q_s[idx] = acc * inv_v_lambda;
+    for (int w = 0; w < S::kWorkers; ++w) {
+      const float4 x = reinterpret_cast<const float4*>(merge + w * S::kMergeFloats + 2 * G)[pos];
+      acc.x += x.x, acc.y += x.y, acc.z += x.z, acc.w += x.w;
+    }
+    // Back to (head, coordinate): the fragment of lane l, m tile jj (as in the value mma above).
+    const int l = pos / kSlots, jj = (pos % kSlots - l % kSlots + kSlots) % kSlots;
+    const int lg = l >> 2, lt = l & 3;
+    const int coord = lg * (D / 8) + (jj / S::kMTiles) * S::kMTiles * 2 + 2 * (jj % S::kMTiles);
+    if (2 * lt < n_heads)
+      *reinterpret_cast<float2*>(q_s + (2 * lt) * D + coord) = make_float2(acc.x * inv_v_lambda, acc.z * inv_v_lambda);
+    if (2 * lt + 1 < n_heads)
+      *reinterpret_cast<float2*>(q_s + (2 * lt + 1) * D + coord) =
+          make_float2(acc.y * inv_v_lambda, acc.w * inv_v_lambda);
   }
   __syncthreads();
   // The workers' area is free again: scratch for the split merge (8 x (D + 1) floats at most).
