@@ -762,6 +762,59 @@ void expect_error(Status status, const std::string& needle, F&& f) {
   }
 }
 
+// The append kernel finds a non-finite input from the rotated vector's norm (append.cu): the
+// vector's rows stay as they were, the others of its tokens are written, and the check names it.
+// A finite input whose rotation overflows is not one (the kernel then rechecks the input).
+TEST_F(Cuda, AppendNonFiniteKeepsRowsAndOverflowIsNotNonFinite) {
+  std::mt19937_64 rng(kSeed + 10);
+  CacheConfig cfg;
+  cfg.batch = 1;
+  cfg.kv_heads = 2;
+  cfg.head_dim = 128;
+  cfg.capacity = 8;
+  cfg.format = parse_kv_format("tq4");
+  const KvCache layout(cfg);
+  const CacheView h = layout.view();
+  const int d = cfg.head_dim;
+  for (const cuda::InputType t : {cuda::InputType::f32, cuda::InputType::f16, cuda::InputType::bf16}) {
+    cuda::DeviceKvCache dev(cfg);
+    auto k = as_input(random_vectors(rng, std::size_t(2) * cfg.kv_heads, d), t);
+    auto v = as_input(random_vectors(rng, std::size_t(2) * cfg.kv_heads, d), t);
+    k[std::size_t(0 * cfg.kv_heads + 1) * d + 100] = INFINITY;  // token 0, head 1, key
+    v[std::size_t(1 * cfg.kv_heads + 0) * d + 5] = NAN;         // token 1, head 0, value
+    const cuda::HostCacheBytes before = dev.download();
+    device_append(dev, 0, k, v, 2, t);
+    expect_error(Status::non_finite, "position", [&] { dev.check_appends(); });
+    const cuda::HostCacheBytes after = dev.download();
+    for (int token = 0; token < 2; ++token)
+      for (int head = 0; head < cfg.kv_heads; ++head)
+        for (int which = 0; which < 2; ++which) {
+          const bool value = which == 1;
+          const bool bad = value ? (token == 1 && head == 0) : (token == 0 && head == 1);
+          const std::size_t row = row_index(h, 0, head, token);
+          const std::size_t rb = value ? h.v_row_bytes : h.k_row_bytes;
+          const auto& b_codes = value ? before.v_codes : before.k_codes;
+          const auto& a_codes = value ? after.v_codes : after.k_codes;
+          const float b_scale = (value ? before.v_scales : before.k_scales)[row];
+          const float a_scale = (value ? after.v_scales : after.k_scales)[row];
+          const bool same = std::memcmp(&b_codes[row * rb], &a_codes[row * rb], rb) == 0 &&
+                            std::memcmp(&b_scale, &a_scale, sizeof(float)) == 0;
+          EXPECT_EQ(same, bad) << "token " << token << " head " << head << (value ? " value" : " key")
+                               << " type " << int(t);
+        }
+    // Half floats cannot hold values whose sums overflow a float.
+    if (t == cuda::InputType::f16) continue;
+    const std::vector<float> huge = as_input(std::vector<float>(std::size_t(cfg.kv_heads) * d, 3.0e38f), t);
+    const cuda::HostCacheBytes before_huge = dev.download();
+    device_append(dev, 0, huge, huge, 1, t);
+    EXPECT_NO_THROW(dev.check_appends()) << "type " << int(t);
+    const cuda::HostCacheBytes after_huge = dev.download();
+    const std::size_t row = row_index(h, 0, 0, 2);
+    EXPECT_NE(std::memcmp(&before_huge.k_scales[row], &after_huge.k_scales[row], sizeof(float)), 0)
+        << "an overflowing finite key is encoded, type " << int(t);
+  }
+}
+
 TEST_F(Cuda, BadInputsRaiseClearErrors) {
   CacheConfig cfg;
   cfg.batch = 2;
