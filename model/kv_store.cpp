@@ -14,6 +14,8 @@ namespace {
 
 constexpr std::string_view kNoFlipSuffix = "-noflip";
 constexpr std::string_view kCenterSuffix = "-center";
+constexpr std::string_view kSmoothSuffix = "-smooth";
+constexpr std::string_view kRecentSuffix = "-recent";
 constexpr int kQ40Block = 32;  // llama.cpp QK4_0
 
 // Rounds through binary16, as the baselines store their scales in fp16.
@@ -36,6 +38,36 @@ void parallel_for(int n, Body body) {
   if (error) std::rethrow_exception(error);
 }
 
+// The exact softmax partial state of one query head over float keys/values (rows of `row`
+// floats; the head's vectors at head_off): logits scale * q.k, max m, denominator d and the
+// normalised output o (not sum w v: callers combine normalised outputs by weight).
+struct ExactPartial {
+  double m = -INFINITY, d = 0.0;
+  double log_mass() const { return m + std::log(d); }  // log sum_j exp(l_j)
+};
+ExactPartial exact_attention(const float* qh, const float* k, const float* v, int64_t begin,
+                             int64_t end, std::size_t row, std::size_t head_off, int head_dim,
+                             float scale, double* o) {
+  ExactPartial part;
+  std::vector<double> logits(static_cast<std::size_t>(end - begin));
+  for (int64_t p = begin; p < end; ++p) {
+    const float* key = k + static_cast<std::size_t>(p) * row + head_off;
+    double s = 0.0;
+    for (int i = 0; i < head_dim; ++i) s += static_cast<double>(qh[i]) * key[i];
+    logits[static_cast<std::size_t>(p - begin)] = s * scale;
+    part.m = std::max(part.m, s * scale);
+  }
+  std::fill(o, o + head_dim, 0.0);
+  for (int64_t p = begin; p < end; ++p) {
+    const double w = std::exp(logits[static_cast<std::size_t>(p - begin)] - part.m);
+    part.d += w;
+    const float* val = v + static_cast<std::size_t>(p) * row + head_off;
+    for (int i = 0; i < head_dim; ++i) o[i] += w * val[i];
+  }
+  for (int i = 0; i < head_dim; ++i) o[i] /= part.d;
+  return part;
+}
+
 class TqkvStore final : public KvStore {
  public:
   TqkvStore(const KvSpec& spec, int layer, int kv_heads, int head_dim, int capacity)
@@ -52,27 +84,45 @@ class TqkvStore final : public KvStore {
           c.codebook = spec.codebook;
           return c;
         }()),
-        backend_(spec.backend) {}
+        backend_(spec.backend), recent_(spec.recent_window),
+        row_(static_cast<std::size_t>(kv_heads) * head_dim) {
+    if (recent_ < 0) {
+      raise(Status::invalid_argument,
+            fmt::format("kv store: recent_window {} must be >= 0", recent_));
+    }
+    // The window's f16 copy; every token is kept (a real cache would drop a token from the
+    // window once older than recent_window, and only then quantize it: the same bytes).
+    if (recent_ > 0) {
+      recent_k_.resize(row_ * static_cast<std::size_t>(capacity));
+      recent_v_.resize(row_ * static_cast<std::size_t>(capacity));
+    }
+  }
 
-  void append(const float* k, const float* v, int n) override { cache_.append(0, k, v, n); }
+  void append(const float* k, const float* v, int n) override {
+    const int64_t before = cache_.tokens(0);
+    cache_.append(0, k, v, n);
+    if (recent_ == 0) return;
+    const std::size_t at = static_cast<std::size_t>(before) * row_;
+    const std::size_t count = static_cast<std::size_t>(n) * row_;
+    std::transform(k, k + count, recent_k_.begin() + static_cast<std::ptrdiff_t>(at), to_half_precision);
+    std::transform(v, v + count, recent_v_.begin() + static_cast<std::ptrdiff_t>(at), to_half_precision);
+  }
 
   void attend(const float* q, int n, int q_heads, float* out) override {
-    const CacheView whole = cache_.view();
     const int64_t total = cache_.tokens(0);
-    DecodeParams params;
-    params.q_heads = q_heads;
     const std::size_t stride = static_cast<std::size_t>(q_heads) * cache_.head_dim();
     // Every token of the chunk is already in the cache; a view whose token count stops at
     // token i makes the decode kernel see exactly the causal prefix of token i, so the tokens
     // of a chunk can be attended in parallel.
     parallel_for(n, [&](int i) {
       const int64_t visible = total - n + i + 1;
-      CacheView view = whole;
-      view.tokens = &visible;
-      ExecContext ctx;
-      ctx.threads = 1;
-      ctx.backend = backend_;
-      decode_attention(view, q + i * stride, out + i * stride, params, ctx);
+      const float* qi = q + i * stride;
+      float* oi = out + i * stride;
+      if (recent_ == 0) {
+        decode_prefix(visible, qi, oi, q_heads, nullptr);
+      } else {
+        attend_with_window(visible, qi, oi, q_heads);
+      }
     });
   }
 
@@ -80,8 +130,86 @@ class TqkvStore final : public KvStore {
   void reset() override { cache_.reset(0); }
 
  private:
+  // decode_attention over positions [0, visible) of the cache.
+  void decode_prefix(int64_t visible, const float* q, float* out, int q_heads,
+                     const float* sinks) const {
+    CacheView view = cache_.view();
+    view.tokens = &visible;
+    DecodeParams params;
+    params.q_heads = q_heads;
+    params.sinks = sinks;
+    ExecContext ctx;
+    ctx.threads = 1;
+    ctx.backend = backend_;
+    decode_attention(view, q, out, params, ctx);
+  }
+
+  // Positions [visible - recent_, visible) exactly from the f16 window, older ones from the
+  // cache. decode_attention returns normalised outputs only, without the softmax mass S_c of
+  // the old part, so the mass comes from a second call: with a sink logit L equal to the
+  // window's log-mass, that call returns S_c / (S_c + e^L) * o_c, and the ratio to the first
+  // call's o_c gives the weight. Exact up to rounding; a library call that also returned the
+  // log-sum-exp (or the partial) would save the second call.
+  void attend_with_window(int64_t visible, const float* q, float* out, int q_heads) const {
+    const int d = cache_.head_dim();
+    const int group = q_heads / cache_.kv_heads();
+    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+    const int64_t old = std::max<int64_t>(0, visible - recent_);
+    std::vector<double> recent_out(static_cast<std::size_t>(q_heads) * d);
+    std::vector<float> sinks(static_cast<std::size_t>(q_heads));
+    for (int h = 0; h < q_heads; ++h) {
+      const ExactPartial part = exact_attention(
+          q + static_cast<std::size_t>(h) * d, recent_k_.data(), recent_v_.data(), old, visible,
+          row_, static_cast<std::size_t>(h / group) * d, d, scale,
+          &recent_out[static_cast<std::size_t>(h) * d]);
+      sinks[static_cast<std::size_t>(h)] = static_cast<float>(part.log_mass());
+    }
+    if (old == 0) {
+      std::transform(recent_out.begin(), recent_out.end(), out,
+                     [](double x) { return static_cast<float>(x); });
+      return;
+    }
+    std::vector<float> old_out(recent_out.size()), damped(recent_out.size());
+    decode_prefix(old, q, old_out.data(), q_heads, nullptr);
+    decode_prefix(old, q, damped.data(), q_heads, sinks.data());
+    for (int h = 0; h < q_heads; ++h) {
+      const std::size_t at = static_cast<std::size_t>(h) * d;
+      double dot = 0.0, norm = 0.0;
+      for (int i = 0; i < d; ++i) {
+        dot += static_cast<double>(damped[at + i]) * old_out[at + i];
+        norm += static_cast<double>(old_out[at + i]) * old_out[at + i];
+      }
+      // damped = (1 - w) * old_out, w = e^L / (S_c + e^L) the window's share of the softmax.
+      const double w = norm > 0.0 ? 1.0 - dot / norm
+                                  : window_weight_from_reference(old, q, h, q_heads, sinks[h]);
+      for (int i = 0; i < d; ++i) {
+        out[at + i] = static_cast<float>(damped[at + i] + w * recent_out[at + i]);
+      }
+    }
+  }
+
+  // When the old part's output is exactly zero its mass cannot be read from the outputs: take
+  // it from the scalar reference's partial state instead (rare: all old values cancel).
+  double window_weight_from_reference(int64_t old, const float* q, int h, int q_heads,
+                                  float window_log_mass) const {
+    CacheView view = cache_.view();
+    view.tokens = &old;
+    DecodeParams params;
+    params.q_heads = q_heads;
+    const int d = cache_.head_dim();
+    const int kv_head = h / (q_heads / cache_.kv_heads());
+    std::vector<double> qd(q + static_cast<std::size_t>(h) * d, q + static_cast<std::size_t>(h + 1) * d);
+    if (is_quantized(view.format.key)) cache_.rotation(kv_head).forward(qd.data(), qd.data());
+    const AttentionPartial part = attention_partial_reference(view, 0, h, qd.data(), 0, old, params);
+    const double log_old = part.m + std::log(part.d);
+    return 1.0 / (1.0 + std::exp(log_old - static_cast<double>(window_log_mass)));
+  }
+
   KvCache cache_;
   Backend backend_;
+  int recent_;
+  std::size_t row_;
+  std::vector<float> recent_k_, recent_v_;  // f16-rounded copies, [capacity][kv_heads][d]
 };
 
 // Keys and values kept as float after fake quantization; attention in float.
@@ -222,6 +350,99 @@ class CenteredStore final : public KvStore {
   std::vector<float> mean_, centered_;
 };
 
+// Divides each key channel by s_c and multiplies the queries' by s_c (q.k unchanged). s is
+// calibrated when the first chunk is attended, from its keys and queries, so the first
+// append is held back until then.
+class SmoothedStore final : public KvStore {
+ public:
+  SmoothedStore(std::unique_ptr<KvStore> inner, int kv_heads, int head_dim)
+      : inner_(std::move(inner)), kv_heads_(kv_heads), head_dim_(head_dim),
+        row_(static_cast<std::size_t>(kv_heads) * head_dim) {}
+
+  void append(const float* k, const float* v, int n) override {
+    if (factor_.empty()) {  // not calibrated yet: keep until the queries are known
+      pending_k_.insert(pending_k_.end(), k, k + static_cast<std::size_t>(n) * row_);
+      pending_v_.insert(pending_v_.end(), v, v + static_cast<std::size_t>(n) * row_);
+      return;
+    }
+    append_scaled(k, v, n);
+  }
+
+  void attend(const float* q, int n, int q_heads, float* out) override {
+    if (factor_.empty()) {
+      if (pending_k_.empty()) {
+        raise(Status::invalid_argument, "kv store: attend before any append");
+      }
+      calibrate(q, n, q_heads);
+      const int held = static_cast<int>(pending_k_.size() / row_);
+      append_scaled(pending_k_.data(), pending_v_.data(), held);
+      pending_k_ = {};
+      pending_v_ = {};
+    }
+    const int group = q_heads / kv_heads_;
+    scaled_q_.resize(static_cast<std::size_t>(n) * q_heads * head_dim_);
+    for (int t = 0; t < n; ++t) {
+      for (int h = 0; h < q_heads; ++h) {
+        const std::size_t at = (static_cast<std::size_t>(t) * q_heads + h) * head_dim_;
+        const float* s = &factor_[static_cast<std::size_t>(h / group) * head_dim_];
+        for (int c = 0; c < head_dim_; ++c) scaled_q_[at + c] = q[at + c] * s[c];
+      }
+    }
+    inner_->attend(scaled_q_.data(), n, q_heads, out);
+  }
+
+  int64_t length() const override {
+    return inner_->length() + static_cast<int64_t>(pending_k_.size() / row_);
+  }
+  void reset() override {
+    inner_->reset();
+    factor_.clear();
+    pending_k_.clear();
+    pending_v_.clear();
+  }
+
+ private:
+  // s_c = (E[k_c^2] / E[q_c^2])^(1/4) over the held keys and the n queries (all query heads
+  // of the KV head); 1 where either side is zero.
+  void calibrate(const float* q, int n, int q_heads) {
+    const int group = q_heads / kv_heads_;
+    const std::size_t held = pending_k_.size() / row_;
+    std::vector<double> k_sq(row_, 0.0), q_sq(row_, 0.0);
+    for (std::size_t t = 0; t < held; ++t) {
+      for (std::size_t i = 0; i < row_; ++i) k_sq[i] += static_cast<double>(pending_k_[t * row_ + i]) * pending_k_[t * row_ + i];
+    }
+    for (int t = 0; t < n; ++t) {
+      for (int h = 0; h < q_heads; ++h) {
+        const float* qh = q + (static_cast<std::size_t>(t) * q_heads + h) * head_dim_;
+        double* acc = &q_sq[static_cast<std::size_t>(h / group) * head_dim_];
+        for (int c = 0; c < head_dim_; ++c) acc[c] += static_cast<double>(qh[c]) * qh[c];
+      }
+    }
+    factor_.resize(row_);
+    for (std::size_t i = 0; i < row_; ++i) {
+      const double ek = k_sq[i] / static_cast<double>(held);
+      const double eq = q_sq[i] / (static_cast<double>(n) * group);
+      const double s = std::pow(ek / eq, 0.25);
+      factor_[i] = ek > 0.0 && eq > 0.0 && std::isfinite(s) ? static_cast<float>(s) : 1.0f;
+    }
+  }
+
+  void append_scaled(const float* k, const float* v, int n) {
+    scaled_k_.resize(static_cast<std::size_t>(n) * row_);
+    for (int t = 0; t < n; ++t) {
+      for (std::size_t i = 0; i < row_; ++i) scaled_k_[t * row_ + i] = k[t * row_ + i] / factor_[i];
+    }
+    inner_->append(scaled_k_.data(), v, n);
+  }
+
+  std::unique_ptr<KvStore> inner_;
+  int kv_heads_, head_dim_;
+  std::size_t row_;
+  std::vector<float> factor_;               // [kv_heads][head_dim]; empty until calibrated
+  std::vector<float> pending_k_, pending_v_;  // appended before calibration
+  std::vector<float> scaled_k_, scaled_q_;
+};
+
 }  // namespace
 
 void fake_quant_q4_0(const float* x, float* y, int n) {
@@ -320,40 +541,80 @@ double ErrorProbeStore::relative_error(int shadow, int head) const {
 }
 
 KvSpec parse_kv_spec(std::string_view text) {
-  KvSpec spec;
-  if (text.size() > kCenterSuffix.size() && text.ends_with(kCenterSuffix)) {
-    spec = parse_kv_spec(text.substr(0, text.size() - kCenterSuffix.size()));
-    spec.center_keys = true;
-    return spec;
+  const std::string whole(text);
+  auto fail = [&](const std::string& why) -> void {
+    raise(Status::invalid_argument, fmt::format("KV format '{}': {}", whole, why));
+  };
+  bool noflip = false, center = false, smooth = false;
+  int recent = 0;
+  // Option suffixes, peeled from the end.
+  for (;;) {
+    auto take = [&](std::string_view suffix, bool& flag) {
+      if (text.size() <= suffix.size() || !text.ends_with(suffix)) return false;
+      if (flag) fail(fmt::format("'{}' given twice", suffix));
+      flag = true;
+      text.remove_suffix(suffix.size());
+      return true;
+    };
+    if (take(kNoFlipSuffix, noflip) || take(kCenterSuffix, center) || take(kSmoothSuffix, smooth)) {
+      continue;
+    }
+    const auto at = text.rfind(kRecentSuffix);
+    if (at == std::string_view::npos || at == 0) break;
+    const std::string_view count = text.substr(at + kRecentSuffix.size());
+    if (count.find('-') != std::string_view::npos) break;  // "-recent" is not the last suffix
+    if (recent > 0) fail("'-recent' given twice");
+    const bool digits = !count.empty() && count.size() <= 9 &&
+                        std::all_of(count.begin(), count.end(), [](char c) { return c >= '0' && c <= '9'; });
+    recent = digits ? std::stoi(std::string(count)) : 0;
+    if (recent <= 0) {
+      fail(fmt::format("the recent window in '-recent{}' must be a positive token count "
+                       "(e.g. -recent64)", count));
+    }
+    text.remove_suffix(text.size() - at);
   }
+  KvSpec spec;
   if (text == "f32") {
     spec.kind = KvKind::f32;
   } else if (text == "q4_0") {
     spec.kind = KvKind::q4_0;
   } else if (text == "kivi2") {
     spec.kind = KvKind::kivi2;
-  } else if (text.size() > kNoFlipSuffix.size() && text.ends_with(kNoFlipSuffix)) {
-    spec.format = parse_kv_format(text.substr(0, text.size() - kNoFlipSuffix.size()));
-    spec.sign_flips = false;
   } else {
     spec.format = parse_kv_format(text);
   }
+  if (spec.kind != KvKind::tqkv && (noflip || recent > 0)) {
+    fail(fmt::format("'{}' applies to tqkv formats only", noflip ? kNoFlipSuffix : kRecentSuffix));
+  }
+  spec.sign_flips = !noflip;
+  spec.center_keys = center;
+  spec.smooth_keys = smooth;
+  spec.recent_window = recent;
   return spec;
 }
 
 std::string kv_spec_name(const KvSpec& spec) {
-  if (spec.center_keys) {
-    KvSpec plain = spec;
-    plain.center_keys = false;
-    return kv_spec_name(plain) + std::string(kCenterSuffix);
-  }
+  std::string name;
   switch (spec.kind) {
-    case KvKind::f32: return "f32";
-    case KvKind::q4_0: return "q4_0";
-    case KvKind::kivi2: return "kivi2";
-    case KvKind::tqkv: break;
+    case KvKind::f32: name = "f32"; break;
+    case KvKind::q4_0: name = "q4_0"; break;
+    case KvKind::kivi2: name = "kivi2"; break;
+    case KvKind::tqkv: name = kv_format_name(spec.format); break;
   }
-  return kv_format_name(spec.format) + (spec.sign_flips ? "" : std::string(kNoFlipSuffix));
+  if (!spec.sign_flips) name += kNoFlipSuffix;
+  if (spec.smooth_keys) name += kSmoothSuffix;
+  if (spec.center_keys) name += kCenterSuffix;
+  if (spec.recent_window > 0) name += fmt::format("{}{}", kRecentSuffix, spec.recent_window);
+  return name;
+}
+
+double kv_spec_fixed_bytes(const KvSpec& spec, int head_dim) {
+  constexpr double kF16 = 2, kF32 = 4;
+  double bytes = spec.recent_window * 2.0 * head_dim * kF16;
+  if (spec.center_keys) bytes += head_dim * kF32;
+  if (spec.smooth_keys) bytes += head_dim * kF32;
+  if (spec.kind == KvKind::kivi2) bytes += (kKiviGroup - 1) * head_dim * kF16;
+  return bytes;
 }
 
 double kv_spec_bytes_per_position(const KvSpec& spec, int head_dim) {
@@ -378,6 +639,8 @@ std::unique_ptr<KvStore> make_kv_store(const KvSpec& spec, int layer, int kv_hea
   } else {
     store = std::make_unique<FloatStore>(spec.kind, kv_heads, head_dim, capacity);
   }
+  // Centering outermost, so that smoothing is calibrated on centered keys.
+  if (spec.smooth_keys) store = std::make_unique<SmoothedStore>(std::move(store), kv_heads, head_dim);
   if (spec.center_keys) store = std::make_unique<CenteredStore>(std::move(store), kv_heads, head_dim);
   return store;
 }

@@ -42,16 +42,34 @@ struct KvSpec {
   // quantizer's range. The mean is that of the first appended chunk, then frozen (changing it
   // later would shift old and new logits differently). Any kind; name suffix "-center".
   bool center_keys = false;
+  // Per-channel key smoothing (name suffix "-smooth"): k' = k / s and q' = q * s per channel of
+  // each KV head, which leaves every q.k unchanged. s_c = (E[k_c^2] / E[q_c^2])^(1/4) balances
+  // the two sides: a key channel that is large where the queries are small (outlier channels of
+  // real models) is shrunk before the rotation spreads its quantization error over all
+  // channels. Calibrated on the first chunk of each window (its keys and the queries of its
+  // KV head's query group), then frozen. Any kind.
+  bool smooth_keys = false;
+  // The newest `recent_window` tokens' K and V are also held in f16 and attended exactly; older
+  // tokens come from the tqkv cache, and the two parts are combined by their log-sum-exp (exact
+  // softmax over both). Name suffix "-recentN". kind == tqkv only; 0 = off.
+  int recent_window = 0;
 };
 
-// "f32", "q4_0", "kivi2", any tqkv::parse_kv_format name ("f16", "tq4", "k8v4", ...), a tqkv
-// name with the suffix "-noflip" (rotation without random signs), and any of these with the
-// suffix "-center" (center_keys). Throws Error naming the text.
+// "f32", "q4_0", "kivi2" or any tqkv::parse_kv_format name ("f16", "tq4", "k8v4", ...),
+// followed by option suffixes in any order, each at most once: "-noflip" (tqkv: rotation without
+// random signs), "-center" (center_keys), "-smooth" (smooth_keys), "-recentN" (tqkv:
+// recent_window = N > 0). Throws Error naming the text and the faulty part.
 KvSpec parse_kv_spec(std::string_view text);
+// The canonical name: base, then -noflip, -smooth, -center, -recentN.
 std::string kv_spec_name(const KvSpec& spec);
 // Bytes one position of one KV head costs in the format (K and V; scales included; amortised
 // per-channel KIVI scales). tqkv formats use tqkv::kv_bytes_per_position.
 double kv_spec_bytes_per_position(const KvSpec& spec, int head_dim);
+// Bytes of one KV head in one layer that do not grow with the context: the f16 recent window
+// (recent_window x K and V), the fp32 mean of centering and the fp32 factors of smoothing
+// (head_dim floats each), and KIVI-2's unquantized newest key group (at most kKiviGroup - 1
+// f16 keys). Amortised over a context of T tokens they add fixed / T per position.
+double kv_spec_fixed_bytes(const KvSpec& spec, int head_dim);
 
 class KvStore {
  public:

@@ -108,10 +108,16 @@ std::vector<KvSpec> layer_specs(const KvSpec& base, const std::string& overrides
   return specs;
 }
 
-// Mean KV bytes per token over all layers and KV heads.
+// KV bytes per token over all layers and KV heads, and the bytes that do not grow with the
+// context (recent windows, centering and smoothing vectors, KIVI's raw key group).
 double kv_bytes_per_token(const std::vector<KvSpec>& specs, const model::LlamaConfig& c) {
   double total = 0;
   for (const KvSpec& s : specs) total += model::kv_spec_bytes_per_position(s, c.head_dim) * c.n_head_kv;
+  return total;
+}
+double kv_fixed_bytes(const std::vector<KvSpec>& specs, const model::LlamaConfig& c) {
+  double total = 0;
+  for (const KvSpec& s : specs) total += model::kv_spec_fixed_bytes(s, c.head_dim) * c.n_head_kv;
   return total;
 }
 
@@ -128,8 +134,10 @@ struct ModelOptions {
   void add(CLI::App* cmd) {
     cmd->add_option("-m,--model", model_path, "GGUF model file (llama architecture)")->required();
     cmd->add_option("--kv", kv,
-                    "KV cache format: a tqkv format (f16, tq4, tq3, tq2, k8v4, k4v2, kf16v4, ...; "
-                    "suffix -noflip drops the random signs) or a baseline (f32, q4_0, kivi2)");
+                    "KV cache format: a tqkv format (f16, tq4, tq3, tq2, k8v4, k4v2, kf16v4, ...) "
+                    "or a baseline (f32, q4_0, kivi2), then optional suffixes: -noflip (no random "
+                    "signs), -center (key centering), -smooth (per-channel key smoothing), "
+                    "-recentN (newest N tokens in f16, attended exactly), e.g. tq4-smooth-recent64");
     cmd->add_option("--kv-layers", kv_layers,
                     "per-layer overrides, e.g. '0,29=f16;1-3=k8v4' (layers counted from 0)");
     cmd->add_option("--scale-rule", scale_rule, "tqkv scale rule: norm or least_squares");
@@ -254,11 +262,13 @@ void run_perplexity(const ModelOptions& opt, const std::string& text_path, int c
   }
   const std::string kv_name = opt.kv + (opt.kv_layers.empty() ? "" : " [" + opt.kv_layers + "]");
   const double kv_bytes = kv_bytes_per_token(specs, c);
+  const double kv_fixed = kv_fixed_bytes(specs, c);
+  const double kv_bytes_at_ctx = kv_bytes + kv_fixed / ctx;  // fixed bytes amortised over ctx
   std::fprintf(stderr,
                "perplexity: %zu tokens in %.1f s; %d windows of %d, scoring positions %d..%d; KV %s "
-               "(%.0f bytes/token)\n",
+               "(%.0f bytes/token + %.0f fixed bytes = %.0f bytes/token at ctx %d)\n",
                tokens.size(), seconds_since(t_tok), n_chunks, ctx, first_scored, ctx - 2,
-               kv_name.c_str(), kv_bytes);
+               kv_name.c_str(), kv_bytes, kv_fixed, kv_bytes_at_ctx, ctx);
 
   model::LlamaSession session(m->model, specs, ctx);
   // --probe-error: every layer attends exactly (f32) and measures the listed formats beside it.
@@ -348,16 +358,18 @@ void run_perplexity(const ModelOptions& opt, const std::string& text_path, int c
     std::printf("{\"kv\": \"%s\", \"kv_layers\": \"%s\", \"variant\": \"%s\", \"ctx\": %d, \"windows\": %d, "
                 "\"scored_tokens\": %lld, \"nll\": %.8f, \"perplexity\": %.6f, "
                 "\"perplexity_stderr\": %.6f, \"top1\": %.6f, \"kv_bytes_per_token\": %.1f, "
+                "\"kv_fixed_bytes\": %.0f, \"kv_bytes_per_token_at_ctx\": %.1f, "
                 "\"seconds\": %.1f, \"tokens_per_second\": %.2f}\n",
                 opt.kv.c_str(), opt.kv_layers.c_str(), opt.variant().c_str(), ctx, n_chunks,
                 static_cast<long long>(scored),
                 mean, ppl, ppl_err, static_cast<double>(top1) / static_cast<double>(scored),
-                kv_bytes, elapsed, static_cast<double>(n_chunks) * ctx / elapsed);
+                kv_bytes, kv_fixed, kv_bytes_at_ctx, elapsed, static_cast<double>(n_chunks) * ctx / elapsed);
   } else {
     std::printf("kv %s: perplexity %.4f +/- %.4f over %lld tokens (ctx %d, %d windows), top-1 "
-                "%.2f%%, KV %.0f bytes/token, %.1f tok/s\n",
+                "%.2f%%, KV %.0f bytes/token (%.0f at ctx %d with %.0f fixed bytes), %.1f tok/s\n",
                 kv_name.c_str(), ppl, ppl_err, static_cast<long long>(scored), ctx, n_chunks,
                 100.0 * static_cast<double>(top1) / static_cast<double>(scored), kv_bytes,
+                kv_bytes_at_ctx, ctx, kv_fixed,
                 static_cast<double>(n_chunks) * ctx / elapsed);
   }
 }

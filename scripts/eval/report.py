@@ -18,10 +18,13 @@ FAMILY = {  # how each result is drawn and grouped
     "baseline": ("baselines (q4_0, KIVI-2)", "tab:red", "^"),
     "ref": ("f16", "tab:gray", "D"),
     "mixed": ("tqkv variants (per-layer formats, scale, codebook)", "tab:green", "P"),
+    "keyside": ("tqkv + key smoothing / recent f16 window", "tab:purple", "v"),
 }
 
 
 def family(kv):
+    if "-smooth" in kv or "-recent" in kv:
+        return "keyside"
     if kv.endswith("-noflip"):
         return "noflip"
     if kv in ("q4_0", "kivi2"):
@@ -61,6 +64,12 @@ def short_label(name):
     return f"{base} +k8 keys on {count} layers" + tail.replace("(codebook beta)", "(beta)")
 
 
+def kv_bytes(r):
+    """Bytes per token with the fixed bytes (recent window, smoothing/centering vectors, KIVI's
+    raw key group) amortised over ctx; results written before that field give the per-token part."""
+    return r.get("kv_bytes_per_token_at_ctx", r["kv_bytes_per_token"])
+
+
 def first_divergence(ids, ref):
     for i, (a, b) in enumerate(zip(ids, ref)):
         if a != b:
@@ -76,7 +85,7 @@ def main():
     ppl, gen = load(args.results)
     base = ppl.get("f16")
     prompts = sorted({p for g in gen.values() for p in g})
-    order = sorted(ppl, key=lambda k: (-ppl[k]["kv_bytes_per_token"], k))
+    order = sorted(ppl, key=lambda k: (-kv_bytes(ppl[k]), k))
     head = ("| KV | bytes/token | vs f16 | perplexity | Δ vs f16 | top-1 | "
             + " | ".join(f"gen {p}: 1st diff" for p in prompts) + " |")
     print(head)
@@ -88,8 +97,8 @@ def main():
         for p in prompts:
             g, ref = gen.get(k, {}).get(p), gen.get("f16", {}).get(p)
             cells.append(first_divergence(g["ids"], ref["ids"]) if g and ref else "–")
-        ratio = base["kv_bytes_per_token"] / r["kv_bytes_per_token"] if base else float("nan")
-        print(f"| {k} | {r['kv_bytes_per_token']:.0f} | {ratio:.2f}× | {r['perplexity']:.3f} ± "
+        ratio = kv_bytes(base) / kv_bytes(r) if base else float("nan")
+        print(f"| {k} | {kv_bytes(r):.0f} | {ratio:.2f}× | {r['perplexity']:.3f} ± "
               f"{r['perplexity_stderr']:.2f} | {delta:+.2f} % | {100 * r['top1']:.2f} % | "
               + " | ".join(cells) + " |")
     if base:
@@ -106,13 +115,13 @@ def main():
     seen = set()
     for k in order:
         r = ppl[k]
-        fam = family(k) if " " not in k else "mixed"
+        fam = family(k) if " " not in k or family(k) == "keyside" else "mixed"
         label, color, marker = FAMILY[fam]
         delta = 100 * (r["perplexity"] / base["perplexity"] - 1)
-        ax.scatter(r["kv_bytes_per_token"], delta, color=color, marker=marker, s=60,
+        ax.scatter(kv_bytes(r), delta, color=color, marker=marker, s=60,
                    label=None if fam in seen else label, zorder=3)
         seen.add(fam)
-        ax.annotate(short_label(k), (r["kv_bytes_per_token"], delta), textcoords="offset points",
+        ax.annotate(short_label(k), (kv_bytes(r), delta), textcoords="offset points",
                     xytext=(6, 4), fontsize=7)
     ax.axhline(1.0, color="tab:green", ls="--", lw=1, label="+1 % (goal for tq4)")
     ax.axhline(0.0, color="black", lw=0.5)
@@ -120,7 +129,8 @@ def main():
     ax.set_ylim(bottom=-0.5)
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:.0f}"))
     ax.set_yscale("symlog", linthresh=2)
-    ax.set_xlabel("KV cache bytes per token (30 layers x 3 KV heads, K+V, scales included)")
+    ax.set_xlabel("KV cache bytes per token (30 layers x 3 KV heads, K+V, scales included;\n"
+                  "fixed bytes such as a recent window amortised over ctx)")
     ax.set_ylabel("perplexity change vs f16 cache (%)")
     ax.set_title(f"SmolLM2-135M-Instruct on Moby Dick: ctx {base['ctx']}, "
                  f"{base['scored_tokens']} scored tokens")

@@ -18,7 +18,7 @@ GEN_TOKENS="${GEN_TOKENS:-48}"
 FORMATS="${FORMATS:-f16 tq4 k8v4 tq3 tq2 k4v2}"
 BASELINES="${BASELINES:-q4_0 kivi2 tq4-noflip tq2-noflip tq3-noflip}"
 MODEL="$(scripts/fetch-model.sh)"
-mkdir -p "${OUT}"
+mkdir -p "${OUT}" "${OUT}/chunks4"
 # Idle OpenMP threads sleep instead of spinning: the machine is shared.
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 
@@ -78,4 +78,33 @@ perplexity k4v2-center
 perplexity tq4-center tq4-center-beta --codebook beta
 perplexity tq4-center tq4-k8mixed-center-beta --codebook beta \
   --kv-layers "2,9-11,13,17-20,22,23,25,26=k8v4-center"
+# Key-side fixes: the newest N tokens in f16 beside the compressed cache (-recentN), and
+# per-channel key smoothing before the rotation (-smooth); see docs/real-model.md.
+keyside_probe="${OUT}/probe-ctx1024-keyside.md"
+if [[ ! -s "${keyside_probe}" ]]; then
+  "${TQKV}" perplexity -m "${MODEL}" -f "${TEXT}" --ctx 1024 --chunks 1 \
+    --probe-error tq4,k4v16,k4v16-smooth,k4v16-center,k4v16-smooth-center,k4v16-recent64 \
+    > "${keyside_probe}.tmp"
+  mv "${keyside_probe}.tmp" "${keyside_probe}"
+fi
+recent_probe="${OUT}/probe-ctx1024-recent.md"
+if [[ ! -s "${recent_probe}" ]]; then
+  "${TQKV}" perplexity -m "${MODEL}" -f "${TEXT}" --ctx 1024 --chunks 1 --probe-error \
+    k4v16,k4v16-recent1,k4v16-recent4,k4v16-recent16,k2v16,k2v16-recent32,k2v16-center-recent32,k2v16-smooth-recent32 \
+    > "${recent_probe}.tmp"
+  mv "${recent_probe}.tmp" "${recent_probe}"
+fi
+for kv in ${KEYSIDE:-tq4-recent1 tq4-recent4 tq4-recent8 tq4-recent16 tq4-recent64 tq3-recent4 \
+    tq3-recent16 tq3-recent64 tq2-recent4 tq2-recent32 tq2-recent64 tq2-center-recent32 \
+    tq4-smooth tq4-smooth-center tq4-smooth-recent16 tq2-smooth-recent32 tq4-noflip-recent8 \
+    tq3-noflip-recent4 tq2-noflip-recent32}; do
+  perplexity "${kv}"
+done
+perplexity tq4-smooth-center tq4-smooth-center-beta --codebook beta
+perplexity tq2-recent32 tq2-recent32-beta --codebook beta
+for p in 0 1 2; do generate tq4-recent4 "${p}"; generate tq4-recent16 "${p}"; done
+# The closest calls again on 4 windows (6,140 scored tokens), in their own folder.
+for kv in f16 tq4 tq4-recent4 tq4-recent8 tq4-recent16 tq2-recent32 tq2-noflip-recent32; do
+  OUT="${OUT}/chunks4" CHUNKS=4 perplexity "${kv}"
+done
 echo "done" >&2

@@ -13,29 +13,16 @@
 #include "llama.hpp"
 #include "ops.hpp"
 #include "tqkv/error.hpp"
+#include "test_support.hpp"
 
 namespace tqkv::model {
 namespace {
 
 constexpr uint64_t kSeed = 777;
 
-std::vector<float> random_vector(std::size_t n, std::mt19937_64& rng, float scale = 1.0f) {
-  std::normal_distribution<float> normal(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = normal(rng);
-  return v;
-}
-
-float max_abs(const std::vector<float>& v) {
-  float m = 0;
-  for (float x : v) m = std::max(m, std::fabs(x));
-  return m;
-}
-float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  float m = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
-  return m;
-}
+using test::max_abs;
+using test::max_abs_diff;
+using test::random_vector;
 
 TEST(Ops, MatmulMatchesNaiveOnAwkwardSizes) {
   std::mt19937_64 rng(kSeed);
@@ -234,7 +221,7 @@ TEST(TinyLlama, ChunkedEqualsTokenByToken) {
   spec.n_head = 2, spec.n_head_kv = 1, spec.n_rot = 64;  // head_dim 64, as kivi2 groups need
   const Tiny tiny(spec);
   const auto tokens = random_tokens(80, tiny.model.config().n_vocab, kSeed + 1);
-  for (const char* kv : {"f16", "tq4", "k8v4", "tq2", "f32", "q4_0", "kivi2"}) {
+  for (const char* kv : {"f16", "tq4", "k8v4", "tq2", "f32", "q4_0", "kivi2", "tq4-recent16"}) {
     const KvSpec spec = parse_kv_spec(kv);
     const auto chunked = run(tiny.model, spec, tokens, 80);
     const auto single = run(tiny.model, spec, tokens, 1);

@@ -1,0 +1,269 @@
+// The key-side options of the model's KV stores: per-channel key smoothing ("-smooth") and the
+// f16 recent window ("-recentN"), their parsing, byte accounting and exactness.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kv_store.hpp"
+#include "tqkv/cache.hpp"
+#include "tqkv/error.hpp"
+#include "tqkv/format.hpp"
+#include "test_support.hpp"
+
+namespace tqkv::model {
+namespace {
+
+constexpr uint64_t kSeed = 4242;
+constexpr int kDim = 64, kKvHeads = 2, kQHeads = 6;  // GQA group of 3, as SmolLM2
+constexpr std::size_t kRow = static_cast<std::size_t>(kKvHeads) * kDim;
+constexpr std::size_t kQRow = static_cast<std::size_t>(kQHeads) * kDim;
+
+using test::max_abs;
+using test::max_abs_diff;
+using test::random_vector;
+
+// Keys with outlier channels (large where the queries are small), as real models have.
+struct Activations {
+  std::vector<float> k, v, q;
+};
+Activations outlier_activations(int n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  Activations a{random_vector(n * kRow, rng), random_vector(n * kRow, rng), random_vector(n * kQRow, rng, 0.3f)};
+  for (int t = 0; t < n; ++t) {
+    for (int h = 0; h < kKvHeads; ++h) {
+      for (int c : {3, 17, 40}) a.k[t * kRow + h * kDim + c] = 15.0f + a.k[t * kRow + h * kDim + c];
+    }
+    for (int h = 0; h < kQHeads; ++h) {
+      for (int c : {3, 17, 40}) a.q[t * kQRow + h * kDim + c] *= 0.05f;
+    }
+  }
+  return a;
+}
+
+// Appends and attends chunk by chunk, as the model does; returns every token's output.
+std::vector<float> run_chunks(KvStore& store, const Activations& a, const std::vector<int>& chunks) {
+  int n = 0;
+  for (int c : chunks) n += c;
+  std::vector<float> out(static_cast<std::size_t>(n) * kQRow, NAN);
+  int at = 0;
+  for (int c : chunks) {
+    store.append(&a.k[at * kRow], &a.v[at * kRow], c);
+    store.attend(&a.q[at * kQRow], c, kQHeads, &out[at * kQRow]);
+    at += c;
+  }
+  return out;
+}
+
+TEST(KvOptions, ParseSuffixesInAnyOrder) {
+  const KvSpec s = parse_kv_spec("tq4-recent64-center-smooth");
+  EXPECT_EQ(s.kind, KvKind::tqkv);
+  EXPECT_TRUE(s.smooth_keys);
+  EXPECT_TRUE(s.center_keys);
+  EXPECT_EQ(s.recent_window, 64);
+  EXPECT_TRUE(s.sign_flips);
+  EXPECT_EQ(kv_spec_name(s), "tq4-smooth-center-recent64");
+  EXPECT_EQ(kv_spec_name(parse_kv_spec(kv_spec_name(s))), kv_spec_name(s));
+  EXPECT_EQ(kv_spec_name(parse_kv_spec("tq2-center-noflip")), "tq2-noflip-center");
+  EXPECT_EQ(kv_spec_name(parse_kv_spec("f32-smooth")), "f32-smooth");
+  EXPECT_EQ(kv_spec_name(parse_kv_spec("kivi2-smooth")), "kivi2-smooth");
+  EXPECT_EQ(parse_kv_spec("k8v4-recent7").recent_window, 7);
+  EXPECT_EQ(parse_kv_spec("tq3").recent_window, 0);
+  EXPECT_FALSE(parse_kv_spec("tq3").smooth_keys);
+}
+
+// Bad option values are rejected with an error that names the text and the faulty part.
+TEST(KvOptions, BadSuffixesGiveClearErrors) {
+  auto message = [](const char* text) {
+    try {
+      (void)parse_kv_spec(text);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  for (const char* bad : {"tq4-recent", "tq4-recent0", "tq4-recentx", "tq4-recent12345678901"}) {
+    const std::string m = message(bad);
+    EXPECT_NE(m.find(bad), std::string::npos) << m;
+    EXPECT_NE(m.find("positive token count"), std::string::npos) << m;
+  }
+  EXPECT_NE(message("kivi2-recent64").find("tqkv formats only"), std::string::npos);
+  EXPECT_NE(message("q4_0-noflip").find("tqkv formats only"), std::string::npos);
+  EXPECT_NE(message("tq4-smooth-smooth").find("given twice"), std::string::npos);
+  EXPECT_NE(message("tq4-recent8-recent16").find("given twice"), std::string::npos);
+  EXPECT_THROW((void)parse_kv_spec("tq4-recent-8"), Error);
+  EXPECT_THROW((void)parse_kv_spec("-smooth"), Error);
+  EXPECT_THROW((void)parse_kv_spec("tq9-smooth"), Error);
+}
+
+TEST(KvOptions, FixedBytes) {
+  EXPECT_EQ(kv_spec_fixed_bytes(parse_kv_spec("tq4"), kDim), 0.0);
+  // 64 tokens of f16 K and V: 64 * 2 * 64 * 2 bytes.
+  EXPECT_EQ(kv_spec_fixed_bytes(parse_kv_spec("tq4-recent64"), kDim), 16384.0);
+  // head_dim fp32 factors (smoothing) and means (centering).
+  EXPECT_EQ(kv_spec_fixed_bytes(parse_kv_spec("tq2-smooth"), kDim), 256.0);
+  EXPECT_EQ(kv_spec_fixed_bytes(parse_kv_spec("tq2-smooth-center-recent1"), kDim), 256.0 * 3);
+  // KIVI-2's raw newest key group: up to 63 f16 keys.
+  EXPECT_EQ(kv_spec_fixed_bytes(parse_kv_spec("kivi2"), kDim), 63.0 * kDim * 2);
+  // The per-position cost does not change with the options.
+  EXPECT_EQ(kv_spec_bytes_per_position(parse_kv_spec("tq4-smooth-recent64"), kDim),
+            kv_spec_bytes_per_position(parse_kv_spec("tq4"), kDim));
+}
+
+// k / s and q * s leave every logit, hence float attention, unchanged.
+TEST(KvOptions, SmoothingLeavesExactAttentionUnchanged) {
+  const Activations a = outlier_activations(90, kSeed);
+  const std::vector<int> chunks = {40, 1, 49};
+  auto plain = make_kv_store(parse_kv_spec("f32"), 0, kKvHeads, kDim, 90);
+  auto smooth = make_kv_store(parse_kv_spec("f32-smooth"), 0, kKvHeads, kDim, 90);
+  const auto ref = run_chunks(*plain, a, chunks);
+  const auto got = run_chunks(*smooth, a, chunks);
+  EXPECT_LE(max_abs_diff(ref, got), 1e-5f * max_abs(ref));
+  EXPECT_EQ(smooth->length(), 90);
+  // The same with centering in front, and after a reset (a new window recalibrates).
+  auto both = make_kv_store(parse_kv_spec("f32-smooth-center"), 0, kKvHeads, kDim, 90);
+  (void)run_chunks(*both, outlier_activations(90, kSeed + 1), chunks);
+  both->reset();
+  EXPECT_EQ(both->length(), 0);
+  EXPECT_LE(max_abs_diff(ref, run_chunks(*both, a, chunks)), 1e-5f * max_abs(ref));
+}
+
+// Smoothing calibrates when the first chunk is attended: appended keys wait until then, and
+// length() counts them.
+TEST(KvOptions, SmoothingHoldsTheFirstChunkUntilItsQueries) {
+  const Activations a = outlier_activations(8, kSeed);
+  auto smooth = make_kv_store(parse_kv_spec("tq4-smooth"), 0, kKvHeads, kDim, 8);
+  smooth->append(a.k.data(), a.v.data(), 5);
+  EXPECT_EQ(smooth->length(), 5);
+  std::vector<float> out(5 * kQRow);
+  smooth->attend(a.q.data(), 5, kQHeads, out.data());
+  EXPECT_EQ(smooth->length(), 5);
+  for (float x : out) EXPECT_TRUE(std::isfinite(x));
+  auto empty = make_kv_store(parse_kv_spec("tq4-smooth"), 0, kKvHeads, kDim, 8);
+  EXPECT_THROW(empty->attend(a.q.data(), 1, kQHeads, out.data()), Error);
+}
+
+// On keys with outlier channels where the queries are small, smoothing lowers the attention
+// error of 4-bit keys (values kept in f16 so that only the keys' error is seen).
+TEST(KvOptions, SmoothingLowersTheErrorOfOutlierKeys) {
+  const int n = 256;
+  const Activations a = outlier_activations(n, kSeed);
+  const std::vector<int> chunks = {64, 64, 64, 64};
+  auto exact = make_kv_store(parse_kv_spec("f32"), 0, kKvHeads, kDim, n);
+  auto plain = make_kv_store(parse_kv_spec("k4v16"), 0, kKvHeads, kDim, n);
+  auto smooth = make_kv_store(parse_kv_spec("k4v16-smooth"), 0, kKvHeads, kDim, n);
+  const auto ref = run_chunks(*exact, a, chunks);
+  auto rms_error = [&](const std::vector<float>& got) {
+    double e = 0, r = 0;
+    for (std::size_t i = 0; i < ref.size(); ++i) {
+      e += (got[i] - ref[i]) * (got[i] - ref[i]);
+      r += ref[i] * ref[i];
+    }
+    return std::sqrt(e / r);
+  };
+  const double before = rms_error(run_chunks(*plain, a, chunks));
+  const double after = rms_error(run_chunks(*smooth, a, chunks));
+  EXPECT_LT(after, 0.7 * before) << "plain " << before << ", smoothed " << after;
+}
+
+// A window at least as long as the context holds everything in f16: the same as float
+// attention on f16-rounded K/V.
+TEST(KvOptions, RecentWindowCoveringTheContextIsExact) {
+  const int n = 70;
+  Activations a = outlier_activations(n, kSeed);
+  auto windowed = make_kv_store(parse_kv_spec("tq2-recent70"), 0, kKvHeads, kDim, n);
+  const auto got = run_chunks(*windowed, a, {64, 6});
+  for (auto* x : {&a.k, &a.v}) {
+    for (float& e : *x) e = half_to_float(float_to_half(e));
+  }
+  auto exact = make_kv_store(parse_kv_spec("f32"), 0, kKvHeads, kDim, n);
+  const auto ref = run_chunks(*exact, a, {64, 6});
+  EXPECT_LE(max_abs_diff(ref, got), 1e-5f * max_abs(ref));
+}
+
+// Fp64 attention of every token over its causal prefix: positions older than the window use the
+// tqkv cache's decoded K/V (a cache of the same config quantizes identically), the newest
+// `window` the f16-rounded originals.
+std::vector<float> mixed_reference(const Activations& a, int n, const char* format, int window,
+                                   bool sign_flips) {
+  CacheConfig config;
+  config.kv_heads = kKvHeads;
+  config.head_dim = kDim;
+  config.capacity = n;
+  config.format = parse_kv_format(format);
+  config.sign_flips = sign_flips;
+  KvCache cache(config);
+  cache.append(0, a.k.data(), a.v.data(), n);
+  std::vector<float> out(static_cast<std::size_t>(n) * kQRow);
+  std::vector<float> key(kDim), value(kDim);
+  for (int t = 0; t < n; ++t) {
+    for (int h = 0; h < kQHeads; ++h) {
+      const int kv = h / (kQHeads / kKvHeads);
+      const float* q = &a.q[t * kQRow + h * kDim];
+      std::vector<double> logits(static_cast<std::size_t>(t) + 1), o(kDim, 0.0);
+      std::vector<std::vector<float>> values;
+      double m = -INFINITY, den = 0;
+      for (int p = 0; p <= t; ++p) {
+        const bool recent = p > t - window;
+        if (recent) {
+          for (int i = 0; i < kDim; ++i) {
+            key[i] = half_to_float(float_to_half(a.k[p * kRow + kv * kDim + i]));
+            value[i] = half_to_float(float_to_half(a.v[p * kRow + kv * kDim + i]));
+          }
+        } else {
+          cache.decode_key(0, kv, p, key.data());
+          cache.decode_value(0, kv, p, value.data());
+        }
+        double dot = 0;
+        for (int i = 0; i < kDim; ++i) dot += static_cast<double>(q[i]) * key[i];
+        logits[p] = dot / std::sqrt(static_cast<double>(kDim));
+        m = std::max(m, logits[p]);
+        values.push_back(value);
+      }
+      for (int p = 0; p <= t; ++p) {
+        const double w = std::exp(logits[p] - m);
+        den += w;
+        for (int i = 0; i < kDim; ++i) o[i] += w * values[p][i];
+      }
+      for (int i = 0; i < kDim; ++i) out[t * kQRow + h * kDim + i] = static_cast<float>(o[i] / den);
+    }
+  }
+  return out;
+}
+
+// The window and the compressed prefix are combined exactly (the softmax over both parts),
+// for every token of a chunk (each with its own window) and at every bit width.
+TEST(KvOptions, RecentWindowCombinesBothPartsExactly) {
+  const int n = 100, window = 24;
+  const Activations a = outlier_activations(n, kSeed + 2);
+  for (const char* format : {"tq4", "tq2", "k8v4"}) {
+    const auto spec = parse_kv_spec(std::string(format) + "-recent" + std::to_string(window));
+    auto store = make_kv_store(spec, 0, kKvHeads, kDim, n);
+    const auto got = run_chunks(*store, a, {64, 1, 35});
+    const auto ref = mixed_reference(a, n, format, window, true);
+    EXPECT_LE(max_abs_diff(ref, got), 2e-5f * max_abs(ref)) << format;
+    // Not the plain store: the window changes the result.
+    auto plain = make_kv_store(parse_kv_spec(format), 0, kKvHeads, kDim, n);
+    EXPECT_GT(max_abs_diff(run_chunks(*plain, a, {64, 1, 35}), got), 1e-3f * max_abs(ref)) << format;
+  }
+}
+
+// When every old value is zero the old part's output is zero and its softmax mass cannot be
+// read from it; the store then takes the mass from the reference kernel's partial state.
+TEST(KvOptions, RecentWindowWithZeroOldValues) {
+  const int n = 40, window = 8;
+  Activations a = outlier_activations(n, kSeed + 3);
+  std::fill(a.v.begin(), a.v.begin() + static_cast<std::ptrdiff_t>((n - window) * kRow), 0.0f);
+  auto store = make_kv_store(parse_kv_spec("tq4-recent8"), 0, kKvHeads, kDim, n);
+  store->append(a.k.data(), a.v.data(), n);
+  std::vector<float> got(kQRow);
+  store->attend(&a.q[(n - 1) * kQRow], 1, kQHeads, got.data());
+  const auto ref = mixed_reference(a, n, "tq4", window, true);
+  const std::vector<float> last(ref.end() - static_cast<std::ptrdiff_t>(kQRow), ref.end());
+  EXPECT_LE(max_abs_diff(last, got), 2e-5f * max_abs(last));
+}
+
+}  // namespace
+}  // namespace tqkv::model
