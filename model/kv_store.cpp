@@ -80,6 +80,7 @@ class TqkvStore final : public KvStore {
           c.format = spec.format;
           c.layer = layer;
           c.sign_flips = spec.sign_flips;
+          c.seed = spec.rotation_seed;
           c.scale_rule = spec.scale_rule;
           c.codebook = spec.codebook;
           return c;

@@ -33,6 +33,7 @@ struct KvSpec {
   KvKind kind = KvKind::tqkv;
   KvFormat format{Format::f16, Format::f16};  // kind == tqkv only
   bool sign_flips = true;                      // kind == tqkv only
+  uint64_t rotation_seed = kDefaultSeed;      // kind == tqkv only: base seed of the random signs
   ScaleRule scale_rule = kDefaultScaleRule;    // kind == tqkv only
   CodebookKind codebook = CodebookKind::gaussian;
   Backend backend = Backend::automatic;       // kind == tqkv: where decode_attention runs

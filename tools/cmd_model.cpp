@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -130,6 +131,7 @@ struct ModelOptions {
   std::string backend = "auto";
   std::string rope;
   bool no_sign_flips = false;
+  std::optional<uint64_t> rotation_seed;
 
   void add(CLI::App* cmd) {
     cmd->add_option("-m,--model", model_path, "GGUF model file (llama architecture)")->required();
@@ -142,6 +144,9 @@ struct ModelOptions {
                     "per-layer overrides, e.g. '0,29=f16;1-3=k8v4' (layers counted from 0)");
     cmd->add_option("--scale-rule", scale_rule, "tqkv scale rule: norm or least_squares");
     cmd->add_option("--codebook", codebook, "tqkv codebook: gaussian or beta");
+    cmd->add_option("--rotation-seed", rotation_seed,
+                    "base seed of the tqkv caches' random signs (default: the library's); to tell a "
+                    "format's behaviour from one draw of signs");
     cmd->add_option("--attention-backend", backend, "auto, reference (scalar oracle) or cpu")
         ->check(CLI::IsMember({"auto", "reference", "cpu"}));
     cmd->add_option("--rope", rope,
@@ -155,6 +160,7 @@ struct ModelOptions {
     std::string v;
     if (!scale_rule.empty()) v += "scale " + scale_rule;
     if (!codebook.empty()) v += (v.empty() ? "" : ", ") + std::string("codebook ") + codebook;
+    if (rotation_seed) v += (v.empty() ? "" : ", ") + fmt::format("rotation seed {}", *rotation_seed);
     return v;
   }
 
@@ -162,6 +168,7 @@ struct ModelOptions {
     KvSpec spec = model::parse_kv_spec(kv);
     if (!scale_rule.empty()) spec.scale_rule = parse_scale_rule(scale_rule);
     if (!codebook.empty()) spec.codebook = parse_codebook_kind(codebook);
+    if (rotation_seed) spec.rotation_seed = *rotation_seed;
     spec.backend = backend == "reference" ? Backend::cpu_reference
                    : backend == "cpu"     ? Backend::cpu
                                           : Backend::automatic;

@@ -102,6 +102,9 @@ for kv in ${KEYSIDE:-tq4-recent1 tq4-recent4 tq4-recent8 tq4-recent16 tq4-recent
 done
 perplexity tq4-smooth-center tq4-smooth-center-beta --codebook beta
 perplexity tq2-recent32 tq2-recent32-beta --codebook beta
+# Other draws of the random signs (the 2-bit comparison with -noflip).
+perplexity tq2-recent32 tq2-recent32-seed1 --rotation-seed 1
+perplexity tq2-recent32 tq2-recent32-seed2 --rotation-seed 2
 for p in 0 1 2; do generate tq4-recent4 "${p}"; generate tq4-recent16 "${p}"; done
 # The closest calls again on 4 windows (6,140 scored tokens), in their own folder.
 for kv in f16 tq4 tq4-recent4 tq4-recent8 tq4-recent16 tq2-recent32 tq2-noflip-recent32; do

@@ -113,6 +113,21 @@ TEST(KvOptions, FixedBytes) {
 }
 
 // k / s and q * s leave every logit, hence float attention, unchanged.
+// The rotation seed reaches the cache: another seed draws other signs (other codes, other
+// output), the same seed the same output.
+TEST(KvOptions, RotationSeedChangesTheSigns) {
+  const Activations a = outlier_activations(40, kSeed);
+  const std::vector<int> chunks = {40};
+  KvSpec spec = parse_kv_spec("tq4");
+  auto first = make_kv_store(spec, 0, kKvHeads, kDim, 40);
+  auto same = make_kv_store(spec, 0, kKvHeads, kDim, 40);
+  spec.rotation_seed = 12345;
+  auto other = make_kv_store(spec, 0, kKvHeads, kDim, 40);
+  const auto x = run_chunks(*first, a, chunks);
+  EXPECT_EQ(max_abs_diff(x, run_chunks(*same, a, chunks)), 0.0f);
+  EXPECT_GT(max_abs_diff(x, run_chunks(*other, a, chunks)), 0.0f);
+}
+
 TEST(KvOptions, SmoothingLeavesExactAttentionUnchanged) {
   const Activations a = outlier_activations(90, kSeed);
   const std::vector<int> chunks = {40, 1, 49};
