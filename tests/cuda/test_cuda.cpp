@@ -16,6 +16,7 @@
 #include "tqkv/cache.hpp"
 #include "tqkv/cuda.hpp"
 #include "tqkv/error.hpp"
+#include "test_support.hpp"
 
 namespace tqkv {
 namespace {
@@ -149,13 +150,7 @@ std::string describe(const Case& c) {
 // Runs one case on the GPU and on the reference (same packed bytes) and checks nmse, every output
 // written (poisoned with NaN before), and finiteness.
 void check_decode(Case c, std::mt19937_64& rng, bool with_sinks = false, const ExecContext& ctx = {}) {
-  CacheConfig cfg;
-  cfg.batch = c.batch;
-  cfg.kv_heads = c.kv_heads;
-  cfg.head_dim = c.head_dim;
-  cfg.capacity = c.capacity;
-  cfg.format = c.format;
-  cfg.ring = c.ring;
+  CacheConfig cfg = test::cache_config(c.format, c.kv_heads, c.head_dim, c.capacity, c.batch, c.ring);
   cfg.layer = 3;
   if (c.lengths.empty()) {
     std::uniform_int_distribution<int64_t> len(1, c.capacity);
@@ -206,11 +201,7 @@ std::vector<KvFormat> built_pairs() {
   std::vector<KvFormat> pairs;
   for (Format k : kAllFormats)
     for (Format v : kAllFormats) {
-      CacheConfig cfg;
-      cfg.kv_heads = 1;
-      cfg.head_dim = 64;
-      cfg.capacity = 1;
-      cfg.format = {k, v};
+      CacheConfig cfg = test::cache_config(KvFormat{k, v}, 1, 64, 1);
       try {
         cuda::DeviceKvCache probe(cfg);
         pairs.push_back(cfg.format);
@@ -528,13 +519,7 @@ TEST_F(Cuda, AppendMatchesCpuEncodeEveryFormatAndHeadDim) {
   for (const KvFormat f : pairs)
     for (int d : kHeadDims) {
       const cuda::InputType t = types[trial++ % 3];
-      CacheConfig cfg;
-      cfg.batch = 2;
-      cfg.kv_heads = 2;
-      cfg.head_dim = d;
-      cfg.capacity = 40;
-      cfg.format = f;
-      cfg.ring = (trial % 2) == 0;
+      CacheConfig cfg = test::cache_config(f, 2, d, 40, 2, (trial % 2) == 0);
       cfg.scale_rule = (trial % 5) == 0 ? ScaleRule::norm : ScaleRule::least_squares;
       KvCache host(cfg);
       cuda::DeviceKvCache dev(cfg);
@@ -576,13 +561,7 @@ TEST_F(Cuda, AppendAwkwardChunksAndUnalignedInputs) {
                         {"tq2", 96, true, 100, cuda::InputType::bf16, 1},
                         {"kf16v4", 128, false, 200, cuda::InputType::f16, 1}};
   for (const AppendCase& tc : cases) {
-    CacheConfig cfg;
-    cfg.batch = 2;
-    cfg.kv_heads = 3;
-    cfg.head_dim = tc.head_dim;
-    cfg.capacity = tc.capacity;
-    cfg.format = parse_kv_format(tc.format);
-    cfg.ring = tc.ring;
+    CacheConfig cfg = test::cache_config(parse_kv_format(tc.format), 3, tc.head_dim, tc.capacity, 2, tc.ring);
     KvCache host(cfg);
     cuda::DeviceKvCache dev(cfg);
     for (const auto& [seq, n] : {std::pair{1, 10}, std::pair{1, 97}, std::pair{0, 97}}) {
@@ -607,12 +586,7 @@ TEST_F(Cuda, AppendLauncherEveryHeadDimShape) {
   AppendStats stats;
   const std::pair<int, const char*> shapes[] = {{32, "tq4"}, {48, "k8v4"}, {112, "tq3"}, {1008, "tq2"}, {1024, "tq4"}};
   for (const auto& [d, format] : shapes) {
-    CacheConfig cfg;
-    cfg.batch = 2;
-    cfg.kv_heads = 2;
-    cfg.head_dim = d;
-    cfg.capacity = 50;
-    cfg.format = parse_kv_format(format);
+    CacheConfig cfg = test::cache_config(parse_kv_format(format), 2, d, 50, 2);
     KvCache host(cfg);
     const CacheView h = host.view();
     const std::size_t rows = std::size_t(cfg.batch) * cfg.kv_heads * cfg.capacity;
@@ -686,13 +660,7 @@ TEST_F(Cuda, AppendLauncherEveryHeadDimShape) {
 
 TEST_F(Cuda, AppendStepAndGraphReplayThenDecode) {
   std::mt19937_64 rng(kSeed + 7);
-  CacheConfig cfg;
-  cfg.batch = 5;
-  cfg.kv_heads = 2;
-  cfg.head_dim = 128;
-  cfg.capacity = 64;
-  cfg.ring = true;
-  cfg.format = parse_kv_format("k8v4");
+  CacheConfig cfg = test::cache_config(parse_kv_format("k8v4"), 2, 128, 64, 5, true);
   KvCache host(cfg);
   cuda::DeviceKvCache dev(cfg);
   fill_host_cache(host, {3, 60, 64, 1, 10}, rng);
@@ -767,12 +735,7 @@ void expect_error(Status status, const std::string& needle, F&& f) {
 // A finite input whose rotation overflows is not one (the kernel then rechecks the input).
 TEST_F(Cuda, AppendNonFiniteKeepsRowsAndOverflowIsNotNonFinite) {
   std::mt19937_64 rng(kSeed + 10);
-  CacheConfig cfg;
-  cfg.batch = 1;
-  cfg.kv_heads = 2;
-  cfg.head_dim = 128;
-  cfg.capacity = 8;
-  cfg.format = parse_kv_format("tq4");
+  CacheConfig cfg = test::cache_config(parse_kv_format("tq4"), 2, 128, 8);
   const KvCache layout(cfg);
   const CacheView h = layout.view();
   const int d = cfg.head_dim;
