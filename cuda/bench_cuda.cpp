@@ -39,6 +39,7 @@ using namespace tqkv;
 constexpr const char* kUsage =
     "usage: bench_cuda [--grid full|issue|quick] [--formats tq4,k8v4,...]\n"
     "                  [--json PATH] [--reps N] [--copies N] [--append] [--plan]\n"
+    "                  [--batch N] [--context N] [--head-dim N]\n"
     "  --grid     full: d 64..512, 4 head layouts, batch 1..128, context 1k..128k (skips what does not fit);\n"
     "             issue (default): issue 6's target shapes; quick: a handful\n"
     "  --formats  K/V format pairs (default: every built pair; issue grid: tq4,k8v4,tq3,tq2,f16)\n"
@@ -46,7 +47,8 @@ constexpr const char* kUsage =
     "  --reps     single launches per row at most (big shapes get fewer, down to 10); default 200\n"
     "  --copies   rotating cache copies (1 = warm L2); default: enough for a cold L2\n"
     "  --append   also time append of a 32k-token chunk (--extras: the same)\n"
-    "  --plan     print the rows, copies, repetitions and an estimate of the run time; run nothing\n";
+    "  --plan     print the rows, copies, repetitions and an estimate of the run time; run nothing\n"
+    "  --batch, --context, --head-dim  keep only the grid's rows with that value (e.g. one shape for ncu)\n";
 
 void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) {
@@ -592,6 +594,7 @@ struct Options {
   std::vector<KvFormat> formats;  // empty: the grid's default
   int reps = 200;
   bool append = false, plan_only = false;
+  int batch = 0, context = 0, head_dim = 0;  // row filters; 0 keeps every value
 };
 
 Options parse(int argc, char** argv) {
@@ -614,6 +617,10 @@ Options parse(int argc, char** argv) {
     } else if (a == "--reps" && has_value) {
       o.reps = std::atoi(argv[++i]);
       if (o.reps < 1) usage_error(fmt::format("--reps {}: expected a positive count", argv[i]));
+    } else if ((a == "--batch" || a == "--context" || a == "--head-dim") && has_value) {
+      const int v = std::atoi(argv[++i]);
+      if (v < 1) usage_error(fmt::format("{} {}: expected a positive number", a, argv[i]));
+      (a == "--batch" ? o.batch : a == "--context" ? o.context : o.head_dim) = v;
     } else if (a == "--copies" && has_value) {
       g_copies_override = std::strtoul(argv[++i], nullptr, 10);
       if (g_copies_override == 0) usage_error(fmt::format("--copies {}: expected a positive count", argv[i]));
@@ -639,12 +646,23 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
-std::vector<Shape> grid_of(const Options& o) {
+std::vector<Shape> unfiltered_grid(const Options& o) {
   if (o.grid == "full") return full_grid(o.formats.empty() ? built_pairs() : o.formats);
   if (o.grid == "quick") return quick_grid(o.formats.empty() ? built_pairs() : o.formats);
   std::vector<KvFormat> issue_formats;
   for (const char* name : {"tq4", "k8v4", "tq3", "tq2", "f16"}) issue_formats.push_back(parse_kv_format(name));
   return issue_grid(o.formats.empty() ? issue_formats : o.formats);
+}
+
+std::vector<Shape> grid_of(const Options& o) {
+  std::vector<Shape> grid = unfiltered_grid(o);
+  std::erase_if(grid, [&](const Shape& s) {
+    return (o.batch && s.batch != o.batch) || (o.context && s.context != o.context) ||
+           (o.head_dim && s.head_dim != o.head_dim);
+  });
+  if (grid.empty()) usage_error(fmt::format("no row of grid {} has batch {}, context {}, head dim {} (0: any)",
+                                            o.grid, o.batch, o.context, o.head_dim));
+  return grid;
 }
 
 // The free device memory a row's copies may use (freed copies of the previous row included).

@@ -242,6 +242,22 @@ __device__ __forceinline__ uint32_t table_entry(const float* levels, int row, fl
   }
 }
 
+// Calls copy(idx) for idx = first, first + STRIDE, ... below N: unrolled up to 4 calls per
+// thread; more (f16 rows) as a loop unrolled by 4, which keeps f16 at d = 128 from spilling.
+template <int N, int STRIDE, typename F>
+__device__ __forceinline__ void copy_rows(int first, F&& copy) {
+  constexpr int kCalls = (N + STRIDE - 1) / STRIDE;
+  if constexpr (kCalls <= 4) {
+    static_for<kCalls>([&](auto U) {
+      const int idx = first + decltype(U)::value * STRIDE;
+      if (N % STRIDE == 0 || idx < N) copy(idx);
+    });
+  } else {
+#pragma unroll 4
+    for (int idx = first; idx < N; idx += STRIDE) copy(idx);
+  }
+}
+
 template <Format KF, Format VF, int D, int WARPS, int STAGES>
 constexpr int mma_min_blocks() {
   return D <= 128 ? 16 / WARPS : 1;  // 128 registers at d <= 128 (2 blocks of 8 warps per SM)
@@ -290,29 +306,51 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   const int wt = wi * 32 + lane;  // thread index inside the worker
 
   // Copies tile i of this worker into its stage; rows past the end are zero-filled (finite).
+  constexpr int kPiecesK = S::kRowK / 16, kPiecesV = S::kRowV / 16;  // rows are padded to 16 bytes
   auto load_tile = [&](int i) {
     const int tile = worker + i * S::kWorkers;
     uint8_t* st = my_stages + (i % STAGES) * S::kStageBytes;
     const int64_t p0 = begin + static_cast<int64_t>(tile) * T;
     const int n = min(T, n_pos - tile * T);
     const int slot0 = position_slot(p0, c.capacity, c.ring);
+    if (n == T && slot0 <= c.capacity - T) {
+      // All but the last tile (and one at a ring's wrap): 16 valid rows in consecutive slots, so
+      // the copies need no per-row checks (ncu, r23: the checked path cost ~75 of ~410
+      // instructions per tile at tq4).
+      const uint8_t* kt = k_rows + static_cast<std::size_t>(slot0) * S::kRowK;
+      const uint8_t* vt = v_rows + static_cast<std::size_t>(slot0) * S::kRowV;
+      copy_rows<T * kPiecesK, S::kWpt * 32>(wt, [&](int idx) {
+        const int j = idx / kPiecesK;
+        cp_async16(st + j * S::kStrideK + (idx - j * kPiecesK) * 16, kt + idx * 16);
+      });
+      copy_rows<T * kPiecesV, S::kWpt * 32>(wt, [&](int idx) {
+        const int j = idx / kPiecesV;
+        cp_async16(st + S::kStageV + j * S::kStrideV + (idx - j * kPiecesV) * 16, vt + idx * 16);
+      });
+      if (wt < 2 * T) {
+        float* dst = reinterpret_cast<float*>(st + S::kStageScales) + wt;
+        if (wt >= T) {
+          if constexpr (quantized(VF)) cp_async4(dst, v_scales + slot0 + (wt - T));
+        } else {
+          if constexpr (quantized(KF)) cp_async4(dst, k_scales + slot0 + wt);
+        }
+      }
+      return;
+    }
     // A tile holds at most `valid` <= capacity positions, so one wrap at most.
     auto slot_of = [&](int j) { return slot0 + j < c.capacity ? slot0 + j : slot0 + j - c.capacity; };
-    constexpr int kPiecesK = S::kRowK / 16, kPiecesV = S::kRowV / 16;
-#pragma unroll 2
-    for (int idx = wt; idx < T * kPiecesK; idx += S::kWpt * 32) {
+    copy_rows<T * kPiecesK, S::kWpt * 32>(wt, [&](int idx) {
       const int j = idx / kPiecesK, piece = idx - j * kPiecesK;
       const int slot = j < n ? slot_of(j) : slot0;
       cp_async16_zfill(st + j * S::kStrideK + piece * 16,
                        k_rows + static_cast<std::size_t>(slot) * S::kRowK + piece * 16, j < n);
-    }
-#pragma unroll 2
-    for (int idx = wt; idx < T * kPiecesV; idx += S::kWpt * 32) {
+    });
+    copy_rows<T * kPiecesV, S::kWpt * 32>(wt, [&](int idx) {
       const int j = idx / kPiecesV, piece = idx - j * kPiecesV;
       const int slot = j < n ? slot_of(j) : slot0;
       cp_async16_zfill(st + S::kStageV + j * S::kStrideV + piece * 16,
                        v_rows + static_cast<std::size_t>(slot) * S::kRowV + piece * 16, j < n);
-    }
+    });
     if (wt < 2 * T) {
       const int j = wt & (T - 1);
       const bool value = wt >= T;
@@ -514,22 +552,30 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
       vs1 = *reinterpret_cast<const float2*>(sc + T + 8 + 2 * t);
     }
     const float ks[4] = {ks0.x, ks0.y, ks1.x, ks1.y}, vs[4] = {vs0.x, vs0.y, vs1.x, vs1.y};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) x[k] *= ks[k] * k_mul;
+    if (a.softcap > 0.0f) {  // one uniform branch per tile, not one per logit
+#pragma unroll
+      for (int k = 0; k < 4; ++k) x[k] = a.softcap * tanhf(x[k] / a.softcap);
+    }
     float tile_max = -INFINITY;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      float logit = x[k] * ks[k] * k_mul;
-      if (a.softcap > 0.0f) logit = a.softcap * tanhf(logit / a.softcap);
-      x[k] = pos[k] < n ? logit * kLog2e : -INFINITY;
+      x[k] = pos[k] < n ? x[k] * kLog2e : -INFINITY;
       tile_max = fmaxf(tile_max, x[k]);
     }
     tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
     tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
     const float m_new = fmaxf(m_run, tile_max);
-    const float alpha = m_new == -INFINITY ? 1.0f : exp2f(m_run - m_new);
+    // While nothing is visible yet (m_new = -inf) subtract 0 instead: exp2(-inf) = 0 then gives
+    // p = 0 for masked positions and alpha = 0 for the empty (all-zero) state, with no NaN and
+    // no per-weight branches.
+    const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+    const float alpha = fast_exp2(m_run - m_use);
     float p[4], psum = 0.0f;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      p[k] = x[k] == -INFINITY ? 0.0f : exp2f(x[k] - m_new);
+      p[k] = fast_exp2(x[k] - m_use);
       psum += p[k];
     }
     l_run = l_run * alpha + psum;
