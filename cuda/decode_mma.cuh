@@ -209,18 +209,51 @@ __device__ __forceinline__ void load_bits(const uint8_t* row, int pos, BitWords<
   w[NW] = 0;
 }
 
-// Bits [POS, POS + NB) of w (NB <= 32).
-template <int POS, int NB, int N>
-__device__ __forceinline__ uint32_t field(const uint32_t (&w)[N]) {
-  constexpr int word = POS / 32, sh = POS % 32;
-  constexpr uint32_t mask = NB == 32 ? 0xffffffffu : (1u << NB) - 1u;
-  if constexpr (sh + NB <= 32) return (w[word] >> sh) & mask;
-  else return __funnelshift_r(w[word], w[word + 1], sh) & mask;
+// (a & B) | c in one LOP3 (the compiler split it in two when c is the lane offset, ncu r23).
+template <uint32_t B>
+__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t c) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "n"(B), "r"(c));
+  return d;
 }
-
-// Table entry `row` of lane `lane4 / 4`, column `col` (0: keys, kTableV: values).
-__device__ __forceinline__ uint32_t table_at(const uint8_t* table, uint32_t row, uint32_t lane4) {
-  return *reinterpret_cast<const uint32_t*>(table + ((row << 8) | lane4));
+// Table entries: row r of lane l at byte r * 256 + 4 l of the key table (values: + kTableV).
+// Entry whose row is bits [POS, POS + NB) of w (NB <= 24): one shift (none when the field
+// starts at bit 8 of a word) and one LOP3 build the offset.
+template <int POS, int NB, int N>
+__device__ __forceinline__ uint32_t table_at_bits(const uint8_t* table, const uint32_t (&w)[N], uint32_t lane4) {
+  constexpr int word = POS / 32, sh = POS % 32;
+  constexpr uint32_t mask = ((1u << NB) - 1u) << 8;
+  uint32_t y;
+  if constexpr (sh + NB > 32) y = __funnelshift_r(w[word], w[word + 1], sh - 8);
+  else if constexpr (sh >= 8) y = w[word] >> (sh - 8);
+  else y = w[word] << (8 - sh);
+  return *reinterpret_cast<const uint32_t*>(table + and_or<mask>(y, lane4));
+}
+// Bit i of word W of a stream of 2 KB-bit fields: 1 in the lower half of its field.
+template <int KB>
+constexpr uint32_t low_half_mask(int word) {
+  uint32_t m = 0;
+  for (int i = 0; i < 32; ++i)
+    if ((32 * word + i) % (2 * KB) < KB) m |= 1u << i;
+  return m;
+}
+// For two rows' streams of KB-bit codes, a and b, with field j = codes (2j, 2j + 1): x gets
+// field j = (a's code 2j, b's code 2j), y = (a's code 2j + 1, b's code 2j + 1); the lower code
+// in the lower KB bits. Two funnel shifts and two LOP3s per word.
+template <int KB, int N>
+__device__ __forceinline__ void interleave_codes(const uint32_t (&a)[N], const uint32_t (&b)[N], uint32_t (&x)[N],
+                                                 uint32_t (&y)[N]) {
+  static_for<N>([&](auto I) {
+    constexpr int i = decltype(I)::value;
+    constexpr uint32_t m = low_half_mask<KB>(i);
+    uint32_t b_up, a_down;  // (b << KB) and (a >> KB) of the whole streams, word i
+    if constexpr (i == 0) b_up = b[0] << KB;
+    else b_up = __funnelshift_l(b[i - 1], b[i], KB);
+    if constexpr (i + 1 < N) a_down = __funnelshift_r(a[i], a[i + 1], KB);
+    else a_down = a[i] >> KB;
+    x[i] = (a[i] & m) | (b_up & ~m);
+    y[i] = (a_down & m) | (b[i] & ~m);
+  });
 }
 // Entry indexed by byte K of x (one PRMT builds the offset).
 template <int K>
@@ -526,10 +559,9 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
             mma_f16(acc, qa.x, qa.y, qa.z, qa.w, __byte_perm(e0, e1, 0x5410), __byte_perm(e2, e3, 0x5410));
             mma_f16(acc, qa.x, qa.y, qa.z, qa.w, __byte_perm(e0, e1, 0x7632), __byte_perm(e2, e3, 0x7632));
           } else {
-            constexpr int pb = 2 * S::kKB;
-            const uint32_t f = field<sl * S::kKStepBits, S::kKStepBits>(w);
-            const uint32_t b0 = table_at(ktable, f & ((1u << pb) - 1u), lane4);
-            const uint32_t b1 = table_at(ktable, f >> pb, lane4);
+            constexpr int pb = 2 * S::kKB;  // a pair of codes indexes the table
+            const uint32_t b0 = table_at_bits<sl * S::kKStepBits, pb>(ktable, w, lane4);
+            const uint32_t b1 = table_at_bits<sl * S::kKStepBits + pb, pb>(ktable, w, lane4);
             mma_f16(acc, qa.x, qa.y, qa.z, qa.w, b0, b1);
           }
         };
@@ -600,6 +632,15 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     load_bits<S::kLaneBitsV, S::kAlignV>(vbase + (2 * t + 8) * S::kStrideV, vpos, vc);
     load_bits<S::kLaneBitsV, S::kAlignV>(vbase + (2 * t + 9) * S::kStrideV, vpos, vd);
     const uint8_t* vtable = table + kTableV;
+    // tq2/tq3 values: the rows of a0..a3 pair a code of row a (or c) with the same coordinate's
+    // code of row b (or d). Interleaving the two rows' bitstreams word by word builds all of them
+    // at once: field j of xab = (a's code of coordinate 2j, b's), of yab the same for 2j + 1.
+    constexpr bool kPairedV = VF == Format::tq2 || VF == Format::tq3;
+    BitWords<S::kLaneBitsV> xab, yab, xcd, ycd;
+    if constexpr (kPairedV) {
+      interleave_codes<S::kVB>(va, vb, xab, yab);
+      interleave_codes<S::kVB>(vc, vd, xcd, ycd);
+    }
     static_for<S::kMTiles>([&](auto J) {
       constexpr int j = decltype(J)::value;
       if constexpr (VF == Format::f16) {
@@ -619,14 +660,14 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
         mma_f16(o[j], a0, a1, a2, a3, ph0, ph1);
         mma_f16(o[j], a0, a1, a2, a3, pl0, pl1);
       } else if constexpr (VF == Format::tq8) {
-        const uint32_t ea0 = table_at(vtable, field<16 * j, 8>(va), lane4);
-        const uint32_t eb0 = table_at(vtable, field<16 * j, 8>(vb), lane4);
-        const uint32_t ea1 = table_at(vtable, field<16 * j + 8, 8>(va), lane4);
-        const uint32_t eb1 = table_at(vtable, field<16 * j + 8, 8>(vb), lane4);
-        const uint32_t ec0 = table_at(vtable, field<16 * j, 8>(vc), lane4);
-        const uint32_t ed0 = table_at(vtable, field<16 * j, 8>(vd), lane4);
-        const uint32_t ec1 = table_at(vtable, field<16 * j + 8, 8>(vc), lane4);
-        const uint32_t ed1 = table_at(vtable, field<16 * j + 8, 8>(vd), lane4);
+        const uint32_t ea0 = table_at_byte<(16 * j) % 32 / 8>(vtable, va[(16 * j) / 32], lane4);
+        const uint32_t eb0 = table_at_byte<(16 * j) % 32 / 8>(vtable, vb[(16 * j) / 32], lane4);
+        const uint32_t ea1 = table_at_byte<(16 * j + 8) % 32 / 8>(vtable, va[(16 * j + 8) / 32], lane4);
+        const uint32_t eb1 = table_at_byte<(16 * j + 8) % 32 / 8>(vtable, vb[(16 * j + 8) / 32], lane4);
+        const uint32_t ec0 = table_at_byte<(16 * j) % 32 / 8>(vtable, vc[(16 * j) / 32], lane4);
+        const uint32_t ed0 = table_at_byte<(16 * j) % 32 / 8>(vtable, vd[(16 * j) / 32], lane4);
+        const uint32_t ec1 = table_at_byte<(16 * j + 8) % 32 / 8>(vtable, vc[(16 * j + 8) / 32], lane4);
+        const uint32_t ed1 = table_at_byte<(16 * j + 8) % 32 / 8>(vtable, vd[(16 * j + 8) / 32], lane4);
         const uint32_t h0 = __byte_perm(ea0, eb0, 0x5410), h1 = __byte_perm(ea1, eb1, 0x5410);
         const uint32_t h2 = __byte_perm(ec0, ed0, 0x5410), h3 = __byte_perm(ec1, ed1, 0x5410);
         const uint32_t l0 = __byte_perm(ea0, eb0, 0x7632), l1 = __byte_perm(ea1, eb1, 0x7632);
@@ -635,13 +676,12 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
         mma_f16(o[j], h0, h1, h2, h3, pl0, pl1);
         mma_f16(o[j], l0, l1, l2, l3, ph0, ph1);
       } else {
-        constexpr int kb = S::kVB;
-        auto pair = [&](const auto& wa, const auto& wb, int which) {
-          const uint32_t ca = which ? field<(2 * j + 1) * kb, kb>(wa) : field<2 * j * kb, kb>(wa);
-          const uint32_t cb = which ? field<(2 * j + 1) * kb, kb>(wb) : field<2 * j * kb, kb>(wb);
-          return table_at(vtable, ca | (cb << kb), lane4);
-        };
-        const uint32_t a0 = pair(va, vb, 0), a1 = pair(va, vb, 1), a2 = pair(vc, vd, 0), a3 = pair(vc, vd, 1);
+        // Field j of xab / yab (2 kb bits) is the table row of a0 / a1 (built before the loop).
+        constexpr int f = 2 * S::kVB;
+        const uint32_t a0 = table_at_bits<j * f, f>(vtable, xab, lane4);
+        const uint32_t a1 = table_at_bits<j * f, f>(vtable, yab, lane4);
+        const uint32_t a2 = table_at_bits<j * f, f>(vtable, xcd, lane4);
+        const uint32_t a3 = table_at_bits<j * f, f>(vtable, ycd, lane4);
         mma_f16(o[j], a0, a1, a2, a3, ph0, ph1);
         mma_f16(o[j], a0, a1, a2, a3, pl0, pl1);
       }
