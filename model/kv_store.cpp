@@ -8,14 +8,19 @@
 
 #include "tqkv/attention.hpp"
 #include "tqkv/error.hpp"
+#include "tqkv/rotation.hpp"
 
 namespace tqkv::model {
 namespace {
 
 constexpr std::string_view kNoFlipSuffix = "-noflip";
+constexpr std::string_view kNoFlipKeysSuffix = "-noflipk";
+constexpr std::string_view kNoFlipValuesSuffix = "-noflipv";
 constexpr std::string_view kCenterSuffix = "-center";
 constexpr std::string_view kSmoothSuffix = "-smooth";
 constexpr std::string_view kRecentSuffix = "-recent";
+constexpr std::string_view kKeySignsSuffix = "-keysigns";
+constexpr int kMaxKeySignCandidates = 256;  // the choice fits one byte per KV head
 constexpr int kQ40Block = 32;  // llama.cpp QK4_0
 
 // Rounds through binary16, as the baselines store their scales in fp16.
@@ -79,17 +84,24 @@ class TqkvStore final : public KvStore {
           c.capacity = capacity;
           c.format = spec.format;
           c.layer = layer;
-          c.sign_flips = spec.sign_flips;
+          // The store applies the signs itself unless both sides use the library's draw.
+          c.sign_flips = spec.key_sign_flips && spec.value_sign_flips &&
+                         spec.key_sign_candidates == 0;
           c.seed = spec.rotation_seed;
           c.scale_rule = spec.scale_rule;
           c.codebook = spec.codebook;
           return c;
         }()),
         backend_(spec.backend), recent_(spec.recent_window),
-        row_(static_cast<std::size_t>(kv_heads) * head_dim) {
+        row_(static_cast<std::size_t>(kv_heads) * head_dim),
+        layer_(layer), base_seed_(spec.rotation_seed), candidates_(spec.key_sign_candidates) {
     if (recent_ < 0) {
       raise(Status::invalid_argument,
             fmt::format("kv store: recent_window {} must be >= 0", recent_));
+    }
+    if (!cache_.config().sign_flips) {
+      if (spec.value_sign_flips) value_signs_ = drawn_signs(base_seed_);
+      if (spec.key_sign_flips && candidates_ == 0) key_signs_ = drawn_signs(base_seed_);
     }
     // The window's f16 copy; every token is kept (a real cache would drop a token from the
     // window once older than recent_window, and only then quantize it: the same bytes).
@@ -100,6 +112,136 @@ class TqkvStore final : public KvStore {
   }
 
   void append(const float* k, const float* v, int n) override {
+    if (calibrating()) {  // the key signs wait for the first chunk's queries
+      pending_k_.insert(pending_k_.end(), k, k + static_cast<std::size_t>(n) * row_);
+      pending_v_.insert(pending_v_.end(), v, v + static_cast<std::size_t>(n) * row_);
+      return;
+    }
+    if (!key_signs_.empty()) k = signed_rows(k, n, key_signs_, signed_k_);
+    if (!value_signs_.empty()) v = signed_rows(v, n, value_signs_, signed_v_);
+    append_unsigned(k, v, n);
+  }
+
+  void attend(const float* q, int n, int q_heads, float* out) override {
+    if (calibrating()) {
+      if (pending_k_.empty()) raise(Status::invalid_argument, "kv store: attend before any append");
+      key_signs_ = chosen_key_signs(q, n, q_heads);
+      std::vector<float> k = std::move(pending_k_), v = std::move(pending_v_);
+      pending_k_.clear();
+      pending_v_.clear();
+      append(k.data(), v.data(), static_cast<int>(k.size() / row_));
+    }
+    const int group = q_heads / cache_.kv_heads();
+    const int d = cache_.head_dim();
+    if (!key_signs_.empty()) {  // S q . S k = q . k
+      signed_q_.resize(static_cast<std::size_t>(n) * q_heads * d);
+      for (int t = 0; t < n; ++t) {
+        for (int h = 0; h < q_heads; ++h) {
+          const std::size_t at = (static_cast<std::size_t>(t) * q_heads + h) * d;
+          const float* s = &key_signs_[static_cast<std::size_t>(h / group) * d];
+          for (int i = 0; i < d; ++i) signed_q_[at + i] = q[at + i] * s[i];
+        }
+      }
+      q = signed_q_.data();
+    }
+    attend_unsigned(q, n, q_heads, out);
+    if (!value_signs_.empty()) {  // the output is a mix of S v: undo S
+      for (int t = 0; t < n; ++t) {
+        for (int h = 0; h < q_heads; ++h) {
+          float* o = out + (static_cast<std::size_t>(t) * q_heads + h) * d;
+          const float* s = &value_signs_[static_cast<std::size_t>(h / group) * d];
+          for (int i = 0; i < d; ++i) o[i] *= s[i];
+        }
+      }
+    }
+  }
+
+  int64_t length() const override {
+    return cache_.tokens(0) + static_cast<int64_t>(pending_k_.size() / row_);
+  }
+  void reset() override {
+    cache_.reset(0);
+    pending_k_.clear();
+    pending_v_.clear();
+    if (candidates_ > 0) key_signs_.clear();  // a new window calibrates again
+  }
+
+ private:
+  bool calibrating() const { return candidates_ > 0 && key_signs_.empty(); }
+
+  // The sign diagonal a cache with this base seed draws for each KV head, as +-1 per row entry.
+  std::vector<float> drawn_signs(uint64_t base_seed) const {
+    const int d = cache_.head_dim();
+    std::vector<float> signs(row_);
+    for (int h = 0; h < cache_.kv_heads(); ++h) {
+      const Rotation drawn(d, rotation_seed(base_seed, layer_, h), true);
+      float* row = &signs[static_cast<std::size_t>(h) * d];
+      for (int i = 0; i < d; ++i) row[i] = drawn.negated(i) ? -1.0f : 1.0f;
+    }
+    return signs;
+  }
+
+  // -keysignsN: for each KV head, the candidate key signs (0: none, the plain Hadamard; c >= 1:
+  // the draw of base seed + c - 1, so c = 1 is the default) whose quantized keys of the held
+  // chunk give the smallest squared logit error sum_q sum_t (q . (k_t - k^_t))^2 over the
+  // chunk's queries of the head's query group.
+  std::vector<float> chosen_key_signs(const float* q, int n, int q_heads) const {
+    const int d = cache_.head_dim();
+    const int group = q_heads / cache_.kv_heads();
+    const std::size_t held = pending_k_.size() / row_;
+    std::vector<float> chosen(row_);
+    std::vector<uint8_t> code(row_bytes(cache_.config().format.key, d));
+    std::vector<float> x(static_cast<std::size_t>(d)), decoded(static_cast<std::size_t>(d));
+    std::vector<double> error(static_cast<std::size_t>(d));
+    for (int h = 0; h < cache_.kv_heads(); ++h) {
+      const std::size_t off = static_cast<std::size_t>(h) * d;
+      std::vector<double> gram(static_cast<std::size_t>(d) * d, 0.0);  // sum over queries of q q^T
+      for (int t = 0; t < n; ++t) {
+        for (int g = h * group; g < (h + 1) * group; ++g) {
+          const float* qg = q + (static_cast<std::size_t>(t) * q_heads + g) * d;
+          for (int i = 0; i < d; ++i) {
+            double* gram_row = &gram[static_cast<std::size_t>(i) * d];
+            for (int j = 0; j < d; ++j) gram_row[j] += static_cast<double>(qg[i]) * qg[j];
+          }
+        }
+      }
+      const VectorCodec codec = cache_.key_codec(h);  // the cache's rotation has no signs
+      double best = INFINITY;
+      for (int c = 0; c < candidates_; ++c) {
+        const std::vector<float> signs = c == 0 ? std::vector<float>(row_, 1.0f)
+                                                : drawn_signs(base_seed_ + static_cast<uint64_t>(c - 1));
+        double total = 0.0;
+        for (std::size_t t = 0; t < held; ++t) {
+          const float* k = &pending_k_[t * row_ + off];
+          for (int i = 0; i < d; ++i) x[i] = k[i] * signs[off + i];
+          float scale = 0.0f;
+          encode_vector(codec, x.data(), code.data(), &scale);
+          decode_vector(codec, code.data(), scale, decoded.data());
+          for (int i = 0; i < d; ++i) error[i] = static_cast<double>(x[i] - decoded[i]) * signs[off + i];
+          for (int i = 0; i < d; ++i) {
+            const double* gram_row = &gram[static_cast<std::size_t>(i) * d];
+            for (int j = 0; j < d; ++j) total += error[i] * gram_row[j] * error[j];
+          }
+        }
+        if (total < best) {
+          best = total;
+          const auto from = signs.begin() + static_cast<std::ptrdiff_t>(off);
+          std::copy(from, from + d, chosen.begin() + static_cast<std::ptrdiff_t>(off));
+        }
+      }
+    }
+    return chosen;
+  }
+
+  // n rows of [kv_heads][head_dim] times `signs`, into `buffer`.
+  const float* signed_rows(const float* x, int n, const std::vector<float>& signs,
+                           std::vector<float>& buffer) const {
+    buffer.resize(static_cast<std::size_t>(n) * row_);
+    for (std::size_t i = 0; i < buffer.size(); ++i) buffer[i] = x[i] * signs[i % row_];
+    return buffer.data();
+  }
+
+  void append_unsigned(const float* k, const float* v, int n) {
     const int64_t before = cache_.tokens(0);
     cache_.append(0, k, v, n);
     if (recent_ == 0) return;
@@ -109,7 +251,7 @@ class TqkvStore final : public KvStore {
     std::transform(v, v + count, recent_v_.begin() + static_cast<std::ptrdiff_t>(at), to_half_precision);
   }
 
-  void attend(const float* q, int n, int q_heads, float* out) override {
+  void attend_unsigned(const float* q, int n, int q_heads, float* out) {
     const int64_t total = cache_.tokens(0);
     const std::size_t stride = static_cast<std::size_t>(q_heads) * cache_.head_dim();
     // Every token of the chunk is already in the cache; a view whose token count stops at
@@ -127,10 +269,6 @@ class TqkvStore final : public KvStore {
     });
   }
 
-  int64_t length() const override { return cache_.tokens(0); }
-  void reset() override { cache_.reset(0); }
-
- private:
   // decode_attention over positions [0, visible) of the cache.
   void decode_prefix(int64_t visible, const float* q, float* out, int q_heads,
                      const float* sinks) const {
@@ -211,6 +349,14 @@ class TqkvStore final : public KvStore {
   int recent_;
   std::size_t row_;
   std::vector<float> recent_k_, recent_v_;  // f16-rounded copies, [capacity][kv_heads][d]
+  // Signs applied by this store when the cache has none (one side flipped, or -keysignsN):
+  // [kv_heads][head_dim] of +-1, empty where none apply.
+  int layer_;
+  uint64_t base_seed_;
+  int candidates_;  // -keysignsN: N, else 0
+  std::vector<float> key_signs_, value_signs_;
+  std::vector<float> pending_k_, pending_v_;  // appended before the key signs are chosen
+  std::vector<float> signed_k_, signed_v_, signed_q_;
 };
 
 // Keys and values kept as float after fake quantization; attention in float.
@@ -546,8 +692,8 @@ KvSpec parse_kv_spec(std::string_view text) {
   auto fail = [&](const std::string& why) -> void {
     raise(Status::invalid_argument, fmt::format("KV format '{}': {}", whole, why));
   };
-  bool noflip = false, center = false, smooth = false;
-  int recent = 0;
+  bool noflip = false, noflip_keys = false, noflip_values = false, center = false, smooth = false;
+  int recent = 0, key_signs = 0;
   // Option suffixes, peeled from the end.
   for (;;) {
     auto take = [&](std::string_view suffix, bool& flag) {
@@ -557,22 +703,35 @@ KvSpec parse_kv_spec(std::string_view text) {
       text.remove_suffix(suffix.size());
       return true;
     };
-    if (take(kNoFlipSuffix, noflip) || take(kCenterSuffix, center) || take(kSmoothSuffix, smooth)) {
+    if (take(kNoFlipSuffix, noflip) || take(kNoFlipKeysSuffix, noflip_keys) ||
+        take(kNoFlipValuesSuffix, noflip_values) || take(kCenterSuffix, center) ||
+        take(kSmoothSuffix, smooth)) {
       continue;
     }
-    const auto at = text.rfind(kRecentSuffix);
-    if (at == std::string_view::npos || at == 0) break;
-    const std::string_view count = text.substr(at + kRecentSuffix.size());
-    if (count.find('-') != std::string_view::npos) break;  // "-recent" is not the last suffix
-    if (recent > 0) fail("'-recent' given twice");
-    const bool digits = !count.empty() && count.size() <= 9 &&
-                        std::all_of(count.begin(), count.end(), [](char c) { return c >= '0' && c <= '9'; });
-    recent = digits ? std::stoi(std::string(count)) : 0;
-    if (recent <= 0) {
-      fail(fmt::format("the recent window in '-recent{}' must be a positive token count "
-                       "(e.g. -recent64)", count));
+    // "-recentN" / "-keysignsN": a positive count; "-recent" followed by another suffix is
+    // not this one.
+    auto take_count = [&](std::string_view suffix, int& value, const char* what,
+                          const char* example) {
+      const auto at = text.rfind(suffix);
+      if (at == std::string_view::npos || at == 0) return false;
+      const std::string_view count = text.substr(at + suffix.size());
+      if (count.find('-') != std::string_view::npos) return false;
+      if (value > 0) fail(fmt::format("'{}' given twice", suffix));
+      const bool digits = !count.empty() && count.size() <= 9 &&
+                          std::all_of(count.begin(), count.end(), [](char c) { return c >= '0' && c <= '9'; });
+      value = digits ? std::stoi(std::string(count)) : 0;
+      if (value <= 0) {
+        fail(fmt::format("{} in '{}{}' must be a positive {}", what, suffix, count, example));
+      }
+      text.remove_suffix(text.size() - at);
+      return true;
+    };
+    if (take_count(kRecentSuffix, recent, "the recent window", "token count (e.g. -recent64)") ||
+        take_count(kKeySignsSuffix, key_signs, "the number of candidates",
+                   "count, at most 256 (e.g. -keysigns4)")) {
+      continue;
     }
-    text.remove_suffix(text.size() - at);
+    break;
   }
   KvSpec spec;
   if (text == "f32") {
@@ -584,10 +743,30 @@ KvSpec parse_kv_spec(std::string_view text) {
   } else {
     spec.format = parse_kv_format(text);
   }
-  if (spec.kind != KvKind::tqkv && (noflip || recent > 0)) {
-    fail(fmt::format("'{}' applies to tqkv formats only", noflip ? kNoFlipSuffix : kRecentSuffix));
+  const std::string_view tqkv_only = noflip          ? kNoFlipSuffix
+                                    : noflip_keys     ? kNoFlipKeysSuffix
+                                    : noflip_values   ? kNoFlipValuesSuffix
+                                    : recent > 0      ? kRecentSuffix
+                                    : key_signs > 0   ? kKeySignsSuffix
+                                                      : std::string_view{};
+  if (spec.kind != KvKind::tqkv && !tqkv_only.empty()) {
+    fail(fmt::format("'{}' applies to tqkv formats only", tqkv_only));
   }
-  spec.sign_flips = !noflip;
+  if (noflip && (noflip_keys || noflip_values)) {
+    fail(fmt::format("'{}' already covers '{}'", kNoFlipSuffix,
+                     noflip_keys ? kNoFlipKeysSuffix : kNoFlipValuesSuffix));
+  }
+  if (key_signs > kMaxKeySignCandidates) {
+    fail(fmt::format("the number of candidates in '{}{}' must be at most {}", kKeySignsSuffix,
+                     key_signs, kMaxKeySignCandidates));
+  }
+  if (key_signs > 0 && (noflip || noflip_keys)) {
+    fail(fmt::format("'{}' chooses the key signs; it cannot be combined with '{}'", kKeySignsSuffix,
+                     noflip ? kNoFlipSuffix : kNoFlipKeysSuffix));
+  }
+  spec.key_sign_candidates = key_signs;
+  spec.key_sign_flips = !noflip && !noflip_keys;
+  spec.value_sign_flips = !noflip && !noflip_values;
   spec.center_keys = center;
   spec.smooth_keys = smooth;
   spec.recent_window = recent;
@@ -602,9 +781,18 @@ std::string kv_spec_name(const KvSpec& spec) {
     case KvKind::kivi2: name = "kivi2"; break;
     case KvKind::tqkv: name = kv_format_name(spec.format); break;
   }
-  if (!spec.sign_flips) name += kNoFlipSuffix;
+  if (!spec.key_sign_flips && !spec.value_sign_flips) {
+    name += kNoFlipSuffix;
+  } else if (!spec.key_sign_flips) {
+    name += kNoFlipKeysSuffix;
+  } else if (!spec.value_sign_flips) {
+    name += kNoFlipValuesSuffix;
+  }
   if (spec.smooth_keys) name += kSmoothSuffix;
   if (spec.center_keys) name += kCenterSuffix;
+  if (spec.key_sign_candidates > 0) {
+    name += fmt::format("{}{}", kKeySignsSuffix, spec.key_sign_candidates);
+  }
   if (spec.recent_window > 0) name += fmt::format("{}{}", kRecentSuffix, spec.recent_window);
   return name;
 }
@@ -614,6 +802,7 @@ double kv_spec_fixed_bytes(const KvSpec& spec, int head_dim) {
   double bytes = spec.recent_window * 2.0 * head_dim * kF16;
   if (spec.center_keys) bytes += head_dim * kF32;
   if (spec.smooth_keys) bytes += head_dim * kF32;
+  if (spec.key_sign_candidates > 0) bytes += 1;  // the index of the chosen candidate
   if (spec.kind == KvKind::kivi2) bytes += (kKiviGroup - 1) * head_dim * kF16;
   return bytes;
 }

@@ -32,7 +32,21 @@ inline constexpr int kKiviGroup = 64;
 struct KvSpec {
   KvKind kind = KvKind::tqkv;
   KvFormat format{Format::f16, Format::f16};  // kind == tqkv only
-  bool sign_flips = true;                      // kind == tqkv only
+  // Random signs before the Hadamard, per side (kind == tqkv only). Suffix "-noflip" turns
+  // both off (the seed design's plain Hadamard), "-noflipk" the keys' only, "-noflipv" the
+  // values' only. The library shares one rotation between K and V, so a store with one side
+  // flipped runs a cache without signs and applies that side's signs itself: k and q (or v and
+  // the output) are multiplied by the same diagonal the cache would draw, which leaves q.k and
+  // the output unchanged in exact arithmetic and costs no bytes.
+  bool key_sign_flips = true;
+  bool value_sign_flips = true;
+  // Key signs chosen per (layer, KV head) from this many candidates (name suffix "-keysignsN";
+  // kind == tqkv, 0 = off): the plain Hadamard and the draws of base seeds rotation_seed + 0,
+  // + 1, ..., + N - 2. The choice is the one whose quantized keys of the first chunk of a window
+  // give the smallest squared logit error over that chunk's queries; the chunk is held until its
+  // queries arrive, as for smoothing. The values keep the default draw. A real cache would store
+  // the choice, one byte per KV head and layer.
+  int key_sign_candidates = 0;
   uint64_t rotation_seed = kDefaultSeed;      // kind == tqkv only: base seed of the random signs
   ScaleRule scale_rule = kDefaultScaleRule;    // kind == tqkv only
   CodebookKind codebook = CodebookKind::gaussian;
@@ -57,19 +71,22 @@ struct KvSpec {
 };
 
 // "f32", "q4_0", "kivi2" or any tqkv::parse_kv_format name ("f16", "tq4", "k8v4", ...),
-// followed by option suffixes in any order, each at most once: "-noflip" (tqkv: rotation without
-// random signs), "-center" (center_keys), "-smooth" (smooth_keys), "-recentN" (tqkv:
-// recent_window = N > 0). Throws Error naming the text and the faulty part.
+// followed by option suffixes in any order, each at most once: "-noflip", "-noflipk", "-noflipv"
+// (tqkv: no random signs on both sides, on the keys, on the values), "-keysignsN" (tqkv:
+// key_sign_candidates = N, 1..256), "-center" (center_keys), "-smooth" (smooth_keys),
+// "-recentN" (tqkv: recent_window = N > 0). Throws Error naming the text and the faulty part.
 KvSpec parse_kv_spec(std::string_view text);
-// The canonical name: base, then -noflip, -smooth, -center, -recentN.
+// The canonical name: base, then -noflip (or -noflipk / -noflipv), -smooth, -center,
+// -keysignsN, -recentN.
 std::string kv_spec_name(const KvSpec& spec);
 // Bytes one position of one KV head costs in the format (K and V; scales included; amortised
 // per-channel KIVI scales). tqkv formats use tqkv::kv_bytes_per_position.
 double kv_spec_bytes_per_position(const KvSpec& spec, int head_dim);
 // Bytes of one KV head in one layer that do not grow with the context: the f16 recent window
 // (recent_window x K and V), the fp32 mean of centering and the fp32 factors of smoothing
-// (head_dim floats each), and KIVI-2's unquantized newest key group (at most kKiviGroup - 1
-// f16 keys). Amortised over a context of T tokens they add fixed / T per position.
+// (head_dim floats each), the byte of the key-sign choice, and KIVI-2's unquantized newest key
+// group (at most kKiviGroup - 1 f16 keys). Amortised over a context of T tokens they add
+// fixed / T per position.
 double kv_spec_fixed_bytes(const KvSpec& spec, int head_dim);
 
 class KvStore {

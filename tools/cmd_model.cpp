@@ -138,7 +138,9 @@ struct ModelOptions {
     cmd->add_option("--kv", kv,
                     "KV cache format: a tqkv format (f16, tq4, tq3, tq2, k8v4, k4v2, kf16v4, ...) "
                     "or a baseline (f32, q4_0, kivi2), then optional suffixes: -noflip (no random "
-                    "signs), -center (key centering), -smooth (per-channel key smoothing), "
+                    "signs; -noflipk / -noflipv: none on the keys / on the values), -keysignsN (key "
+                    "signs chosen per head from N candidates on the first chunk), -center (key "
+                    "centering), -smooth (per-channel key smoothing), "
                     "-recentN (newest N tokens in f16, attended exactly), e.g. tq4-smooth-recent64");
     cmd->add_option("--kv-layers", kv_layers,
                     "per-layer overrides, e.g. '0,29=f16;1-3=k8v4' (layers counted from 0)");
@@ -289,6 +291,7 @@ void run_perplexity(const ModelOptions& opt, const std::string& text_path, int c
       KvSpec p = model::parse_kv_spec(item);
       p.scale_rule = specs.front().scale_rule;
       p.codebook = specs.front().codebook;
+      p.rotation_seed = specs.front().rotation_seed;
       probes.push_back(p);
       probe_names.push_back(item);
     }

@@ -105,6 +105,29 @@ perplexity tq2-recent32 tq2-recent32-beta --codebook beta
 # Other draws of the random signs (the 2-bit comparison with -noflip).
 perplexity tq2-recent32 tq2-recent32-seed1 --rotation-seed 1
 perplexity tq2-recent32 tq2-recent32-seed2 --rotation-seed 2
+# Why the signs lose at 2 bits: keys or values (probe, and flips on one side only), other draws
+# of the keys' signs in the probe, and the key signs chosen per head on the first chunk.
+signs_probe="${OUT}/probe-ctx1024-signs.md"
+if [[ ! -s "${signs_probe}" ]]; then
+  "${TQKV}" perplexity -m "${MODEL}" -f "${TEXT}" --ctx 1024 --chunks 1 --probe-error \
+    k2v16-recent32,k2v16-noflip-recent32,k16v2-recent32,k16v2-noflip-recent32,k2v16,k2v16-noflip,k16v2,k16v2-noflip \
+    > "${signs_probe}.tmp"
+  mv "${signs_probe}.tmp" "${signs_probe}"
+fi
+for seed in 1 2 3; do
+  seed_probe="${OUT}/probe-ctx1024-signs-seed${seed}.md"
+  [[ -s "${seed_probe}" ]] && continue
+  "${TQKV}" perplexity -m "${MODEL}" -f "${TEXT}" --ctx 1024 --chunks 1 --rotation-seed "${seed}" \
+    --probe-error k2v16-recent32 > "${seed_probe}.tmp"
+  mv "${seed_probe}.tmp" "${seed_probe}"
+done
+keysigns_probe="${OUT}/probe-ctx1024-keysigns.md"
+if [[ ! -s "${keysigns_probe}" ]]; then
+  "${TQKV}" perplexity -m "${MODEL}" -f "${TEXT}" --ctx 1024 --chunks 1 \
+    --probe-error k2v16-keysigns4-recent32,k2v16-keysigns8-recent32 > "${keysigns_probe}.tmp"
+  mv "${keysigns_probe}.tmp" "${keysigns_probe}"
+fi
+for kv in tq2-noflipk-recent32 tq2-noflipv-recent32 tq2-keysigns4-recent32; do perplexity "${kv}"; done
 for p in 0 1 2; do generate tq4-recent4 "${p}"; generate tq4-recent16 "${p}"; done
 # The closest calls again on 4 windows (6,140 scored tokens), in their own folder.
 for kv in f16 tq4 tq4-recent4 tq4-recent8 tq4-recent16 tq2-recent32 tq2-noflip-recent32; do

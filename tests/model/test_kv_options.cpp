@@ -11,6 +11,7 @@
 #include "tqkv/cache.hpp"
 #include "tqkv/error.hpp"
 #include "tqkv/format.hpp"
+#include "tqkv/rotation.hpp"
 #include "test_support.hpp"
 
 namespace tqkv::model {
@@ -63,7 +64,8 @@ TEST(KvOptions, ParseSuffixesInAnyOrder) {
   EXPECT_TRUE(s.smooth_keys);
   EXPECT_TRUE(s.center_keys);
   EXPECT_EQ(s.recent_window, 64);
-  EXPECT_TRUE(s.sign_flips);
+  EXPECT_TRUE(s.key_sign_flips);
+  EXPECT_TRUE(s.value_sign_flips);
   EXPECT_EQ(kv_spec_name(s), "tq4-smooth-center-recent64");
   EXPECT_EQ(kv_spec_name(parse_kv_spec(kv_spec_name(s))), kv_spec_name(s));
   EXPECT_EQ(kv_spec_name(parse_kv_spec("tq2-center-noflip")), "tq2-noflip-center");
@@ -181,6 +183,150 @@ TEST(KvOptions, SmoothingLowersTheErrorOfOutlierKeys) {
   const double before = rms_error(run_chunks(*plain, a, chunks));
   const double after = rms_error(run_chunks(*smooth, a, chunks));
   EXPECT_LT(after, 0.7 * before) << "plain " << before << ", smoothed " << after;
+}
+
+// "-noflipk" / "-noflipv" turn the random signs off on one side; "-noflip" is both, and the
+// canonical name of both one-sided suffixes together.
+TEST(KvOptions, OneSidedSignFlipsParse) {
+  const KvSpec keys_plain = parse_kv_spec("tq2-recent32-noflipk");
+  EXPECT_FALSE(keys_plain.key_sign_flips);
+  EXPECT_TRUE(keys_plain.value_sign_flips);
+  EXPECT_EQ(kv_spec_name(keys_plain), "tq2-noflipk-recent32");
+  const KvSpec values_plain = parse_kv_spec("tq2-noflipv");
+  EXPECT_TRUE(values_plain.key_sign_flips);
+  EXPECT_FALSE(values_plain.value_sign_flips);
+  EXPECT_EQ(kv_spec_name(values_plain), "tq2-noflipv");
+  EXPECT_EQ(kv_spec_name(parse_kv_spec("tq2-noflipv-noflipk")), "tq2-noflip");
+  auto message = [](const char* text) {
+    try {
+      (void)parse_kv_spec(text);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message("tq2-noflip-noflipk").find("'-noflip' already covers '-noflipk'"), std::string::npos);
+  EXPECT_NE(message("tq2-noflipv-noflip").find("'-noflip' already covers '-noflipv'"), std::string::npos);
+  EXPECT_NE(message("q4_0-noflipv").find("'-noflipv' applies to tqkv formats only"), std::string::npos);
+  EXPECT_NE(message("tq2-noflipk-noflipk").find("given twice"), std::string::npos);
+}
+
+// A store with one side flipped runs a cache without signs and applies that side's signs
+// itself. With the other side in f16 (not rotated), it must give exactly what a cache with its
+// own signs gives: this checks that the store draws the cache's signs, for every layer's seed.
+TEST(KvOptions, OneSidedSignFlipsReachTheCache) {
+  const int n = 80;
+  const Activations a = outlier_activations(n, kSeed + 4);
+  const std::vector<int> chunks = {64, 16};
+  auto output = [&](const std::string& name, int layer) {
+    auto store = make_kv_store(parse_kv_spec(name), layer, kKvHeads, kDim, n);
+    return run_chunks(*store, a, chunks);
+  };
+  for (int layer : {0, 7}) {
+    for (const std::string window : {"", "-recent8"}) {
+      const auto keys_flipped = output("k2v16" + window, layer);
+      const auto keys_plain = output("k2v16-noflip" + window, layer);
+      const auto values_flipped = output("k16v2" + window, layer);
+      const auto values_plain = output("k16v2-noflip" + window, layer);
+      const float tol = 1e-5f * max_abs(keys_flipped);
+      EXPECT_LE(max_abs_diff(output("k2v16-noflipv" + window, layer), keys_flipped), tol);
+      EXPECT_LE(max_abs_diff(output("k2v16-noflipk" + window, layer), keys_plain), tol);
+      EXPECT_LE(max_abs_diff(output("k16v2-noflipk" + window, layer), values_flipped), tol);
+      EXPECT_LE(max_abs_diff(output("k16v2-noflipv" + window, layer), values_plain), tol);
+      // The signs matter at 2 bits, so the equalities above are not trivially true.
+      EXPECT_GT(max_abs_diff(keys_flipped, keys_plain), 100 * tol);
+      EXPECT_GT(max_abs_diff(values_flipped, values_plain), 100 * tol);
+    }
+  }
+  // Both sides quantized: flipped keys with plain values is neither of the symmetric variants.
+  const auto mixed = output("tq2-noflipv", 0);
+  EXPECT_GT(max_abs_diff(mixed, output("tq2", 0)), 1e-3f * max_abs(mixed));
+  EXPECT_GT(max_abs_diff(mixed, output("tq2-noflip", 0)), 1e-3f * max_abs(mixed));
+}
+
+TEST(KvOptions, KeySignCandidatesParse) {
+  const KvSpec s = parse_kv_spec("tq2-recent32-keysigns4");
+  EXPECT_EQ(s.key_sign_candidates, 4);
+  EXPECT_EQ(s.recent_window, 32);
+  EXPECT_EQ(kv_spec_name(s), "tq2-keysigns4-recent32");
+  EXPECT_EQ(kv_spec_name(parse_kv_spec("tq2-keysigns2-noflipv")), "tq2-noflipv-keysigns2");
+  EXPECT_EQ(parse_kv_spec("tq2").key_sign_candidates, 0);
+  // The choice is one byte per KV head and layer; nothing per token.
+  EXPECT_EQ(kv_spec_fixed_bytes(s, kDim), kv_spec_fixed_bytes(parse_kv_spec("tq2-recent32"), kDim) + 1);
+  EXPECT_EQ(kv_spec_bytes_per_position(s, kDim), kv_spec_bytes_per_position(parse_kv_spec("tq2"), kDim));
+  auto message = [](const char* text) {
+    try {
+      (void)parse_kv_spec(text);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  for (const char* bad : {"tq2-keysigns0", "tq2-keysigns", "tq2-keysignsx"}) {
+    const std::string m = message(bad);
+    EXPECT_NE(m.find(bad), std::string::npos) << m;
+    EXPECT_NE(m.find("must be a positive count"), std::string::npos) << m;
+  }
+  EXPECT_NE(message("tq2-keysigns257").find("at most 256"), std::string::npos);
+  EXPECT_NE(message("tq2-noflip-keysigns4").find("cannot be combined with '-noflip'"), std::string::npos);
+  EXPECT_NE(message("tq2-keysigns4-noflipk").find("cannot be combined with '-noflipk'"), std::string::npos);
+  EXPECT_NE(message("kivi2-keysigns4").find("tqkv formats only"), std::string::npos);
+  EXPECT_NE(message("tq2-keysigns2-keysigns4").find("given twice"), std::string::npos);
+}
+
+// Keys built in the plain Hadamard's domain: y = H k. `flat`: y has entries +-1, which 2 bits
+// represent almost exactly without signs and not after random signs; otherwise y is one large
+// coordinate (plus noise), which no 2-bit level set fits without signs and random signs spread.
+Activations hadamard_domain_activations(int n, bool flat, uint64_t seed) {
+  Activations a = outlier_activations(n, seed);
+  std::mt19937_64 rng(seed);
+  const Rotation plain(kDim, 0, false);
+  std::vector<float> y(kDim);
+  for (int t = 0; t < n; ++t) {
+    for (int h = 0; h < kKvHeads; ++h) {
+      for (int i = 0; i < kDim; ++i) y[i] = flat ? (rng() & 1 ? 1.0f : -1.0f) : 0.01f * static_cast<float>(rng() % 100);
+      if (!flat) y[rng() % kDim] = 8.0f;
+      plain.inverse(y.data(), &a.k[t * kRow + h * kDim]);
+    }
+  }
+  return a;
+}
+
+// -keysignsN holds the first chunk, picks per KV head the candidate with the smaller logit
+// error, and picks again after a reset. On keys that the plain Hadamard serves (flat in its
+// domain) the result is that of -noflip; on keys it serves badly, that of the default signs.
+TEST(KvOptions, KeySignCandidatesPickTheBetterRotation) {
+  const int n = 80;
+  const std::vector<int> chunks = {64, 16};
+  const Activations flat = hadamard_domain_activations(n, true, kSeed + 5);
+  const Activations spiky = hadamard_domain_activations(n, false, kSeed + 6);
+  auto output = [&](const char* name, const Activations& a) {
+    auto store = make_kv_store(parse_kv_spec(name), 3, kKvHeads, kDim, n);
+    return run_chunks(*store, a, chunks);
+  };
+  for (const char* window : {"", "-recent8"}) {
+    const std::string base = std::string("k2v16") + window;
+    auto chooser = make_kv_store(parse_kv_spec(base + "-keysigns4"), 3, kKvHeads, kDim, n);
+    const auto on_flat = run_chunks(*chooser, flat, chunks);
+    chooser->reset();
+    EXPECT_EQ(chooser->length(), 0);
+    const auto on_spiky = run_chunks(*chooser, spiky, chunks);
+    EXPECT_EQ(chooser->length(), n);
+    const auto flat_plain = output((base + "-noflip").c_str(), flat);
+    const auto flat_signed = output(base.c_str(), flat);
+    const auto spiky_plain = output((base + "-noflip").c_str(), spiky);
+    const auto spiky_signed = output(base.c_str(), spiky);
+    const float tol = 1e-5f * max_abs(flat_plain);
+    EXPECT_LE(max_abs_diff(on_flat, flat_plain), tol) << window;
+    EXPECT_GT(max_abs_diff(flat_signed, flat_plain), 100 * tol) << window;
+    // On spiky keys one of the three seeded draws wins; it need not be the default one, but
+    // the plain Hadamard must lose.
+    EXPECT_GT(max_abs_diff(on_spiky, spiky_plain), 100 * tol) << window;
+    auto one_draw = make_kv_store(parse_kv_spec(base + "-keysigns2"), 3, kKvHeads, kDim, n);
+    EXPECT_LE(max_abs_diff(run_chunks(*one_draw, spiky, chunks), spiky_signed), tol) << window;
+  }
+  // A single candidate is the plain Hadamard.
+  EXPECT_LE(max_abs_diff(output("tq2-keysigns1", spiky), output("tq2-noflipk", spiky)), 1e-6f);
 }
 
 // A window at least as long as the context holds everything in f16: the same as float

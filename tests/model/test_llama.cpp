@@ -302,7 +302,8 @@ TEST(KvSpecs, ParseNamesAndBytes) {
   EXPECT_EQ(kv_spec_name(parse_kv_spec("tq4")), "tq4");
   EXPECT_EQ(kv_spec_name(parse_kv_spec("k8v4")), "k8v4");
   EXPECT_EQ(kv_spec_name(parse_kv_spec("tq3-noflip")), "tq3-noflip");
-  EXPECT_FALSE(parse_kv_spec("tq3-noflip").sign_flips);
+  EXPECT_FALSE(parse_kv_spec("tq3-noflip").key_sign_flips);
+  EXPECT_FALSE(parse_kv_spec("tq3-noflip").value_sign_flips);
   EXPECT_EQ(parse_kv_spec("kivi2").kind, KvKind::kivi2);
   EXPECT_THROW((void)parse_kv_spec("tq5"), Error);
   EXPECT_THROW((void)parse_kv_spec("-noflip"), Error);
