@@ -7,7 +7,8 @@
 # Logs go to OUTDIR; a summary is printed last.
 #
 # usage: scripts/gpu-check.sh OUTDIR [BINDIR]
-#   BINDIR holds prebuilt test_cuda and bench_cuda (default: build-gpu-carry). Without them, and
+#   BINDIR holds prebuilt test_cuda and bench_cuda (default: build-gpu-carry); if it has none,
+#   build-gpu-pack/bins.tar.xz (scripts/gpu-pack.sh) is unpacked into it. Without either, and
 #   with nvcc and cmake present, it builds into build-cuda first.
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu-check.sh OUTDIR [BINDIR]}
@@ -15,6 +16,10 @@ BIN=${2:-build-gpu-carry}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 
+if [[ ! -x "$BIN/test_cuda" && -f build-gpu-pack/bins.tar.xz ]]; then
+  echo "== unpacking build-gpu-pack/bins.tar.xz (scripts/gpu-pack.sh) into $BIN"
+  mkdir -p "$BIN" && tar xJf build-gpu-pack/bins.tar.xz -C "$BIN"
+fi
 if [[ ! -x "$BIN/test_cuda" ]]; then
   echo "== building into build-cuda (no binaries in $BIN)"
   cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release >"$OUT/build.log" 2>&1 &&
