@@ -2,7 +2,7 @@
 # Nsight Compute profile of the decode kernel at one shape, one report per format pair, on the GPU
 # machine: the full section set (occupancy, scheduler and warp-state statistics, memory and
 # compute throughput) as text, and the per-instruction SASS counters (executed, stall samples) as
-# CSV for scripts/gpu-bench/sass_regions.py.
+# CSV for scripts/gpu-bench/sass_mix.py.
 #
 # usage: scripts/gpu-profile.sh OUTDIR [BINDIR] [FORMATS] [BATCH] [CONTEXT] [HEAD_DIM]
 #   defaults: build-gpu-carry, tq4,tq3,tq2,k8v4,f16, batch 8, context 65536, head dim 128
