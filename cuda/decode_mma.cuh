@@ -18,6 +18,7 @@
 //   host) so that their fp16 rounding errors are ~5x smaller; the result is divided by lambda.
 #pragma once
 
+#include <type_traits>
 #include <utility>
 
 #include "decode_common.cuh"
@@ -144,12 +145,18 @@ struct MmaShape {
   static constexpr int kStageV = 16 * kStrideK;
   static constexpr int kStageScales = kStageV + 16 * kStrideV;  // K scales [16], V scales [16]
   static constexpr int kStageBytes = kStageScales + 2 * 16 * 4;
-  static constexpr int kEnd = kOffStages + kWorkers * STAGES * kStageBytes;
+  // The warps of a tile split the key steps between them (kSplitKeys) when the step groups divide
+  // evenly, and add up their partial scores through kOffKeyScratch (a float4 per lane and warp).
+  // Before (r32) every warp computed all scores: d = 512 was compute-bound at half its floor.
+  static constexpr bool kSplitKeys = kWpt > 1 && kKGroups % kWpt == 0 && kKSteps % kKGroup == 0;
+  static constexpr int kOffKeyScratch = kOffStages + kWorkers * STAGES * kStageBytes;
+  static constexpr int kEnd = kOffKeyScratch + (kSplitKeys ? kWorkers * kWpt * 32 * 16 : 0);
   // After the loop, per worker: m[8], l[8], o[8][D] (overlaps fragments, table and stages).
   static constexpr int kOffMerge = kOffQFrag;
   static constexpr int kMergeFloats = 16 + kMaxHeadsPerBlock * D;
   static constexpr int kMergeEnd = kOffMerge + kWorkers * kMergeFloats * 4;
   static constexpr int kSmemBytes = cmax(kEnd, kMergeEnd) + 16;  // slack: funnel loads read a word past a row
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory beyond the 227 KB a block may use");
   static_assert(kStageBytes % 16 == 0 && kOffStages % 16 == 0, "stages must stay 16-byte aligned");
 };
 
@@ -501,9 +508,11 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
 #pragma unroll
     for (int s = 0; s < S::kKSteps; ++s) qreg[s] = qfrag[s * 32 + lane];
   }
+  // Fragment of k step s: a compile-time index (std::integral_constant) when q is in registers,
+  // any int otherwise.
   auto q_at = [&](auto s) -> uint4 {
     if constexpr (S::kQInRegisters) return qreg[decltype(s)::value];
-    else return qfrag[decltype(s)::value * 32 + lane];
+    else return qfrag[static_cast<int>(s) * 32 + lane];
   };
   // Score = acc * k_scale * k_mul (undoes 2^q_exp and lambda), in log2 units for exp2.
   const float k_mul = ldexpf(1.0f, -q_exp) / a.k_lambda;
@@ -522,6 +531,7 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     cp_async_wait<STAGES - 1>();
     worker_sync();
     if (i >= my_tiles) {  // a worker with one tile fewer only joins the barriers
+      if constexpr (S::kSplitKeys) worker_sync();  // the score exchange's
       worker_sync();
       continue;
     }
@@ -533,17 +543,20 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     const uint8_t* krow0 = st + g * S::kStrideK;
     const uint8_t* krow1 = krow0 + 8 * S::kStrideK;
     const uint8_t* ktable = table;
-    static_for<S::kKGroups>([&](auto GI) {
-      constexpr int first = decltype(GI)::value * S::kKGroup;
-      constexpr int steps = cmin(S::kKGroup, S::kKSteps - first);
+    // One group of STEPS k steps from step FIRST (an integral_constant, or an int when the two
+    // warps of a tile split the steps; then q is in shared memory).
+    auto score_group = [&](auto STEPS, auto FIRST) {
+      constexpr int steps = decltype(STEPS)::value;
       constexpr int nb = steps * S::kKStepBits;
       BitWords<nb> w0, w1;
-      const int pos = t * S::kLaneBitsK + first * S::kKStepBits;
+      const int pos = t * S::kLaneBitsK + static_cast<int>(FIRST) * S::kKStepBits;
       load_bits<nb, S::kAlignK>(krow0, pos, w0);
       load_bits<nb, S::kAlignK>(krow1, pos, w1);
       static_for<steps>([&](auto SL) {
         constexpr int sl = decltype(SL)::value;
-        const uint4 qa = q_at(std::integral_constant<int, first + sl>{});
+        uint4 qa;
+        if constexpr (std::is_integral_v<decltype(FIRST)>) qa = q_at(FIRST + sl);
+        else qa = q_at(std::integral_constant<int, decltype(FIRST)::value + sl>{});
         auto one = [&](const auto& w, float (&acc)[4]) {
           if constexpr (KF == Format::f16) {
             mma_f16(acc, qa.x, qa.y, qa.z, qa.w, w[2 * sl], w[2 * sl + 1]);
@@ -568,11 +581,35 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
         one(w0, s0);
         one(w1, s1);
       });
-    });
+    };
+    if constexpr (S::kSplitKeys) {
+      constexpr int per_warp = S::kKGroups / S::kWpt;
+      static_for<per_warp>([&](auto GI) {
+        score_group(std::integral_constant<int, S::kKGroup>{}, (wi * per_warp + decltype(GI)::value) * S::kKGroup);
+      });
+    } else {
+      static_for<S::kKGroups>([&](auto GI) {
+        constexpr int first = decltype(GI)::value * S::kKGroup;
+        score_group(std::integral_constant<int, cmin(S::kKGroup, S::kKSteps - first)>{},
+                    std::integral_constant<int, first>{});
+      });
+    }
 
     // Online softmax for head g over positions 2t, 2t+1 (block 0) and 8+2t, 9+2t (block 1).
     const float* sc = reinterpret_cast<const float*>(st + S::kStageScales);
     float x[4] = {s0[0] + s0[2], s0[1] + s0[3], s1[0] + s1[2], s1[1] + s1[3]};
+    if constexpr (S::kSplitKeys) {  // every warp sums the parts in the same order: equal scores
+      float4* scratch = reinterpret_cast<float4*>(smem + S::kOffKeyScratch) + worker * S::kWpt * 32;
+      scratch[wi * 32 + lane] = make_float4(x[0], x[1], x[2], x[3]);
+      worker_sync();
+      float4 sum = scratch[lane];
+#pragma unroll
+      for (int w = 1; w < S::kWpt; ++w) {
+        const float4 part = scratch[w * 32 + lane];
+        sum.x += part.x, sum.y += part.y, sum.z += part.z, sum.w += part.w;
+      }
+      x[0] = sum.x, x[1] = sum.y, x[2] = sum.z, x[3] = sum.w;
+    }
     const int pos[4] = {2 * t, 2 * t + 1, 8 + 2 * t, 9 + 2 * t};
     float2 ks0 = make_float2(1.0f, 1.0f), ks1 = ks0, vs0 = ks0, vs1 = ks0;
     if constexpr (quantized(KF)) {
