@@ -16,6 +16,8 @@ namespace {
 constexpr std::string_view kNoFlipSuffix = "-noflip";
 constexpr std::string_view kNoFlipKeysSuffix = "-noflipk";
 constexpr std::string_view kNoFlipValuesSuffix = "-noflipv";
+constexpr std::string_view kPairKeySignsSuffix = "-pairsignsk";
+constexpr std::string_view kHalfKeySignsSuffix = "-halfsignsk";
 constexpr std::string_view kCenterSuffix = "-center";
 constexpr std::string_view kSmoothSuffix = "-smooth";
 constexpr std::string_view kRecentSuffix = "-recent";
@@ -86,7 +88,7 @@ class TqkvStore final : public KvStore {
           c.layer = layer;
           // The store applies the signs itself unless both sides use the library's draw.
           c.sign_flips = spec.key_sign_flips && spec.value_sign_flips &&
-                         spec.key_sign_candidates == 0;
+                         spec.key_sign_candidates == 0 && spec.key_sign_tie == KeySignTie::none;
           c.seed = spec.rotation_seed;
           c.scale_rule = spec.scale_rule;
           c.codebook = spec.codebook;
@@ -101,7 +103,10 @@ class TqkvStore final : public KvStore {
     }
     if (!cache_.config().sign_flips) {
       if (spec.value_sign_flips) value_signs_ = drawn_signs(base_seed_);
-      if (spec.key_sign_flips && candidates_ == 0) key_signs_ = drawn_signs(base_seed_);
+      if (spec.key_sign_flips && candidates_ == 0) {
+        key_signs_ = drawn_signs(base_seed_);
+        tie_pairs(spec.key_sign_tie, key_signs_);
+      }
     }
     // The window's f16 copy; every token is kept (a real cache would drop a token from the
     // window once older than recent_window, and only then quantize it: the same bytes).
@@ -179,6 +184,19 @@ class TqkvStore final : public KvStore {
       for (int i = 0; i < d; ++i) row[i] = drawn.negated(i) ? -1.0f : 1.0f;
     }
     return signs;
+  }
+
+  // The second coordinate of each pair takes the sign of the first, in every KV head (head_dim
+  // is even: the cache takes multiples of 16).
+  void tie_pairs(KeySignTie tie, std::vector<float>& signs) const {
+    const int d = cache_.head_dim();
+    for (std::size_t head = 0; head < signs.size(); head += static_cast<std::size_t>(d)) {
+      float* s = &signs[head];
+      for (int i = 0; i < d / 2; ++i) {
+        if (tie == KeySignTie::adjacent_pairs) s[2 * i + 1] = s[2 * i];
+        if (tie == KeySignTie::half_pairs) s[i + d / 2] = s[i];
+      }
+    }
   }
 
   // -keysignsN: for each KV head, the candidate key signs (0: none, the plain Hadamard; c >= 1:
@@ -693,6 +711,7 @@ KvSpec parse_kv_spec(std::string_view text) {
     raise(Status::invalid_argument, fmt::format("KV format '{}': {}", whole, why));
   };
   bool noflip = false, noflip_keys = false, noflip_values = false, center = false, smooth = false;
+  bool pair_signs = false, half_signs = false;
   int recent = 0, key_signs = 0;
   // Option suffixes, peeled from the end.
   for (;;) {
@@ -704,7 +723,8 @@ KvSpec parse_kv_spec(std::string_view text) {
       return true;
     };
     if (take(kNoFlipSuffix, noflip) || take(kNoFlipKeysSuffix, noflip_keys) ||
-        take(kNoFlipValuesSuffix, noflip_values) || take(kCenterSuffix, center) ||
+        take(kNoFlipValuesSuffix, noflip_values) || take(kPairKeySignsSuffix, pair_signs) ||
+        take(kHalfKeySignsSuffix, half_signs) || take(kCenterSuffix, center) ||
         take(kSmoothSuffix, smooth)) {
       continue;
     }
@@ -746,6 +766,8 @@ KvSpec parse_kv_spec(std::string_view text) {
   const std::string_view tqkv_only = noflip          ? kNoFlipSuffix
                                     : noflip_keys     ? kNoFlipKeysSuffix
                                     : noflip_values   ? kNoFlipValuesSuffix
+                                    : pair_signs      ? kPairKeySignsSuffix
+                                    : half_signs      ? kHalfKeySignsSuffix
                                     : recent > 0      ? kRecentSuffix
                                     : key_signs > 0   ? kKeySignsSuffix
                                                       : std::string_view{};
@@ -763,6 +785,18 @@ KvSpec parse_kv_spec(std::string_view text) {
   if (key_signs > 0 && (noflip || noflip_keys)) {
     fail(fmt::format("'{}' chooses the key signs; it cannot be combined with '{}'", kKeySignsSuffix,
                      noflip ? kNoFlipSuffix : kNoFlipKeysSuffix));
+  }
+  if (pair_signs || half_signs) {
+    const std::string_view tie = pair_signs ? kPairKeySignsSuffix : kHalfKeySignsSuffix;
+    const std::string_view other = noflip                     ? kNoFlipSuffix
+                                   : noflip_keys              ? kNoFlipKeysSuffix
+                                   : key_signs > 0            ? kKeySignsSuffix
+                                   : pair_signs && half_signs ? kHalfKeySignsSuffix
+                                                              : std::string_view{};
+    if (!other.empty()) {
+      fail(fmt::format("'{}' sets the key signs; it cannot be combined with '{}'", tie, other));
+    }
+    spec.key_sign_tie = pair_signs ? KeySignTie::adjacent_pairs : KeySignTie::half_pairs;
   }
   spec.key_sign_candidates = key_signs;
   spec.key_sign_flips = !noflip && !noflip_keys;
@@ -788,6 +822,8 @@ std::string kv_spec_name(const KvSpec& spec) {
   } else if (!spec.value_sign_flips) {
     name += kNoFlipValuesSuffix;
   }
+  if (spec.key_sign_tie == KeySignTie::adjacent_pairs) name += kPairKeySignsSuffix;
+  if (spec.key_sign_tie == KeySignTie::half_pairs) name += kHalfKeySignsSuffix;
   if (spec.smooth_keys) name += kSmoothSuffix;
   if (spec.center_keys) name += kCenterSuffix;
   if (spec.key_sign_candidates > 0) {

@@ -29,6 +29,13 @@ enum class KvKind : uint8_t {
 // same as tq2 at head_dim 64 (2 bits + one fp32 scale per 64 coordinates).
 inline constexpr int kKiviGroup = 64;
 
+// Which key coordinates share one random sign (KvSpec::key_sign_tie).
+enum class KeySignTie : uint8_t {
+  none,            // the cache's independent signs
+  adjacent_pairs,  // 2i and 2i+1: the runtime's RoPE pairs ("-pairsignsk")
+  half_pairs,      // i and i + head_dim/2: pairs this model's RoPE does not use ("-halfsignsk")
+};
+
 struct KvSpec {
   KvKind kind = KvKind::tqkv;
   KvFormat format{Format::f16, Format::f16};  // kind == tqkv only
@@ -40,6 +47,14 @@ struct KvSpec {
   // the output unchanged in exact arithmetic and costs no bytes.
   bool key_sign_flips = true;
   bool value_sign_flips = true;
+  // Key signs tied per pair (kind == tqkv): both coordinates of a pair take the sign that the
+  // cache's own draw gives the first one. "-pairsignsk" ties the RoPE pairs (2i, 2i+1): the
+  // Sylvester Hadamard's even outputs mix only pair sums a + b and its odd outputs only pair
+  // differences a - b; tied signs keep that split, independent signs mix the two.
+  // "-halfsignsk" ties (i, i + head_dim/2) instead, which keeps the split of the Hadamard's
+  // top bit: as many free signs, but not this model's RoPE pairs (a control). Applied by the
+  // store to k and q as for "-noflipk"; the values keep the default signs; no bytes.
+  KeySignTie key_sign_tie = KeySignTie::none;
   // Key signs chosen per (layer, KV head) from this many candidates (name suffix "-keysignsN";
   // kind == tqkv, 0 = off): the plain Hadamard and the draws of base seeds rotation_seed + 0,
   // + 1, ..., + N - 2. The choice is the one whose quantized keys of the first chunk of a window
@@ -72,12 +87,14 @@ struct KvSpec {
 
 // "f32", "q4_0", "kivi2" or any tqkv::parse_kv_format name ("f16", "tq4", "k8v4", ...),
 // followed by option suffixes in any order, each at most once: "-noflip", "-noflipk", "-noflipv"
-// (tqkv: no random signs on both sides, on the keys, on the values), "-keysignsN" (tqkv:
-// key_sign_candidates = N, 1..256), "-center" (center_keys), "-smooth" (smooth_keys),
-// "-recentN" (tqkv: recent_window = N > 0). Throws Error naming the text and the faulty part.
+// (tqkv: no random signs on both sides, on the keys, on the values), "-pairsignsk" /
+// "-halfsignsk" (tqkv: key signs tied per pair; one of them, not with -noflip, -noflipk or
+// -keysignsN), "-keysignsN" (tqkv: key_sign_candidates = N, 1..256), "-center" (center_keys),
+// "-smooth" (smooth_keys), "-recentN" (tqkv: recent_window = N > 0). Throws Error naming the
+// text and the faulty part.
 KvSpec parse_kv_spec(std::string_view text);
-// The canonical name: base, then -noflip (or -noflipk / -noflipv), -smooth, -center,
-// -keysignsN, -recentN.
+// The canonical name: base, then -noflip (or -noflipk / -noflipv), -pairsignsk or -halfsignsk,
+// -smooth, -center, -keysignsN, -recentN.
 std::string kv_spec_name(const KvSpec& spec);
 // Bytes one position of one KV head costs in the format (K and V; scales included; amortised
 // per-channel KIVI scales). tqkv formats use tqkv::kv_bytes_per_position.

@@ -138,9 +138,10 @@ struct ModelOptions {
     cmd->add_option("--kv", kv,
                     "KV cache format: a tqkv format (f16, tq4, tq3, tq2, k8v4, k4v2, kf16v4, ...) "
                     "or a baseline (f32, q4_0, kivi2), then optional suffixes: -noflip (no random "
-                    "signs; -noflipk / -noflipv: none on the keys / on the values), -keysignsN (key "
-                    "signs chosen per head from N candidates on the first chunk), -center (key "
-                    "centering), -smooth (per-channel key smoothing), "
+                    "signs; -noflipk / -noflipv: none on the keys / on the values), -pairsignsk / "
+                    "-halfsignsk (key signs tied per RoPE pair (2i, 2i+1) / per pair (i, i+d/2)), "
+                    "-keysignsN (key signs chosen per head from N candidates on the first chunk), "
+                    "-center (key centering), -smooth (per-channel key smoothing), "
                     "-recentN (newest N tokens in f16, attended exactly), e.g. tq4-smooth-recent64");
     cmd->add_option("--kv-layers", kv_layers,
                     "per-layer overrides, e.g. '0,29=f16;1-3=k8v4' (layers counted from 0)");

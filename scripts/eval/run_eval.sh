@@ -128,6 +128,23 @@ if [[ ! -s "${keysigns_probe}" ]]; then
   mv "${keysigns_probe}.tmp" "${keysigns_probe}"
 fi
 for kv in tq2-noflipk-recent32 tq2-noflipv-recent32 tq2-keysigns4-recent32; do perplexity "${kv}"; done
+# Key signs tied per RoPE pair (-pairsignsk) against independent signs and none, and a control
+# tie of pairs the model's RoPE does not use (-halfsignsk), over four draws of the signs.
+for seed in default 1 2 3; do
+  seed_args=() suffix=""
+  [[ "${seed}" != default ]] && seed_args=(--rotation-seed "${seed}") suffix="-seed${seed}"
+  for tie in pair half; do
+    tie_probe="${OUT}/probe-ctx1024-${tie}signs${suffix}.md"
+    [[ -s "${tie_probe}" ]] && continue
+    formats="k2v16-halfsignsk-recent32"
+    [[ "${tie}" == pair ]] && formats="k2v16-recent32,k2v16-noflip-recent32,k2v16-pairsignsk-recent32"
+    "${TQKV}" perplexity -m "${MODEL}" -f "${TEXT}" --ctx 1024 --chunks 1 "${seed_args[@]}" \
+      --probe-error "${formats}" > "${tie_probe}.tmp"
+    mv "${tie_probe}.tmp" "${tie_probe}"
+  done
+done
+perplexity tq2-pairsignsk-recent32
+perplexity tq2-pairsignsk-recent32 tq2-pairsignsk-recent32-seed2 --rotation-seed 2
 for p in 0 1 2; do generate tq4-recent4 "${p}"; generate tq4-recent16 "${p}"; done
 # The closest calls again on 4 windows (6,140 scored tokens), in their own folder.
 for kv in f16 tq4 tq4-recent4 tq4-recent8 tq4-recent16 tq2-recent32 tq2-noflip-recent32; do

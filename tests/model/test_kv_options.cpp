@@ -1,10 +1,13 @@
-// The key-side options of the model's KV stores: per-channel key smoothing ("-smooth") and the
-// f16 recent window ("-recentN"), their parsing, byte accounting and exactness.
+// The key-side options of the model's KV stores: per-channel key smoothing ("-smooth"), the
+// f16 recent window ("-recentN") and the sign options ("-noflipk", "-noflipv", "-keysignsN",
+// "-pairsignsk", "-halfsignsk"), their parsing, byte accounting and exactness.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kv_store.hpp"
@@ -242,6 +245,103 @@ TEST(KvOptions, OneSidedSignFlipsReachTheCache) {
   const auto mixed = output("tq2-noflipv", 0);
   EXPECT_GT(max_abs_diff(mixed, output("tq2", 0)), 1e-3f * max_abs(mixed));
   EXPECT_GT(max_abs_diff(mixed, output("tq2-noflip", 0)), 1e-3f * max_abs(mixed));
+}
+
+// "-pairsignsk" / "-halfsignsk" tie the key signs per pair; they set the key signs, so they
+// exclude each other and the other key-sign options, and cost no bytes.
+TEST(KvOptions, PairKeySignsParse) {
+  const KvSpec s = parse_kv_spec("tq2-recent32-pairsignsk");
+  EXPECT_EQ(s.key_sign_tie, KeySignTie::adjacent_pairs);
+  EXPECT_TRUE(s.key_sign_flips);
+  EXPECT_TRUE(s.value_sign_flips);
+  EXPECT_EQ(kv_spec_name(s), "tq2-pairsignsk-recent32");
+  EXPECT_EQ(kv_spec_name(parse_kv_spec("tq2-pairsignsk-noflipv")), "tq2-noflipv-pairsignsk");
+  const KvSpec half = parse_kv_spec("k2v16-halfsignsk-center");
+  EXPECT_EQ(half.key_sign_tie, KeySignTie::half_pairs);
+  EXPECT_EQ(kv_spec_name(half), "k2vf16-halfsignsk-center");
+  EXPECT_EQ(parse_kv_spec("tq2-recent32").key_sign_tie, KeySignTie::none);
+  EXPECT_EQ(kv_spec_fixed_bytes(s, kDim), kv_spec_fixed_bytes(parse_kv_spec("tq2-recent32"), kDim));
+  EXPECT_EQ(kv_spec_bytes_per_position(s, kDim), kv_spec_bytes_per_position(parse_kv_spec("tq2"), kDim));
+  auto message = [](const char* text) {
+    try {
+      (void)parse_kv_spec(text);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message("tq2-pairsignsk-noflip").find("cannot be combined with '-noflip'"), std::string::npos);
+  EXPECT_NE(message("tq2-noflipk-pairsignsk").find("cannot be combined with '-noflipk'"), std::string::npos);
+  EXPECT_NE(message("tq2-pairsignsk-keysigns4").find("cannot be combined with '-keysigns'"), std::string::npos);
+  EXPECT_NE(message("q4_0-pairsignsk").find("'-pairsignsk' applies to tqkv formats only"), std::string::npos);
+  EXPECT_NE(message("tq2-pairsignsk-pairsignsk").find("given twice"), std::string::npos);
+  EXPECT_NE(message("tq2-halfsignsk-pairsignsk").find("cannot be combined with '-halfsignsk'"), std::string::npos);
+  EXPECT_NE(message("tq2-noflip-halfsignsk").find("'-halfsignsk' sets the key signs"), std::string::npos);
+  EXPECT_NE(message("kivi2-halfsignsk").find("tqkv formats only"), std::string::npos);
+}
+
+// The key signs a tie should apply: the cache's draw for (layer, KV head), where coordinate i
+// takes the sign of the first coordinate of its pair, 2 * (i / 2) for "-pairsignsk" and
+// i mod head_dim/2 for "-halfsignsk". [kv_heads][head_dim].
+std::vector<float> tied_signs(int layer, KeySignTie tie) {
+  std::vector<float> signs(kRow);
+  for (int h = 0; h < kKvHeads; ++h) {
+    const Rotation drawn(kDim, rotation_seed(kDefaultSeed, layer, h), true);
+    for (int i = 0; i < kDim; ++i) {
+      const int first = tie == KeySignTie::adjacent_pairs ? i & ~1 : i % (kDim / 2);
+      signs[h * kDim + i] = drawn.negated(first) ? -1.0f : 1.0f;
+    }
+  }
+  return signs;
+}
+
+// With f16 values, a tie must give exactly the plain Hadamard's output on keys and queries
+// multiplied by the tied signs (q.k is unchanged, the rotation sees S k): this checks that the
+// store's signs are the cache's draw tied per pair, for every layer's seed and both ties.
+// With f16 keys, it must give the default signs' output (the values keep them).
+TEST(KvOptions, PairKeySignsAreTiedPerPair) {
+  const int n = 80;
+  const Activations a = outlier_activations(n, kSeed + 7);
+  const std::vector<int> chunks = {64, 16};
+  auto output = [&](const std::string& name, int layer, const Activations& x) {
+    auto store = make_kv_store(parse_kv_spec(name), layer, kKvHeads, kDim, n);
+    return run_chunks(*store, x, chunks);
+  };
+  // The activations seen through the diagonal `signs`: S k and, per KV head's group, S q.
+  auto signed_keys_and_queries = [&](const std::vector<float>& signs) {
+    Activations x = a;
+    for (std::size_t i = 0; i < x.k.size(); ++i) x.k[i] *= signs[i % kRow];
+    for (int t = 0; t < n; ++t) {
+      for (int h = 0; h < kQHeads; ++h) {
+        const int kv = h / (kQHeads / kKvHeads);
+        for (int i = 0; i < kDim; ++i) x.q[t * kQRow + h * kDim + i] *= signs[kv * kDim + i];
+      }
+    }
+    return x;
+  };
+  for (const auto& [suffix, tie] : {std::pair{"-pairsignsk", KeySignTie::adjacent_pairs},
+                                    std::pair{"-halfsignsk", KeySignTie::half_pairs}}) {
+    for (int layer : {0, 7}) {
+      const std::vector<float> signs = tied_signs(layer, tie);
+      const auto negated = std::count(signs.begin(), signs.end(), -1.0f);
+      EXPECT_GT(negated, 0);  // a real draw, not the plain Hadamard
+      EXPECT_LT(negated, static_cast<std::ptrdiff_t>(kRow));
+      const Activations tied = signed_keys_and_queries(signs);
+      for (const std::string window : {"", "-recent8"}) {
+        const std::string where = std::string(suffix) + " layer " + std::to_string(layer) + window;
+        const auto got = output("k2v16" + window + suffix, layer, a);
+        const auto expected = output("k2v16-noflip" + window, layer, tied);
+        const float tol = 1e-5f * max_abs(expected);
+        EXPECT_LE(max_abs_diff(got, expected), tol) << where;
+        // Neither the independent signs nor none: the equality above is not trivially true.
+        EXPECT_GT(max_abs_diff(got, output("k2v16" + window, layer, a)), 100 * tol) << where;
+        EXPECT_GT(max_abs_diff(got, output("k2v16-noflip" + window, layer, a)), 100 * tol) << where;
+        const auto values_flipped = output("k16v2" + window, layer, a);
+        EXPECT_LE(max_abs_diff(output("k16v2" + window + suffix, layer, a), values_flipped),
+                  1e-5f * max_abs(values_flipped)) << where;
+      }
+    }
+  }
 }
 
 TEST(KvOptions, KeySignCandidatesParse) {
