@@ -61,6 +61,16 @@ std::vector<float> run_chunks(KvStore& store, const Activations& a, const std::v
   return out;
 }
 
+// The message parse_kv_spec(text) throws, or "no error".
+std::string spec_error(const char* text) {
+  try {
+    (void)parse_kv_spec(text);
+  } catch (const Error& e) {
+    return std::string(e.what());
+  }
+  return std::string("no error");
+}
+
 TEST(KvOptions, ParseSuffixesInAnyOrder) {
   const KvSpec s = parse_kv_spec("tq4-recent64-center-smooth");
   EXPECT_EQ(s.kind, KvKind::tqkv);
@@ -81,23 +91,15 @@ TEST(KvOptions, ParseSuffixesInAnyOrder) {
 
 // Bad option values are rejected with an error that names the text and the faulty part.
 TEST(KvOptions, BadSuffixesGiveClearErrors) {
-  auto message = [](const char* text) {
-    try {
-      (void)parse_kv_spec(text);
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
   for (const char* bad : {"tq4-recent", "tq4-recent0", "tq4-recentx", "tq4-recent12345678901"}) {
-    const std::string m = message(bad);
+    const std::string m = spec_error(bad);
     EXPECT_NE(m.find(bad), std::string::npos) << m;
     EXPECT_NE(m.find("positive token count"), std::string::npos) << m;
   }
-  EXPECT_NE(message("kivi2-recent64").find("tqkv formats only"), std::string::npos);
-  EXPECT_NE(message("q4_0-noflip").find("tqkv formats only"), std::string::npos);
-  EXPECT_NE(message("tq4-smooth-smooth").find("given twice"), std::string::npos);
-  EXPECT_NE(message("tq4-recent8-recent16").find("given twice"), std::string::npos);
+  EXPECT_NE(spec_error("kivi2-recent64").find("tqkv formats only"), std::string::npos);
+  EXPECT_NE(spec_error("q4_0-noflip").find("tqkv formats only"), std::string::npos);
+  EXPECT_NE(spec_error("tq4-smooth-smooth").find("given twice"), std::string::npos);
+  EXPECT_NE(spec_error("tq4-recent8-recent16").find("given twice"), std::string::npos);
   EXPECT_THROW((void)parse_kv_spec("tq4-recent-8"), Error);
   EXPECT_THROW((void)parse_kv_spec("-smooth"), Error);
   EXPECT_THROW((void)parse_kv_spec("tq9-smooth"), Error);
@@ -200,18 +202,10 @@ TEST(KvOptions, OneSidedSignFlipsParse) {
   EXPECT_FALSE(values_plain.value_sign_flips);
   EXPECT_EQ(kv_spec_name(values_plain), "tq2-noflipv");
   EXPECT_EQ(kv_spec_name(parse_kv_spec("tq2-noflipv-noflipk")), "tq2-noflip");
-  auto message = [](const char* text) {
-    try {
-      (void)parse_kv_spec(text);
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
-  EXPECT_NE(message("tq2-noflip-noflipk").find("'-noflip' already covers '-noflipk'"), std::string::npos);
-  EXPECT_NE(message("tq2-noflipv-noflip").find("'-noflip' already covers '-noflipv'"), std::string::npos);
-  EXPECT_NE(message("q4_0-noflipv").find("'-noflipv' applies to tqkv formats only"), std::string::npos);
-  EXPECT_NE(message("tq2-noflipk-noflipk").find("given twice"), std::string::npos);
+  EXPECT_NE(spec_error("tq2-noflip-noflipk").find("'-noflip' already covers '-noflipk'"), std::string::npos);
+  EXPECT_NE(spec_error("tq2-noflipv-noflip").find("'-noflip' already covers '-noflipv'"), std::string::npos);
+  EXPECT_NE(spec_error("q4_0-noflipv").find("'-noflipv' applies to tqkv formats only"), std::string::npos);
+  EXPECT_NE(spec_error("tq2-noflipk-noflipk").find("given twice"), std::string::npos);
 }
 
 // A store with one side flipped runs a cache without signs and applies that side's signs
@@ -262,22 +256,14 @@ TEST(KvOptions, PairKeySignsParse) {
   EXPECT_EQ(parse_kv_spec("tq2-recent32").key_sign_tie, KeySignTie::none);
   EXPECT_EQ(kv_spec_fixed_bytes(s, kDim), kv_spec_fixed_bytes(parse_kv_spec("tq2-recent32"), kDim));
   EXPECT_EQ(kv_spec_bytes_per_position(s, kDim), kv_spec_bytes_per_position(parse_kv_spec("tq2"), kDim));
-  auto message = [](const char* text) {
-    try {
-      (void)parse_kv_spec(text);
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
-  EXPECT_NE(message("tq2-pairsignsk-noflip").find("cannot be combined with '-noflip'"), std::string::npos);
-  EXPECT_NE(message("tq2-noflipk-pairsignsk").find("cannot be combined with '-noflipk'"), std::string::npos);
-  EXPECT_NE(message("tq2-pairsignsk-keysigns4").find("cannot be combined with '-keysigns'"), std::string::npos);
-  EXPECT_NE(message("q4_0-pairsignsk").find("'-pairsignsk' applies to tqkv formats only"), std::string::npos);
-  EXPECT_NE(message("tq2-pairsignsk-pairsignsk").find("given twice"), std::string::npos);
-  EXPECT_NE(message("tq2-halfsignsk-pairsignsk").find("cannot be combined with '-halfsignsk'"), std::string::npos);
-  EXPECT_NE(message("tq2-noflip-halfsignsk").find("'-halfsignsk' sets the key signs"), std::string::npos);
-  EXPECT_NE(message("kivi2-halfsignsk").find("tqkv formats only"), std::string::npos);
+  EXPECT_NE(spec_error("tq2-pairsignsk-noflip").find("cannot be combined with '-noflip'"), std::string::npos);
+  EXPECT_NE(spec_error("tq2-noflipk-pairsignsk").find("cannot be combined with '-noflipk'"), std::string::npos);
+  EXPECT_NE(spec_error("tq2-pairsignsk-keysigns4").find("cannot be combined with '-keysigns'"), std::string::npos);
+  EXPECT_NE(spec_error("q4_0-pairsignsk").find("'-pairsignsk' applies to tqkv formats only"), std::string::npos);
+  EXPECT_NE(spec_error("tq2-pairsignsk-pairsignsk").find("given twice"), std::string::npos);
+  EXPECT_NE(spec_error("tq2-halfsignsk-pairsignsk").find("cannot be combined with '-halfsignsk'"), std::string::npos);
+  EXPECT_NE(spec_error("tq2-noflip-halfsignsk").find("'-halfsignsk' sets the key signs"), std::string::npos);
+  EXPECT_NE(spec_error("kivi2-halfsignsk").find("tqkv formats only"), std::string::npos);
 }
 
 // The key signs a tie should apply: the cache's draw for (layer, KV head), where coordinate i
@@ -354,24 +340,16 @@ TEST(KvOptions, KeySignCandidatesParse) {
   // The choice is one byte per KV head and layer; nothing per token.
   EXPECT_EQ(kv_spec_fixed_bytes(s, kDim), kv_spec_fixed_bytes(parse_kv_spec("tq2-recent32"), kDim) + 1);
   EXPECT_EQ(kv_spec_bytes_per_position(s, kDim), kv_spec_bytes_per_position(parse_kv_spec("tq2"), kDim));
-  auto message = [](const char* text) {
-    try {
-      (void)parse_kv_spec(text);
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
   for (const char* bad : {"tq2-keysigns0", "tq2-keysigns", "tq2-keysignsx"}) {
-    const std::string m = message(bad);
+    const std::string m = spec_error(bad);
     EXPECT_NE(m.find(bad), std::string::npos) << m;
     EXPECT_NE(m.find("must be a positive count"), std::string::npos) << m;
   }
-  EXPECT_NE(message("tq2-keysigns257").find("at most 256"), std::string::npos);
-  EXPECT_NE(message("tq2-noflip-keysigns4").find("cannot be combined with '-noflip'"), std::string::npos);
-  EXPECT_NE(message("tq2-keysigns4-noflipk").find("cannot be combined with '-noflipk'"), std::string::npos);
-  EXPECT_NE(message("kivi2-keysigns4").find("tqkv formats only"), std::string::npos);
-  EXPECT_NE(message("tq2-keysigns2-keysigns4").find("given twice"), std::string::npos);
+  EXPECT_NE(spec_error("tq2-keysigns257").find("at most 256"), std::string::npos);
+  EXPECT_NE(spec_error("tq2-noflip-keysigns4").find("cannot be combined with '-noflip'"), std::string::npos);
+  EXPECT_NE(spec_error("tq2-keysigns4-noflipk").find("cannot be combined with '-noflipk'"), std::string::npos);
+  EXPECT_NE(spec_error("kivi2-keysigns4").find("tqkv formats only"), std::string::npos);
+  EXPECT_NE(spec_error("tq2-keysigns2-keysigns4").find("given twice"), std::string::npos);
 }
 
 // Keys built in the plain Hadamard's domain: y = H k. `flat`: y has entries +-1, which 2 bits
