@@ -4,7 +4,8 @@
 usage: sass_mix.py NCU.sass.csv [...]   (scripts/gpu-profile.sh writes them)
 
 "Hot" instructions are those executed more than 50 times as often as the kernel's first
-instruction (once per warp), i.e. the streaming loop. Prints the share of each opcode among the
+instruction (once per warp), i.e. the streaming loop; a kernel without such a loop (append)
+counts every instruction. Prints the share of each opcode among the
 hot instructions executed and the share of each warp-stall reason among their samples.
 """
 import collections
@@ -21,7 +22,7 @@ def summarize(path):
     stalls = [h for h in header if h.startswith("stall_") and "Not Issued" not in h]
     total = sum(int(r[executed]) for r in body)
     per_warp = int(body[0][executed])
-    hot = [r for r in body if int(r[executed]) > 50 * per_warp]
+    hot = [r for r in body if int(r[executed]) > 50 * per_warp] or body  # no loop: every instruction
     hot_total = sum(int(r[executed]) for r in hot)
     ops = collections.Counter()
     for r in hot:
