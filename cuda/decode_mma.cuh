@@ -267,6 +267,21 @@ template <int K>
 __device__ __forceinline__ uint32_t table_at_byte(const uint8_t* table, uint32_t x, uint32_t lane4) {
   return *reinterpret_cast<const uint32_t*>(table + __byte_perm(x, lane4, 0x5504 | (K << 4)));
 }
+// tq2: a pair of 2-bit codes is a nibble. Splitting each word into its even and odd nibbles, each
+// in the low half of a byte, costs three operations per 8 pairs and lets one PRMT build every
+// lookup's offset (table_at_nibble), as for tq4's bytes, instead of a shift and a LOP3.
+template <int N>
+__device__ __forceinline__ void split_nibbles(const uint32_t (&w)[N], uint32_t (&even)[N], uint32_t (&odd)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) even[i] = w[i] & 0x0f0f0f0fu, odd[i] = (w[i] >> 4) & 0x0f0f0f0fu;
+}
+// Entry whose row is the nibble at bit POS (a multiple of 4) of the words split_nibbles() split.
+template <int POS, int N>
+__device__ __forceinline__ uint32_t table_at_nibble(const uint8_t* table, const uint32_t (&even)[N],
+                                                    const uint32_t (&odd)[N], uint32_t lane4) {
+  constexpr int word = POS / 32, nibble = POS % 32 / 4;
+  return table_at_byte<nibble / 2>(table, nibble % 2 ? odd[word] : even[word], lane4);
+}
 
 // Table entry for `row`: a pair of lambda-scaled fp16 levels, or (tq8) one level as hi + lo.
 template <Format F>
@@ -552,12 +567,14 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
       const int pos = t * S::kLaneBitsK + static_cast<int>(FIRST) * S::kKStepBits;
       load_bits<nb, S::kAlignK>(krow0, pos, w0);
       load_bits<nb, S::kAlignK>(krow1, pos, w1);
+      BitWords<nb> even0 = {}, odd0 = {}, even1 = {}, odd1 = {};  // tq2 only
+      if constexpr (KF == Format::tq2) split_nibbles(w0, even0, odd0), split_nibbles(w1, even1, odd1);
       static_for<steps>([&](auto SL) {
         constexpr int sl = decltype(SL)::value;
         uint4 qa;
         if constexpr (std::is_integral_v<decltype(FIRST)>) qa = q_at(FIRST + sl);
         else qa = q_at(std::integral_constant<int, decltype(FIRST)::value + sl>{});
-        auto one = [&](const auto& w, float (&acc)[4]) {
+        auto one = [&](const auto& w, const auto& even, const auto& odd, float (&acc)[4]) {
           if constexpr (KF == Format::f16) {
             mma_f16(acc, qa.x, qa.y, qa.z, qa.w, w[2 * sl], w[2 * sl + 1]);
           } else if constexpr (KF == Format::tq4) {
@@ -571,6 +588,10 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
             const uint32_t e2 = table_at_byte<2>(ktable, x, lane4), e3 = table_at_byte<3>(ktable, x, lane4);
             mma_f16(acc, qa.x, qa.y, qa.z, qa.w, __byte_perm(e0, e1, 0x5410), __byte_perm(e2, e3, 0x5410));
             mma_f16(acc, qa.x, qa.y, qa.z, qa.w, __byte_perm(e0, e1, 0x7632), __byte_perm(e2, e3, 0x7632));
+          } else if constexpr (KF == Format::tq2) {
+            const uint32_t b0 = table_at_nibble<sl * 8>(ktable, even, odd, lane4);
+            const uint32_t b1 = table_at_nibble<sl * 8 + 4>(ktable, even, odd, lane4);
+            mma_f16(acc, qa.x, qa.y, qa.z, qa.w, b0, b1);
           } else {
             constexpr int pb = 2 * S::kKB;  // a pair of codes indexes the table
             const uint32_t b0 = table_at_bits<sl * S::kKStepBits, pb>(ktable, w, lane4);
@@ -578,8 +599,8 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
             mma_f16(acc, qa.x, qa.y, qa.z, qa.w, b0, b1);
           }
         };
-        one(w0, s0);
-        one(w1, s1);
+        one(w0, even0, odd0, s0);
+        one(w1, even1, odd1, s1);
       });
     };
     if constexpr (S::kSplitKeys) {
@@ -678,6 +699,11 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
       interleave_codes<S::kVB>(va, vb, xab, yab);
       interleave_codes<S::kVB>(vc, vd, xcd, ycd);
     }
+    BitWords<S::kLaneBitsV> xab_e = {}, xab_o = {}, yab_e = {}, yab_o = {}, xcd_e = {}, xcd_o = {}, ycd_e = {}, ycd_o = {};
+    if constexpr (VF == Format::tq2) {  // tq2 only
+      split_nibbles(xab, xab_e, xab_o), split_nibbles(yab, yab_e, yab_o);
+      split_nibbles(xcd, xcd_e, xcd_o), split_nibbles(ycd, ycd_e, ycd_o);
+    }
     static_for<S::kMTiles>([&](auto J) {
       constexpr int j = decltype(J)::value;
       if constexpr (VF == Format::f16) {
@@ -712,6 +738,13 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
         mma_f16(o[j], h0, h1, h2, h3, ph0, ph1);
         mma_f16(o[j], h0, h1, h2, h3, pl0, pl1);
         mma_f16(o[j], l0, l1, l2, l3, ph0, ph1);
+      } else if constexpr (VF == Format::tq2) {  // field j of xab etc. is nibble j
+        const uint32_t a0 = table_at_nibble<4 * j>(vtable, xab_e, xab_o, lane4);
+        const uint32_t a1 = table_at_nibble<4 * j>(vtable, yab_e, yab_o, lane4);
+        const uint32_t a2 = table_at_nibble<4 * j>(vtable, xcd_e, xcd_o, lane4);
+        const uint32_t a3 = table_at_nibble<4 * j>(vtable, ycd_e, ycd_o, lane4);
+        mma_f16(o[j], a0, a1, a2, a3, ph0, ph1);
+        mma_f16(o[j], a0, a1, a2, a3, pl0, pl1);
       } else {
         // Field j of xab / yab (2 kb bits) is the table row of a0 / a1 (built before the loop).
         constexpr int f = 2 * S::kVB;
