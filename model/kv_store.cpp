@@ -75,6 +75,18 @@ ExactPartial exact_attention(const float* qh, const float* k, const float* v, in
   return part;
 }
 
+// out[t][h][i] = x[t][h][i] * factors[h / group][i] for n tokens of `heads` query heads, where
+// each group of query heads shares its KV head's `d` factors (out may be x).
+void scale_by_kv_head(const float* x, int n, int heads, int group, int d, const float* factors, float* out) {
+  for (int t = 0; t < n; ++t) {
+    for (int h = 0; h < heads; ++h) {
+      const std::size_t at = (static_cast<std::size_t>(t) * heads + h) * d;
+      const float* f = factors + static_cast<std::size_t>(h / group) * d;
+      for (int i = 0; i < d; ++i) out[at + i] = x[at + i] * f[i];
+    }
+  }
+}
+
 class TqkvStore final : public KvStore {
  public:
   TqkvStore(const KvSpec& spec, int layer, int kv_heads, int head_dim, int capacity)
@@ -140,25 +152,12 @@ class TqkvStore final : public KvStore {
     const int d = cache_.head_dim();
     if (!key_signs_.empty()) {  // S q . S k = q . k
       signed_q_.resize(static_cast<std::size_t>(n) * q_heads * d);
-      for (int t = 0; t < n; ++t) {
-        for (int h = 0; h < q_heads; ++h) {
-          const std::size_t at = (static_cast<std::size_t>(t) * q_heads + h) * d;
-          const float* s = &key_signs_[static_cast<std::size_t>(h / group) * d];
-          for (int i = 0; i < d; ++i) signed_q_[at + i] = q[at + i] * s[i];
-        }
-      }
+      scale_by_kv_head(q, n, q_heads, group, d, key_signs_.data(), signed_q_.data());
       q = signed_q_.data();
     }
     attend_unsigned(q, n, q_heads, out);
-    if (!value_signs_.empty()) {  // the output is a mix of S v: undo S
-      for (int t = 0; t < n; ++t) {
-        for (int h = 0; h < q_heads; ++h) {
-          float* o = out + (static_cast<std::size_t>(t) * q_heads + h) * d;
-          const float* s = &value_signs_[static_cast<std::size_t>(h / group) * d];
-          for (int i = 0; i < d; ++i) o[i] *= s[i];
-        }
-      }
-    }
+    if (!value_signs_.empty())  // the output is a mix of S v: undo S
+      scale_by_kv_head(out, n, q_heads, group, d, value_signs_.data(), out);
   }
 
   int64_t length() const override {
@@ -211,6 +210,9 @@ class TqkvStore final : public KvStore {
     std::vector<uint8_t> code(row_bytes(cache_.config().format.key, d));
     std::vector<float> x(static_cast<std::size_t>(d)), decoded(static_cast<std::size_t>(d));
     std::vector<double> error(static_cast<std::size_t>(d));
+    std::vector<std::vector<float>> candidates;  // every KV head's signs, per candidate
+    for (int c = 0; c < candidates_; ++c)
+      candidates.push_back(c == 0 ? std::vector<float>(row_, 1.0f) : drawn_signs(base_seed_ + static_cast<uint64_t>(c - 1)));
     for (int h = 0; h < cache_.kv_heads(); ++h) {
       const std::size_t off = static_cast<std::size_t>(h) * d;
       std::vector<double> gram(static_cast<std::size_t>(d) * d, 0.0);  // sum over queries of q q^T
@@ -225,9 +227,7 @@ class TqkvStore final : public KvStore {
       }
       const VectorCodec codec = cache_.key_codec(h);  // the cache's rotation has no signs
       double best = INFINITY;
-      for (int c = 0; c < candidates_; ++c) {
-        const std::vector<float> signs = c == 0 ? std::vector<float>(row_, 1.0f)
-                                                : drawn_signs(base_seed_ + static_cast<uint64_t>(c - 1));
+      for (const std::vector<float>& signs : candidates) {
         double total = 0.0;
         for (std::size_t t = 0; t < held; ++t) {
           const float* k = &pending_k_[t * row_ + off];
@@ -546,13 +546,7 @@ class SmoothedStore final : public KvStore {
     }
     const int group = q_heads / kv_heads_;
     scaled_q_.resize(static_cast<std::size_t>(n) * q_heads * head_dim_);
-    for (int t = 0; t < n; ++t) {
-      for (int h = 0; h < q_heads; ++h) {
-        const std::size_t at = (static_cast<std::size_t>(t) * q_heads + h) * head_dim_;
-        const float* s = &factor_[static_cast<std::size_t>(h / group) * head_dim_];
-        for (int c = 0; c < head_dim_; ++c) scaled_q_[at + c] = q[at + c] * s[c];
-      }
-    }
+    scale_by_kv_head(q, n, q_heads, group, head_dim_, factor_.data(), scaled_q_.data());
     inner_->attend(scaled_q_.data(), n, q_heads, out);
   }
 
