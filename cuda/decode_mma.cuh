@@ -419,9 +419,11 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     }
   };
   // A worker of one warp syncs with __syncwarp, a worker of several warps with its own named
-  // barrier, so that workers never wait for each other inside the loop (r41: d = 512 10-16 %
-  // faster than with block barriers, racecheck 0 hazards; r20 had reported hazards with named
-  // barriers in an older version of this loop).
+  // barrier, so that workers do not wait for each other inside the loop (r41: d = 512 10-16 %
+  // faster than with block barriers). All workers still run the same number of iterations (one
+  // with a tile fewer only joins its barriers): when such a worker left the loop early, racecheck
+  // reported hazards on the block barriers after it (r42; r20 likewise), which it does not report
+  // with equal iterations (r41, r43).
   auto worker_sync = [&] {
     if constexpr (S::kWpt == 1) __syncwarp();
     else asm volatile("bar.sync %0, %1;\n" ::"r"(1 + worker), "r"(S::kWpt * 32) : "memory");
@@ -539,11 +541,17 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   float m_run = -INFINITY, l_run = 0.0f;
 
   timeline_mark(a, 2);
-  for (int i = 0; i < my_tiles; ++i) {
+  const int loop_tiles = S::kWpt == 1 ? my_tiles : (n_tiles + S::kWorkers - 1) / S::kWorkers;
+  for (int i = 0; i < loop_tiles; ++i) {
     if (i + STAGES - 1 < my_tiles) load_tile(i + STAGES - 1);
     cp_async_commit();
     cp_async_wait<STAGES - 1>();
     worker_sync();
+    if (i >= my_tiles) {  // a worker with one tile fewer only joins the barriers (see worker_sync)
+      if constexpr (S::kSplitKeys) worker_sync();  // the score exchange's
+      worker_sync();
+      continue;
+    }
     const uint8_t* st = my_stages + (i % STAGES) * S::kStageBytes;
     const int n = min(T, n_pos - (worker + i * S::kWorkers) * T);
 
