@@ -429,6 +429,26 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     else asm volatile("bar.sync %0, %1;\n" ::"r"(1 + worker), "r"(S::kWpt * 32) : "memory");
   };
 
+  // ---- set-up: rotated query, its fp16 hi/lo fragments, the code tables; two block barriers ----
+  // (ncu, run r10: the shared-memory FWHT with a barrier per stage and the table/fragment
+  // barriers were ~1,300 of the ~2,450 instructions per warp at batch 1, 4k.)
+  // The loads of the query, its signs and the levels go out before the first tile copies: behind
+  // them (4.5 MB at batch 1, 4k) they came back late (r43 timeline: query rotated at 2.5 us).
+  static_assert(WARPS >= kMaxHeadsPerBlock && S::kThreads >= 256, "one head per warp, one level per thread");
+  const uint32_t* signs = c.sign_bits + static_cast<std::size_t>(kv_head) * c.sign_words;
+  const float* q_in = a.q + (static_cast<std::size_t>(b) * a.q_heads + h0) * D;
+  const int h = warp;  // the query head this warp rotates, if h < n_heads
+  float x[kWarpSlots<D>];
+  uint32_t sign_word[kWarpSlots<D>];
+  static_for<kWarpSlots<D>>([&](auto J) {
+    constexpr int j = decltype(J)::value;
+    const int i = lane + 32 * j;
+    x[j] = h < n_heads && i < D ? q_in[h * D + i] : 0.0f;
+    sign_word[j] = quantized(KF) && h < n_heads && i < D ? signs[i >> 5] : 0u;
+  });
+  const float k_level = quantized(KF) && tid < (1 << S::kKB) ? c.k_levels[tid] : 0.0f;
+  const float v_level = quantized(VF) && tid < (1 << S::kVB) ? c.v_levels[tid] : 0.0f;
+
   // Start the first copies; the set-up below overlaps them.
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
@@ -436,28 +456,15 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     cp_async_commit();
   }
 
-  // ---- set-up: rotated query, its fp16 hi/lo fragments, the code tables; two block barriers ----
-  // (ncu, run r10: the shared-memory FWHT with a barrier per stage and the table/fragment
-  // barriers were ~1,300 of the ~2,450 instructions per warp at batch 1, 4k.)
   float* levels_s = reinterpret_cast<float*>(smem + S::kOffLevels);
-  if constexpr (quantized(KF))
-    for (int i = tid; i < (1 << S::kKB); i += S::kThreads) levels_s[i] = c.k_levels[i];
-  if constexpr (quantized(VF))
-    for (int i = tid; i < (1 << S::kVB); i += S::kThreads) levels_s[256 + i] = c.v_levels[i];
+  if (quantized(KF) && tid < (1 << S::kKB)) levels_s[tid] = k_level;
+  if (quantized(VF) && tid < (1 << S::kVB)) levels_s[256 + tid] = v_level;
   // The query, scaled and rotated into the key domain: one warp per head, in registers.
-  const uint32_t* signs = c.sign_bits + static_cast<std::size_t>(kv_head) * c.sign_words;
-  const float* q_in = a.q + (static_cast<std::size_t>(b) * a.q_heads + h0) * D;
-  for (int h = warp; h < n_heads; h += WARPS) {
-    float x[kWarpSlots<D>];
+  if (h < n_heads) {
     static_for<kWarpSlots<D>>([&](auto J) {
       constexpr int j = decltype(J)::value;
-      const int i = lane + 32 * j;
-      float v = 0.0f;
-      if (i < D) {
-        v = q_in[h * D + i] * a.scale;
-        if (quantized(KF) && sign_negated(signs, i)) v = -v;
-      }
-      x[j] = v;
+      x[j] *= a.scale;
+      if (quantized(KF) && ((sign_word[j] >> lane) & 1u)) x[j] = -x[j];
     });
     if constexpr (quantized(KF)) warp_fwht_unnormalized<D>(x);
     float mx = 0.0f;
