@@ -3,8 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <exception>
+#include <fstream>
+#include <functional>
+#include <iterator>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "tqkv/attention.hpp"
 #include "tqkv/error.hpp"
@@ -22,8 +26,10 @@ constexpr std::string_view kCenterSuffix = "-center";
 constexpr std::string_view kSmoothSuffix = "-smooth";
 constexpr std::string_view kRecentSuffix = "-recent";
 constexpr std::string_view kKeySignsSuffix = "-keysigns";
-constexpr int kMaxKeySignCandidates = 256;  // the choice fits one byte per KV head
 constexpr int kQ40Block = 32;  // llama.cpp QK4_0
+// The key-sign choice file: its "kind" and the version of its layout.
+constexpr std::string_view kKeySignFileKind = "tqkv key-sign choice";
+constexpr int kKeySignFileVersion = 1;
 
 // Rounds through binary16, as the baselines store their scales in fp16.
 float to_half_precision(float x) { return half_to_float(float_to_half(x)); }
@@ -100,7 +106,8 @@ class TqkvStore final : public KvStore {
           c.layer = layer;
           // The store applies the signs itself unless both sides use the library's draw.
           c.sign_flips = spec.key_sign_flips && spec.value_sign_flips &&
-                         spec.key_sign_candidates == 0 && spec.key_sign_tie == KeySignTie::none;
+                         spec.key_sign_candidates == 0 && spec.key_sign_choice.empty() &&
+                         spec.key_sign_tie == KeySignTie::none;
           c.seed = spec.rotation_seed;
           c.scale_rule = spec.scale_rule;
           c.codebook = spec.codebook;
@@ -113,9 +120,12 @@ class TqkvStore final : public KvStore {
       raise(Status::invalid_argument,
             fmt::format("kv store: recent_window {} must be >= 0", recent_));
     }
+    if (!spec.key_sign_choice.empty()) check_key_sign_choice(spec);
     if (!cache_.config().sign_flips) {
       if (spec.value_sign_flips) value_signs_ = drawn_signs(base_seed_);
-      if (spec.key_sign_flips && candidates_ == 0) {
+      if (!spec.key_sign_choice.empty()) {
+        key_signs_ = key_signs_of(spec.key_sign_choice);
+      } else if (spec.key_sign_flips && candidates_ == 0) {
         key_signs_ = drawn_signs(base_seed_);
         tie_pairs(spec.key_sign_tie, key_signs_);
       }
@@ -142,7 +152,7 @@ class TqkvStore final : public KvStore {
   void attend(const float* q, int n, int q_heads, float* out) override {
     if (calibrating()) {
       if (pending_k_.empty()) raise(Status::invalid_argument, "kv store: attend before any append");
-      key_signs_ = chosen_key_signs(q, n, q_heads);
+      key_signs_ = key_signs_of(best_key_candidates(q, n, q_heads));
       std::vector<float> k = std::move(pending_k_), v = std::move(pending_v_);
       pending_k_.clear();
       pending_v_.clear();
@@ -173,14 +183,59 @@ class TqkvStore final : public KvStore {
  private:
   bool calibrating() const { return candidates_ > 0 && key_signs_.empty(); }
 
-  // The sign diagonal a cache with this base seed draws for each KV head, as +-1 per row entry.
-  std::vector<float> drawn_signs(uint64_t base_seed) const {
+  // A fixed choice needs one candidate per KV head, each index fitting the byte it costs, and
+  // no other option setting the key signs.
+  void check_key_sign_choice(const KvSpec& spec) const {
+    const std::string_view other = key_sign_option(spec);
+    if (!other.empty()) {
+      raise(Status::invalid_argument,
+            fmt::format("kv store: a fixed key-sign choice cannot be combined with '{}'", other));
+    }
+    if (spec.key_sign_choice.size() != static_cast<std::size_t>(cache_.kv_heads())) {
+      raise(Status::invalid_argument,
+            fmt::format("kv store: key-sign choice of {} KV heads for {}", spec.key_sign_choice.size(),
+                        cache_.kv_heads()));
+    }
+    for (int c : spec.key_sign_choice) {
+      if (c < 0 || c >= kMaxKeySignCandidates) {
+        raise(Status::invalid_argument,
+              fmt::format("kv store: key-sign candidate {} is not in [0, {})", c, kMaxKeySignCandidates));
+      }
+    }
+  }
+
+  // The sign diagonal a cache with this base seed draws for KV head h, as +-1 into out[0, d).
+  void head_draw(uint64_t base_seed, int h, float* out) const {
     const int d = cache_.head_dim();
+    const Rotation drawn(d, rotation_seed(base_seed, layer_, h), true);
+    for (int i = 0; i < d; ++i) out[i] = drawn.negated(i) ? -1.0f : 1.0f;
+  }
+
+  // The same for every KV head, [kv_heads][head_dim].
+  std::vector<float> drawn_signs(uint64_t base_seed) const {
     std::vector<float> signs(row_);
     for (int h = 0; h < cache_.kv_heads(); ++h) {
-      const Rotation drawn(d, rotation_seed(base_seed, layer_, h), true);
-      float* row = &signs[static_cast<std::size_t>(h) * d];
-      for (int i = 0; i < d; ++i) row[i] = drawn.negated(i) ? -1.0f : 1.0f;
+      head_draw(base_seed, h, &signs[static_cast<std::size_t>(h) * cache_.head_dim()]);
+    }
+    return signs;
+  }
+
+  // Key-sign candidate c for KV head h into out[0, d): c = 0 none (+1, the plain Hadamard),
+  // c >= 1 the draw of base seed + c - 1 (c = 1: the default signs).
+  void candidate_signs(int c, int h, float* out) const {
+    if (c == 0) {
+      std::fill(out, out + cache_.head_dim(), 1.0f);
+    } else {
+      head_draw(base_seed_ + static_cast<uint64_t>(c - 1), h, out);
+    }
+  }
+
+  // The key signs of one candidate per KV head, [kv_heads][head_dim].
+  std::vector<float> key_signs_of(const std::vector<int>& choice) const {
+    std::vector<float> signs(row_);
+    for (int h = 0; h < cache_.kv_heads(); ++h) {
+      candidate_signs(choice[static_cast<std::size_t>(h)], h,
+                      &signs[static_cast<std::size_t>(h) * cache_.head_dim()]);
     }
     return signs;
   }
@@ -198,21 +253,18 @@ class TqkvStore final : public KvStore {
     }
   }
 
-  // -keysignsN: for each KV head, the candidate key signs (0: none, the plain Hadamard; c >= 1:
-  // the draw of base seed + c - 1, so c = 1 is the default) whose quantized keys of the held
-  // chunk give the smallest squared logit error sum_q sum_t (q . (k_t - k^_t))^2 over the
+  // -keysignsN: for each KV head, the candidate (candidate_signs) whose quantized keys of the
+  // held chunk give the smallest squared logit error sum_q sum_t (q . (k_t - k^_t))^2 over the
   // chunk's queries of the head's query group.
-  std::vector<float> chosen_key_signs(const float* q, int n, int q_heads) const {
+  std::vector<int> best_key_candidates(const float* q, int n, int q_heads) const {
     const int d = cache_.head_dim();
     const int group = q_heads / cache_.kv_heads();
     const std::size_t held = pending_k_.size() / row_;
-    std::vector<float> chosen(row_);
+    std::vector<int> best_of(static_cast<std::size_t>(cache_.kv_heads()), 0);
     std::vector<uint8_t> code(row_bytes(cache_.config().format.key, d));
-    std::vector<float> x(static_cast<std::size_t>(d)), decoded(static_cast<std::size_t>(d));
+    std::vector<float> signs(static_cast<std::size_t>(d)), x(static_cast<std::size_t>(d)),
+        decoded(static_cast<std::size_t>(d));
     std::vector<double> error(static_cast<std::size_t>(d));
-    std::vector<std::vector<float>> candidates;  // every KV head's signs, per candidate
-    for (int c = 0; c < candidates_; ++c)
-      candidates.push_back(c == 0 ? std::vector<float>(row_, 1.0f) : drawn_signs(base_seed_ + static_cast<uint64_t>(c - 1)));
     for (int h = 0; h < cache_.kv_heads(); ++h) {
       const std::size_t off = static_cast<std::size_t>(h) * d;
       std::vector<double> gram(static_cast<std::size_t>(d) * d, 0.0);  // sum over queries of q q^T
@@ -227,15 +279,16 @@ class TqkvStore final : public KvStore {
       }
       const VectorCodec codec = cache_.key_codec(h);  // the cache's rotation has no signs
       double best = INFINITY;
-      for (const std::vector<float>& signs : candidates) {
+      for (int c = 0; c < candidates_; ++c) {
+        candidate_signs(c, h, signs.data());
         double total = 0.0;
         for (std::size_t t = 0; t < held; ++t) {
           const float* k = &pending_k_[t * row_ + off];
-          for (int i = 0; i < d; ++i) x[i] = k[i] * signs[off + i];
+          for (int i = 0; i < d; ++i) x[i] = k[i] * signs[i];
           float scale = 0.0f;
           encode_vector(codec, x.data(), code.data(), &scale);
           decode_vector(codec, code.data(), scale, decoded.data());
-          for (int i = 0; i < d; ++i) error[i] = static_cast<double>(x[i] - decoded[i]) * signs[off + i];
+          for (int i = 0; i < d; ++i) error[i] = static_cast<double>(x[i] - decoded[i]) * signs[i];
           for (int i = 0; i < d; ++i) {
             const double* gram_row = &gram[static_cast<std::size_t>(i) * d];
             for (int j = 0; j < d; ++j) total += error[i] * gram_row[j] * error[j];
@@ -243,12 +296,11 @@ class TqkvStore final : public KvStore {
         }
         if (total < best) {
           best = total;
-          const auto from = signs.begin() + static_cast<std::ptrdiff_t>(off);
-          std::copy(from, from + d, chosen.begin() + static_cast<std::ptrdiff_t>(off));
+          best_of[static_cast<std::size_t>(h)] = c;
         }
       }
     }
-    return chosen;
+    return best_of;
   }
 
   // n rows of [kv_heads][head_dim] times `signs`, into `buffer`.
@@ -367,7 +419,8 @@ class TqkvStore final : public KvStore {
   int recent_;
   std::size_t row_;
   std::vector<float> recent_k_, recent_v_;  // f16-rounded copies, [capacity][kv_heads][d]
-  // Signs applied by this store when the cache has none (one side flipped, or -keysignsN):
+  // Signs applied by this store when the cache has none (one side flipped, -keysignsN, a fixed
+  // key-sign choice or tied key signs):
   // [kv_heads][head_dim] of +-1, empty where none apply.
   int layer_;
   uint64_t base_seed_;
@@ -689,12 +742,16 @@ void ErrorProbeStore::reset() {
   for (auto& s : shadows_) s->reset();
 }
 
+double ErrorProbeStore::squared_error(int shadow, int head) const {
+  return err_sq_[static_cast<std::size_t>(shadow) * q_heads_ + static_cast<std::size_t>(head)];
+}
+
 double ErrorProbeStore::relative_error(int shadow, int head) const {
   double e = 0, r = 0;
   for (int h = 0; h < q_heads_; ++h) {
     if (head >= 0 && h != head) continue;
-    e += err_sq_[static_cast<std::size_t>(shadow) * q_heads_ + h];
-    r += ref_sq_[static_cast<std::size_t>(h)];
+    e += squared_error(shadow, h);
+    r += reference_square(h);
   }
   return r > 0 ? std::sqrt(e / r) : 0.0;
 }
@@ -832,9 +889,18 @@ double kv_spec_fixed_bytes(const KvSpec& spec, int head_dim) {
   double bytes = spec.recent_window * 2.0 * head_dim * kF16;
   if (spec.center_keys) bytes += head_dim * kF32;
   if (spec.smooth_keys) bytes += head_dim * kF32;
-  if (spec.key_sign_candidates > 0) bytes += 1;  // the index of the chosen candidate
+  // The index of the chosen candidate.
+  if (spec.key_sign_candidates > 0 || !spec.key_sign_choice.empty()) bytes += 1;
   if (spec.kind == KvKind::kivi2) bytes += (kKiviGroup - 1) * head_dim * kF16;
   return bytes;
+}
+
+std::string_view key_sign_option(const KvSpec& spec) {
+  if (!spec.key_sign_flips) return spec.value_sign_flips ? kNoFlipKeysSuffix : kNoFlipSuffix;
+  if (spec.key_sign_candidates > 0) return kKeySignsSuffix;
+  if (spec.key_sign_tie == KeySignTie::adjacent_pairs) return kPairKeySignsSuffix;
+  if (spec.key_sign_tie == KeySignTie::half_pairs) return kHalfKeySignsSuffix;
+  return {};
 }
 
 double kv_spec_bytes_per_position(const KvSpec& spec, int head_dim) {
@@ -849,6 +915,223 @@ double kv_spec_bytes_per_position(const KvSpec& spec, int head_dim) {
       return 2 * d / 4 + (d / kKiviGroup) * 4 + d * 4 / kKiviGroup;
   }
   return 0;
+}
+
+double KeySignChoice::layer_error(int layer, const std::vector<int>& a) const {
+  const auto l = static_cast<std::size_t>(layer);
+  if (layer < 0 || l >= error_sq.size() || l >= reference_sq.size() ||
+      a.size() != error_sq[l].size()) {
+    raise(Status::invalid_argument,
+          fmt::format("key-sign choice: layer_error needs error_sq of layer {} ({} layers) and a "
+                      "candidate per KV head (got {})", layer, error_sq.size(), a.size()));
+  }
+  double e = 0.0, r = 0.0;
+  for (std::size_t h = 0; h < a.size(); ++h) {
+    e += error_sq[l][h].at(static_cast<std::size_t>(a[h]));
+    r += reference_sq[l].at(h);
+  }
+  return r > 0.0 ? std::sqrt(e / r) : 0.0;
+}
+
+double KeySignChoice::mean_layer_error(const std::vector<std::vector<int>>& assignment) const {
+  if (assignment.empty() || assignment.size() != error_sq.size()) {
+    raise(Status::invalid_argument,
+          fmt::format("key-sign choice: mean_layer_error needs an assignment of every layer of "
+                      "error_sq ({}; got {})", error_sq.size(), assignment.size()));
+  }
+  double sum = 0.0;
+  for (std::size_t l = 0; l < assignment.size(); ++l) sum += layer_error(static_cast<int>(l), assignment[l]);
+  return sum / static_cast<double>(assignment.size());
+}
+
+void save_key_sign_choice(const KeySignChoice& choice, const std::string& path) {
+  nlohmann::ordered_json j;
+  j["kind"] = kKeySignFileKind;
+  j["version"] = kKeySignFileVersion;
+  j["n_layers"] = choice.n_layers;
+  j["n_kv_heads"] = choice.n_kv_heads;
+  j["head_dim"] = choice.head_dim;
+  j["key_format"] = format_name(choice.key_format);
+  j["candidates"] = choice.candidates;
+  j["base_seed"] = choice.base_seed;
+  j["candidate_meaning"] = "0: the plain Hadamard (no signs); c >= 1: the random signs of base "
+                           "seed base_seed + c - 1 (1: the default signs)";
+  j["granularity"] = choice.per_layer ? "layer" : "head";
+  j["criterion"] = "squared error of the attention output with the keys in key_format and the "
+                   "values in f16, beside exact f32 attention that the model runs on; summed "
+                   "over the KV head's query heads and all positions (error_sq), against the "
+                   "squared exact output (reference_sq)";
+  j["calibration"] = {{"kv", choice.calibration_kv}, {"text", choice.calibration_text},
+                      {"ctx", choice.ctx}, {"windows", choice.windows}};
+  j["chosen"] = choice.chosen;
+  if (!choice.error_sq.empty()) {
+    j["error_sq"] = choice.error_sq;
+    j["reference_sq"] = choice.reference_sq;
+  }
+  // One line per field, and per layer for the per-layer arrays, so that a diff shows which
+  // layers changed.
+  std::string text = "{\n";
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    text += fmt::format(" {}: ", nlohmann::json(it.key()).dump());
+    if (it->is_array() && !it->empty() && it->front().is_array()) {
+      text += "[\n";
+      for (std::size_t l = 0; l < it->size(); ++l) {
+        text += fmt::format("  {}{}\n", (*it)[l].dump(), l + 1 < it->size() ? "," : "");
+      }
+      text += " ]";
+    } else {
+      text += it->dump();
+    }
+    text += std::next(it) != j.end() ? ",\n" : "\n";
+  }
+  text += "}\n";
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+  if (!out) raise(Status::io_error, fmt::format("cannot write key-sign file '{}'", path));
+}
+
+KeySignChoice load_key_sign_choice(const std::string& path) {
+  auto fail = [&](std::string_view field, const std::string& why) -> void {
+    raise(Status::io_error, fmt::format("key-sign file '{}': '{}' {}", path, field, why));
+  };
+  std::ifstream in(path, std::ios::binary);
+  if (!in) raise(Status::io_error, fmt::format("cannot read key-sign file '{}'", path));
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    raise(Status::io_error, fmt::format("key-sign file '{}': not valid JSON ({})", path, e.what()));
+  }
+  if (!j.is_object()) {
+    raise(Status::io_error, fmt::format("key-sign file '{}': not a JSON object", path));
+  }
+  auto field = [&](const char* name) -> const nlohmann::json& {
+    if (!j.contains(name)) fail(name, "is missing");
+    return j[name];
+  };
+  auto integer = [&](const char* name, int lo, int hi) {
+    const nlohmann::json& v = field(name);
+    if (!v.is_number_integer() || v.get<int64_t>() < lo || v.get<int64_t>() > hi) {
+      fail(name, fmt::format("is {}, not an integer in [{}, {}]", v.dump(), lo, hi));
+    }
+    return v.get<int>();
+  };
+  auto text = [&](const char* name) {
+    if (!field(name).is_string()) fail(name, fmt::format("is {}, not a string", j[name].dump()));
+    return j[name].get<std::string>();
+  };
+  if (text("kind") != kKeySignFileKind) fail("kind", fmt::format("is not \"{}\"", kKeySignFileKind));
+  (void)integer("version", kKeySignFileVersion, kKeySignFileVersion);
+  constexpr int kMaxCount = 1 << 20;  // far above any model's layers, heads or head_dim
+  KeySignChoice c;
+  c.source = path;
+  c.n_layers = integer("n_layers", 1, kMaxCount);
+  c.n_kv_heads = integer("n_kv_heads", 1, kMaxCount);
+  c.head_dim = integer("head_dim", 1, kMaxCount);
+  c.candidates = integer("candidates", 1, kMaxKeySignCandidates);
+  const std::string key_format = text("key_format");
+  try {
+    c.key_format = parse_format(key_format, "key_format");
+  } catch (const Error& e) {
+    fail("key_format", fmt::format("is not a format ({})", e.what()));
+  }
+  if (!is_quantized(c.key_format)) fail("key_format", fmt::format("is '{}', not a quantized format", key_format));
+  if (!field("base_seed").is_number_unsigned()) {
+    fail("base_seed", fmt::format("is {}, not an unsigned integer", j["base_seed"].dump()));
+  }
+  c.base_seed = j["base_seed"].get<uint64_t>();
+  const std::string granularity = text("granularity");
+  if (granularity != "head" && granularity != "layer") {
+    fail("granularity", fmt::format("is \"{}\", not \"head\" or \"layer\"", granularity));
+  }
+  c.per_layer = granularity == "layer";
+  // [n_layers][n_kv_heads] (and [candidates] below) arrays; `check` tests one element.
+  auto table = [&](const char* name, const auto& check) {
+    const nlohmann::json& rows = field(name);
+    if (!rows.is_array() || rows.size() != static_cast<std::size_t>(c.n_layers)) {
+      fail(name, fmt::format("must be an array of n_layers = {} arrays", c.n_layers));
+    }
+    for (std::size_t l = 0; l < rows.size(); ++l) {
+      if (!rows[l].is_array() || rows[l].size() != static_cast<std::size_t>(c.n_kv_heads)) {
+        fail(fmt::format("{}[{}]", name, l), fmt::format("must be an array of n_kv_heads = {} entries", c.n_kv_heads));
+      }
+      for (std::size_t h = 0; h < rows[l].size(); ++h) check(fmt::format("{}[{}][{}]", name, l, h), rows[l][h]);
+    }
+  };
+  table("chosen", [&](const std::string& where, const nlohmann::json& v) {
+    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= c.candidates) {
+      fail(where, fmt::format("is {}, not a candidate in [0, {}) ('candidates' is {})", v.dump(),
+                              c.candidates, c.candidates));
+    }
+  });
+  c.chosen = j["chosen"].get<std::vector<std::vector<int>>>();
+  if (c.per_layer) {
+    for (std::size_t l = 0; l < c.chosen.size(); ++l) {
+      if (std::adjacent_find(c.chosen[l].begin(), c.chosen[l].end(), std::not_equal_to<>()) != c.chosen[l].end()) {
+        fail(fmt::format("chosen[{}]", l), "differs between KV heads, but 'granularity' is \"layer\"");
+      }
+    }
+  }
+  if (j.contains("calibration")) {
+    const nlohmann::json& cal = j["calibration"];
+    try {
+      c.calibration_kv = cal.at("kv").get<std::string>();
+      c.calibration_text = cal.at("text").get<std::string>();
+      c.ctx = cal.at("ctx").get<int>();
+      c.windows = cal.at("windows").get<int>();
+    } catch (const nlohmann::json::exception& e) {
+      fail("calibration", fmt::format("needs kv, text (strings), ctx and windows (integers): {}", e.what()));
+    }
+  }
+  if (j.contains("error_sq") || j.contains("reference_sq")) {
+    auto non_negative = [&](const std::string& where, const nlohmann::json& v) {
+      if (!v.is_number() || !(v.get<double>() >= 0.0)) fail(where, fmt::format("is {}, not a number >= 0", v.dump()));
+    };
+    table("error_sq", [&](const std::string& where, const nlohmann::json& v) {
+      if (!v.is_array() || v.size() != static_cast<std::size_t>(c.candidates)) {
+        fail(where, fmt::format("must be an array of candidates = {} numbers", c.candidates));
+      }
+      for (std::size_t k = 0; k < v.size(); ++k) non_negative(fmt::format("{}[{}]", where, k), v[k]);
+    });
+    table("reference_sq", non_negative);
+    c.error_sq = j["error_sq"].get<std::vector<std::vector<std::vector<double>>>>();
+    c.reference_sq = j["reference_sq"].get<std::vector<std::vector<double>>>();
+  }
+  return c;
+}
+
+KvSpec with_key_sign_choice(const KvSpec& spec, const KeySignChoice& choice, int layer,
+                            int n_layers, int kv_heads, int head_dim) {
+  const std::string file = choice.source.empty() ? std::string("key-sign choice")
+                                                 : fmt::format("key-sign file '{}'", choice.source);
+  auto mismatch = [&](std::string_view field, auto value, auto wanted, std::string_view of_what) {
+    if (value != wanted) {
+      raise(Status::invalid_argument, fmt::format("{}: '{}' is {}, but {} {}", file, field, value,
+                                                  of_what, wanted));
+    }
+  };
+  mismatch("n_layers", choice.n_layers, n_layers, "the model's layer count is");
+  mismatch("n_kv_heads", choice.n_kv_heads, kv_heads, "the model's KV head count is");
+  mismatch("head_dim", choice.head_dim, head_dim, "the model's head_dim is");
+  if (layer < 0 || layer >= n_layers || choice.chosen.size() != static_cast<std::size_t>(n_layers)) {
+    raise(Status::invalid_argument, fmt::format("{}: no choice for layer {} of {} ('chosen' has {})",
+                                                file, layer, n_layers, choice.chosen.size()));
+  }
+  if (spec.kind != KvKind::tqkv) {
+    raise(Status::invalid_argument, fmt::format("{}: key signs need a tqkv format, not '{}'", file,
+                                                kv_spec_name(spec)));
+  }
+  mismatch("key_format", format_name(choice.key_format), format_name(spec.format.key),
+           fmt::format("the keys of '{}' (layer {}) are", kv_spec_name(spec), layer));
+  mismatch("base_seed", choice.base_seed, spec.rotation_seed, "the rotation seed is");
+  const std::string_view other = key_sign_option(spec);
+  if (!other.empty()) {
+    raise(Status::invalid_argument, fmt::format("{}: sets the key signs of '{}', which '{}' already sets",
+                                                file, kv_spec_name(spec), other));
+  }
+  KvSpec out = spec;
+  out.key_sign_choice = choice.chosen[static_cast<std::size_t>(layer)];
+  return out;
 }
 
 std::unique_ptr<KvStore> make_kv_store(const KvSpec& spec, int layer, int kv_heads, int head_dim,

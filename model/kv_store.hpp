@@ -62,6 +62,13 @@ struct KvSpec {
   // queries arrive, as for smoothing. The values keep the default draw. A real cache would store
   // the choice, one byte per KV head and layer.
   int key_sign_candidates = 0;
+  // Key signs fixed per KV head of this layer (kind == tqkv; empty = off): entry h is the
+  // -keysignsN candidate for KV head h (0: the plain Hadamard; c >= 1: the draw of base seed
+  // rotation_seed + c - 1, so 1 is the default signs), chosen offline on a calibration text
+  // (calibrate_key_signs in llama.hpp, read back from a file by with_key_sign_choice). Applied to
+  // k and q as -keysignsN applies its choice; values keep the default draw. One byte per KV head
+  // and layer. Not part of kv_spec_name: the choice comes from a file, not from the name.
+  std::vector<int> key_sign_choice{};
   uint64_t rotation_seed = kDefaultSeed;      // kind == tqkv only: base seed of the random signs
   ScaleRule scale_rule = kDefaultScaleRule;    // kind == tqkv only
   CodebookKind codebook = CodebookKind::gaussian;
@@ -96,15 +103,65 @@ KvSpec parse_kv_spec(std::string_view text);
 // The canonical name: base, then -noflip (or -noflipk / -noflipv), -pairsignsk or -halfsignsk,
 // -smooth, -center, -keysignsN, -recentN.
 std::string kv_spec_name(const KvSpec& spec);
+// The option of `spec` that already sets its key signs ("-noflip", "-noflipk", "-keysigns",
+// "-pairsignsk", "-halfsignsk"), or "" where none does, so that a fixed key_sign_choice may be
+// set on it.
+std::string_view key_sign_option(const KvSpec& spec);
 // Bytes one position of one KV head costs in the format (K and V; scales included; amortised
 // per-channel KIVI scales). tqkv formats use tqkv::kv_bytes_per_position.
 double kv_spec_bytes_per_position(const KvSpec& spec, int head_dim);
 // Bytes of one KV head in one layer that do not grow with the context: the f16 recent window
 // (recent_window x K and V), the fp32 mean of centering and the fp32 factors of smoothing
-// (head_dim floats each), the byte of the key-sign choice, and KIVI-2's unquantized newest key
+// (head_dim floats each), the byte of the key-sign choice (-keysignsN or key_sign_choice), and KIVI-2's unquantized newest key
 // group (at most kKiviGroup - 1 f16 keys). Amortised over a context of T tokens they add
 // fixed / T per position.
 double kv_spec_fixed_bytes(const KvSpec& spec, int head_dim);
+
+// The most key-sign candidates (-keysignsN, KeySignChoice): the index of the chosen one fits one byte.
+inline constexpr int kMaxKeySignCandidates = 256;
+
+// A choice of key signs per (layer, KV head) among the -keysignsN candidates, as a calibration
+// run saves it (JSON, save_key_sign_choice) and --key-signs reads it back.
+struct KeySignChoice {
+  // The model and the key format it was calibrated for; candidate c >= 1 draws base seed
+  // base_seed + c - 1 (KvSpec::rotation_seed), c = 0 is the plain Hadamard.
+  int n_layers = 0, n_kv_heads = 0, head_dim = 0;
+  Format key_format = Format::tq2;
+  int candidates = 0;
+  uint64_t base_seed = kDefaultSeed;
+  bool per_layer = false;                // one candidate for all KV heads of a layer
+  std::vector<std::vector<int>> chosen;  // [layer][kv_head], each in [0, candidates)
+  // What the choice was measured on (informational): the squared error of the attention output
+  // of every candidate, summed over the KV head's query heads and all positions,
+  // [layer][kv_head][candidate], and that of the exact output, [layer][kv_head]; the KV format
+  // the candidates were derived from, the text, the window and the number of windows.
+  std::vector<std::vector<std::vector<double>>> error_sq;
+  std::vector<std::vector<double>> reference_sq;
+  std::string calibration_kv, calibration_text;
+  int ctx = 0, windows = 0;
+  std::string source;  // the file it was read from (for messages); not saved
+
+  // The relative RMS attention error of layer l when KV head h takes candidate a[h],
+  // sqrt(sum_h error_sq[l][h][a[h]] / sum_h reference_sq[l][h]), the probe's measure
+  // (--probe-error); and its mean over the layers for an assignment [layer][kv_head] (e.g.
+  // `chosen`, or one candidate everywhere). Need error_sq.
+  double layer_error(int layer, const std::vector<int>& a) const;
+  double mean_layer_error(const std::vector<std::vector<int>>& assignment) const;
+};
+
+// Writes `choice` as JSON to `path`; throws Error(io_error) naming the file.
+void save_key_sign_choice(const KeySignChoice& choice, const std::string& path);
+// Reads a file written by save_key_sign_choice and checks it: valid JSON, every field present
+// with its type, counts positive, `chosen` of n_layers x n_kv_heads candidates in
+// [0, candidates), error_sq / reference_sq (if given) of the same shape. Throws Error naming the
+// file and the field.
+KeySignChoice load_key_sign_choice(const std::string& path);
+// `spec` for layer `layer` of a model with n_layers, kv_heads and head_dim, with the file's
+// choice for that layer set as key_sign_choice. Throws Error naming the file and the field when
+// the file was calibrated for another model shape, key format or base seed, or when the spec
+// cannot take key signs (not tqkv, or key signs set by another option).
+KvSpec with_key_sign_choice(const KvSpec& spec, const KeySignChoice& choice, int layer,
+                            int n_layers, int kv_heads, int head_dim);
 
 class KvStore {
  public:
@@ -135,6 +192,10 @@ class ErrorProbeStore final : public KvStore {
   // Relative RMS error of shadow s's output over everything attended: sqrt(sum err^2 / sum o^2),
   // for one query head or (head = -1) all of them.
   double relative_error(int shadow, int head = -1) const;
+  // The sums behind it for one query head: squared error of shadow s's output, and squared
+  // exact output.
+  double squared_error(int shadow, int head) const;
+  double reference_square(int head) const { return ref_sq_[static_cast<std::size_t>(head)]; }
 
  private:
   std::unique_ptr<KvStore> exact_;

@@ -1,6 +1,8 @@
 #include "llama.hpp"
 
 #include <algorithm>
+#include <memory>
+#include <string>
 
 #include <fmt/format.h>
 
@@ -218,6 +220,95 @@ void LlamaSession::forward_chunk(const int* tokens, int n, float* logits, int n_
     rms_norm(last, model_.output_norm().data(), h_.data(), n_out, embd, c.rms_eps);
     matmul(h_.data(), model_.output_weight().data(), logits, n_out, embd, c.n_vocab);
   }
+}
+
+KeySignChoice calibrate_key_signs(const LlamaModel& model, const KvSpec& kv,
+                                  const std::vector<int>& tokens, int ctx, int windows,
+                                  int candidates, bool per_layer,
+                                  const std::function<void(int64_t, int64_t)>& progress) {
+  const LlamaConfig& c = model.config();
+  auto fail = [](const std::string& why) -> void {
+    raise(Status::invalid_argument, "calibrate_key_signs: " + why);
+  };
+  if (kv.kind != KvKind::tqkv || !is_quantized(kv.format.key)) {
+    fail(fmt::format("'{}' has no quantized keys to choose signs for", kv_spec_name(kv)));
+  }
+  if (!key_sign_option(kv).empty() || !kv.key_sign_choice.empty()) {
+    fail(fmt::format("the key signs of '{}' are set by '{}'", kv_spec_name(kv),
+                     kv.key_sign_choice.empty() ? key_sign_option(kv) : "a key-sign choice"));
+  }
+  if (candidates < 1 || candidates > kMaxKeySignCandidates) {
+    fail(fmt::format("candidates {} is not in [1, {}]", candidates, kMaxKeySignCandidates));
+  }
+  if (ctx < 1 || windows < 1) fail(fmt::format("ctx {} and windows {} must be >= 1", ctx, windows));
+  const int64_t total = static_cast<int64_t>(ctx) * windows;
+  if (static_cast<int64_t>(tokens.size()) < total) {
+    fail(fmt::format("{} tokens are fewer than {} windows of {}", tokens.size(), windows, ctx));
+  }
+  std::vector<KvSpec> shadows;
+  for (int k = 0; k < candidates; ++k) {
+    KvSpec s = kv;
+    s.format.value = Format::f16;  // only the keys' error is measured
+    s.key_sign_choice.assign(static_cast<std::size_t>(c.n_head_kv), k);
+    shadows.push_back(s);
+  }
+  LlamaSession session(model, KvSpec{KvKind::f32}, ctx);
+  std::vector<const ErrorProbeStore*> probes;
+  for (int l = 0; l < c.n_layers; ++l) {
+    auto store = std::make_unique<ErrorProbeStore>(shadows, l, c.n_head_kv, c.head_dim, ctx, c.n_head);
+    probes.push_back(store.get());
+    session.set_layer_store(l, std::move(store));
+  }
+  for (int w = 0; w < windows; ++w) {
+    session.reset();
+    const int* window = tokens.data() + static_cast<std::size_t>(w) * ctx;
+    for (int start = 0; start < ctx; start += LlamaSession::kMaxChunk) {
+      session.forward(window + start, std::min(LlamaSession::kMaxChunk, ctx - start), nullptr, 0);
+      if (progress) progress(static_cast<int64_t>(w) * ctx + std::min(start + LlamaSession::kMaxChunk, ctx), total);
+    }
+  }
+
+  KeySignChoice out;
+  out.n_layers = c.n_layers;
+  out.n_kv_heads = c.n_head_kv;
+  out.head_dim = c.head_dim;
+  out.key_format = kv.format.key;
+  out.candidates = candidates;
+  out.base_seed = kv.rotation_seed;
+  out.per_layer = per_layer;
+  out.calibration_kv = kv_spec_name(kv);
+  out.ctx = ctx;
+  out.windows = windows;
+  const int group = c.n_head / c.n_head_kv;
+  for (int l = 0; l < c.n_layers; ++l) {
+    const ErrorProbeStore& probe = *probes[static_cast<std::size_t>(l)];
+    std::vector<std::vector<double>> error(static_cast<std::size_t>(c.n_head_kv),
+                                           std::vector<double>(static_cast<std::size_t>(candidates), 0.0));
+    std::vector<double> reference(static_cast<std::size_t>(c.n_head_kv), 0.0);
+    for (int h = 0; h < c.n_head_kv; ++h) {
+      for (int g = h * group; g < (h + 1) * group; ++g) {
+        reference[static_cast<std::size_t>(h)] += probe.reference_square(g);
+        for (int k = 0; k < candidates; ++k) error[static_cast<std::size_t>(h)][static_cast<std::size_t>(k)] += probe.squared_error(k, g);
+      }
+    }
+    auto argmin = [](const std::vector<double>& e) {
+      return static_cast<int>(std::min_element(e.begin(), e.end()) - e.begin());
+    };
+    std::vector<int> chosen(static_cast<std::size_t>(c.n_head_kv));
+    if (per_layer) {
+      std::vector<double> layer_error(static_cast<std::size_t>(candidates), 0.0);
+      for (const auto& e : error) {
+        for (std::size_t k = 0; k < e.size(); ++k) layer_error[k] += e[k];
+      }
+      std::fill(chosen.begin(), chosen.end(), argmin(layer_error));
+    } else {
+      for (std::size_t h = 0; h < chosen.size(); ++h) chosen[h] = argmin(error[h]);
+    }
+    out.chosen.push_back(std::move(chosen));
+    out.error_sq.push_back(std::move(error));
+    out.reference_sq.push_back(std::move(reference));
+  }
+  return out;
 }
 
 }  // namespace tqkv::model

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -89,5 +90,20 @@ class LlamaSession {
   // Scratch for one chunk.
   std::vector<float> x_, h_, q_, k_, v_, attn_, ff_a_, ff_b_;
 };
+
+// Chooses the key signs of every (layer, KV head) offline, on `windows` windows of `ctx` tokens
+// from the start of `tokens` (each window from an empty cache), among `candidates` candidates
+// (0: the plain Hadamard; c >= 1: the signs of base seed kv.rotation_seed + c - 1). The model
+// attends on exact f32 K/V (an ErrorProbeStore per layer, as --probe-error); beside it one
+// store per candidate attends with kv's key format and options (recent window, codebook, scale
+// rule, seed), f16 values, and that candidate on every KV head. Each KV head takes the
+// candidate with the smallest squared attention-output error summed over its query heads and
+// all positions (per_layer: summed over the layer's KV heads as well; ties go to the smaller
+// index). kv must be a tqkv format with quantized keys whose key signs no other option sets.
+// progress(tokens done, tokens in all) is called after every kMaxChunk tokens, if given.
+KeySignChoice calibrate_key_signs(const LlamaModel& model, const KvSpec& kv,
+                                  const std::vector<int>& tokens, int ctx, int windows,
+                                  int candidates, bool per_layer,
+                                  const std::function<void(int64_t, int64_t)>& progress = {});
 
 }  // namespace tqkv::model

@@ -132,6 +132,7 @@ struct ModelOptions {
   std::string rope;
   bool no_sign_flips = false;
   std::optional<uint64_t> rotation_seed;
+  std::string key_signs;  // a key-sign choice file (--key-signs)
 
   void add(CLI::App* cmd) {
     cmd->add_option("-m,--model", model_path, "GGUF model file (llama architecture)")->required();
@@ -150,6 +151,12 @@ struct ModelOptions {
     cmd->add_option("--rotation-seed", rotation_seed,
                     "base seed of the tqkv caches' random signs (default: the library's); to tell a "
                     "format's behaviour from one draw of signs");
+    cmd->add_option("--key-signs", key_signs,
+                    "key signs per (layer, KV head) from a JSON file that `perplexity "
+                    "--calibrate-key-signs` wrote for this model, key format and rotation seed "
+                    "(1 byte per KV head and layer; not with -noflip, -noflipk, -keysignsN, "
+                    "-pairsignsk, -halfsignsk); with --probe-error, applied to the probed formats instead")
+        ->type_name("FILE");
     cmd->add_option("--attention-backend", backend, "auto, reference (scalar oracle) or cpu")
         ->check(CLI::IsMember({"auto", "reference", "cpu"}));
     cmd->add_option("--rope", rope,
@@ -164,7 +171,14 @@ struct ModelOptions {
     if (!scale_rule.empty()) v += "scale " + scale_rule;
     if (!codebook.empty()) v += (v.empty() ? "" : ", ") + std::string("codebook ") + codebook;
     if (rotation_seed) v += (v.empty() ? "" : ", ") + fmt::format("rotation seed {}", *rotation_seed);
+    if (!key_signs.empty()) v += (v.empty() ? "" : ", ") + fmt::format("key signs {}", key_signs);
     return v;
+  }
+
+  // The key-sign choice of --key-signs, if given.
+  std::optional<model::KeySignChoice> key_sign_choice() const {
+    if (key_signs.empty()) return std::nullopt;
+    return model::load_key_sign_choice(key_signs);
   }
 
   KvSpec base_spec() const {
@@ -178,6 +192,19 @@ struct ModelOptions {
     return spec;
   }
 };
+
+// The spec of every layer: --kv, --kv-layers, and (with_key_signs) the key signs of --key-signs.
+std::vector<KvSpec> model_specs(const ModelOptions& opt, const model::LlamaConfig& c,
+                                bool with_key_signs = true) {
+  std::vector<KvSpec> specs = layer_specs(opt.base_spec(), opt.kv_layers, c.n_layers);
+  if (const auto choice = with_key_signs ? opt.key_sign_choice() : std::nullopt) {
+    for (int l = 0; l < c.n_layers; ++l) {
+      auto& spec = specs[static_cast<std::size_t>(l)];
+      spec = model::with_key_sign_choice(spec, *choice, l, c.n_layers, c.n_head_kv, c.head_dim);
+    }
+  }
+  return specs;
+}
 
 struct Loaded {
   model::GgufFile file;
@@ -240,17 +267,95 @@ void dump_logits(const std::string& path, const Loaded& m, const std::vector<KvS
                tokens.size(), count, path.c_str());
 }
 
-void run_perplexity(const ModelOptions& opt, const std::string& text_path, int ctx, int chunks,
-                    int64_t max_tokens, int score_from, const std::string& dump_path,
-                    int dump_count, const std::string& probe, bool json) {
+struct PerplexityOptions {
+  std::string text_path;
+  int ctx = 2048;
+  int chunks = 0;
+  int64_t max_tokens = 0;
+  int score_from = -1;
+  std::string dump_path;
+  int dump_count = 32;
+  std::string probe;
+  bool json = false;
+  int calibrate_candidates = 0;  // --calibrate-key-signs N
+  std::string save_key_signs;
+  bool per_layer_key_signs = false;
+};
+
+// Candidate c of the key signs, for tables: c = 0 the plain Hadamard, c = 1 the default draw.
+std::string candidate_label(int c) {
+  return c == 0 ? "c0 plain" : c == 1 ? "c1 default" : fmt::format("c{} seed+{}", c, c - 1);
+}
+
+// --calibrate-key-signs: chooses the key signs on the windows and saves the choice; prints per
+// layer the attention error of each candidate on every head and of the choice.
+void calibrate(const Loaded& m, const ModelOptions& opt, const PerplexityOptions& po,
+               const KvSpec& kv, const std::vector<int>& tokens, int n_chunks) {
+  ProgressBar bar(fmt::format("calibrate key signs {}", opt.kv), static_cast<int64_t>(n_chunks) * po.ctx);
+  const auto t0 = Clock::now();
+  model::KeySignChoice choice = model::calibrate_key_signs(
+      m.model, kv, tokens, po.ctx, n_chunks, po.calibrate_candidates, po.per_layer_key_signs,
+      [&](int64_t done, int64_t) { bar.update(done); });
+  bar.finish();
+  choice.calibration_text = po.text_path;
+  const int n_layers = choice.n_layers, heads = choice.n_kv_heads, n = choice.candidates;
+  auto everywhere = [&](int k) {
+    return std::vector<std::vector<int>>(static_cast<std::size_t>(n_layers), std::vector<int>(static_cast<std::size_t>(heads), k));
+  };
+  std::printf("Relative attention error per layer on the calibration text (keys %s, values f16)\n\n| layer |",
+              std::string(format_name(choice.key_format)).c_str());
+  for (int k = 0; k < n; ++k) std::printf(" %s |", candidate_label(k).c_str());
+  std::printf(" chosen | chosen per KV head |\n|---|");
+  for (int k = 0; k <= n; ++k) std::printf("---|");
+  std::printf("---|\n");
+  std::vector<int> count(static_cast<std::size_t>(n), 0);
+  for (int l = 0; l < n_layers; ++l) {
+    const auto& chosen = choice.chosen[static_cast<std::size_t>(l)];
+    std::printf("| %d |", l);
+    for (int k = 0; k < n; ++k) std::printf(" %.4f |", choice.layer_error(l, std::vector<int>(static_cast<std::size_t>(heads), k)));
+    std::string list;
+    for (int k : chosen) {
+      list += fmt::format("{}{}", list.empty() ? "" : " ", k);
+      ++count[static_cast<std::size_t>(k)];
+    }
+    std::printf(" %.4f | %s |\n", choice.layer_error(l, chosen), list.c_str());
+  }
+  std::printf("| mean |");
+  for (int k = 0; k < n; ++k) std::printf(" %.4f |", choice.mean_layer_error(everywhere(k)));
+  std::printf(" %.4f | |\n\n", choice.mean_layer_error(choice.chosen));
+  std::printf("chosen (of %d KV heads x layers):", n_layers * heads);
+  for (int k = 0; k < n; ++k) std::printf(" %s %d%s", candidate_label(k).c_str(), count[static_cast<std::size_t>(k)], k + 1 < n ? "," : "\n");
+  model::save_key_sign_choice(choice, po.save_key_signs);
+  std::fprintf(stderr, "calibrate: %d windows of %d tokens, %d candidates, %s choice, %.1f s; wrote %s\n",
+               n_chunks, po.ctx, n, choice.per_layer ? "per-layer" : "per-head", seconds_since(t0),
+               po.save_key_signs.c_str());
+}
+
+void run_perplexity(const ModelOptions& opt, const PerplexityOptions& po) {
+  const int ctx = po.ctx, chunks = po.chunks, score_from = po.score_from;
+  const int64_t max_tokens = po.max_tokens;
+  const std::string& text_path = po.text_path;
+  const std::string& probe = po.probe;
+  const bool calibrating = po.calibrate_candidates > 0;
+  if (calibrating && (po.save_key_signs.empty() || !probe.empty() || !opt.key_signs.empty() ||
+                      !opt.kv_layers.empty())) {
+    raise(Status::invalid_argument,
+          "--calibrate-key-signs needs --save-key-signs FILE, and takes neither --probe-error, "
+          "--key-signs nor --kv-layers");
+  }
+  if (!calibrating && (!po.save_key_signs.empty() || po.per_layer_key_signs)) {
+    raise(Status::invalid_argument,
+          "--save-key-signs and --per-layer-key-signs go with --calibrate-key-signs N");
+  }
   auto m = load_model(opt);
   const auto& c = m->model.config();
-  const std::vector<KvSpec> specs = layer_specs(opt.base_spec(), opt.kv_layers, c.n_layers);
+  // With --probe-error the model attends on f32 and --key-signs applies to the probed formats.
+  const std::vector<KvSpec> specs = model_specs(opt, c, probe.empty());
   if (ctx < 2) raise(Status::invalid_argument, fmt::format("--ctx {} must be >= 2", ctx));
 
   const auto t_tok = Clock::now();
   const std::vector<int> tokens = m->tokenizer.encode(read_text(text_path));
-  if (!dump_path.empty()) dump_logits(dump_path, *m, specs, tokens, dump_count);
+  if (!po.dump_path.empty()) dump_logits(po.dump_path, *m, specs, tokens, po.dump_count);
   // As llama.cpp's perplexity: every window of ctx tokens starts from an empty cache and only
   // positions from `score_from` (default ctx/2) on are scored, so each scored token sees at least
   // that many tokens of context.
@@ -279,6 +384,10 @@ void run_perplexity(const ModelOptions& opt, const std::string& text_path, int c
                "(%.0f bytes/token + %.0f fixed bytes = %.0f bytes/token at ctx %d)\n",
                tokens.size(), seconds_since(t_tok), n_chunks, ctx, first_scored, ctx - 2,
                kv_name.c_str(), kv_bytes, kv_fixed, kv_bytes_at_ctx, ctx);
+  if (calibrating) {
+    calibrate(*m, opt, po, specs.front(), tokens, n_chunks);
+    return;
+  }
 
   model::LlamaSession session(m->model, specs, ctx);
   // --probe-error: every layer attends exactly (f32) and measures the listed formats beside it.
@@ -296,9 +405,14 @@ void run_perplexity(const ModelOptions& opt, const std::string& text_path, int c
       probes.push_back(p);
       probe_names.push_back(item);
     }
+    const auto choice = opt.key_sign_choice();
     for (int l = 0; l < c.n_layers; ++l) {
-      auto store = std::make_unique<model::ErrorProbeStore>(probes, l, c.n_head_kv, c.head_dim,
-                                                            ctx, c.n_head);
+      std::vector<KvSpec> layer_probes = probes;
+      if (choice) {
+        for (KvSpec& p : layer_probes) p = model::with_key_sign_choice(p, *choice, l, c.n_layers, c.n_head_kv, c.head_dim);
+      }
+      auto store = std::make_unique<model::ErrorProbeStore>(layer_probes, l, c.n_head_kv,
+                                                            c.head_dim, ctx, c.n_head);
       probe_stores.push_back(store.get());
       session.set_layer_store(l, std::move(store));
     }
@@ -365,7 +479,7 @@ void run_perplexity(const ModelOptions& opt, const std::string& text_path, int c
     for (double e : mean_error) std::printf(" %.4f | |", e);
     std::printf("\n");
   }
-  if (json) {
+  if (po.json) {
     std::printf("{\"kv\": \"%s\", \"kv_layers\": \"%s\", \"variant\": \"%s\", \"ctx\": %d, \"windows\": %d, "
                 "\"scored_tokens\": %lld, \"nll\": %.8f, \"perplexity\": %.6f, "
                 "\"perplexity_stderr\": %.6f, \"top1\": %.6f, \"kv_bytes_per_token\": %.1f, "
@@ -421,7 +535,7 @@ void run_generate(const ModelOptions& opt, const std::string& prompt_text, int n
   if (n_new < 1) raise(Status::invalid_argument, fmt::format("-n {} must be >= 1", n_new));
   auto m = load_model(opt);
   const auto& c = m->model.config();
-  const std::vector<KvSpec> specs = layer_specs(opt.base_spec(), opt.kv_layers, c.n_layers);
+  const std::vector<KvSpec> specs = model_specs(opt, c);
   // SmolLM2-Instruct's ChatML template, without the default system prompt.
   const std::string text = chat ? "<|im_start|>user\n" + prompt_text +
                                       "<|im_end|>\n<|im_start|>assistant\n"
@@ -484,34 +598,42 @@ void add_model_commands(CLI::App& app) {
         "Perplexity of a llama GGUF model on a text file, attention on a tqkv cache (or baseline)");
     auto opt = std::make_shared<ModelOptions>();
     opt->add(cmd);
-    auto text = std::make_shared<std::string>();
-    auto ctx = std::make_shared<int>(2048);
-    auto chunks = std::make_shared<int>(0);
-    auto max_tokens = std::make_shared<int64_t>(0);
-    auto json = std::make_shared<bool>(false);
-    auto score_from = std::make_shared<int>(-1);
-    auto dump_path = std::make_shared<std::string>();
-    auto dump_count = std::make_shared<int>(32);
-    auto probe = std::make_shared<std::string>();
-    cmd->add_option("-f,--file", *text, "UTF-8 text to evaluate")->required();
-    cmd->add_option("--score-from", *score_from,
+    auto po = std::make_shared<PerplexityOptions>();
+    cmd->add_option("-f,--file", po->text_path, "UTF-8 text to evaluate")->required();
+    cmd->add_option("--score-from", po->score_from,
                     "first scored position of each window (default: ctx/2, as llama.cpp)");
-    cmd->add_option("--dump-logits", *dump_path,
+    cmd->add_option("--dump-logits", po->dump_path,
                     "write the token ids and the logits of the first --dump-count tokens to a "
                     "binary file (for scripts/eval/check_logits.py)");
-    cmd->add_option("--probe-error", *probe,
+    cmd->add_option("--probe-error", po->probe,
                     "comma-separated formats whose attention error is measured per layer and "
                     "head beside exact f32 attention (the model runs on f32)");
-    cmd->add_option("--dump-count", *dump_count, "tokens whose logits --dump-logits writes")
+    cmd->add_option("--dump-count", po->dump_count, "tokens whose logits --dump-logits writes")
         ->capture_default_str();
-    cmd->add_option("--ctx", *ctx, "window length in tokens (each window starts from an empty "
-                                   "cache; its second half is scored)")
+    cmd->add_option("--ctx", po->ctx, "window length in tokens (each window starts from an empty "
+                                      "cache; its second half is scored)")
         ->capture_default_str();
-    auto* o_chunks = cmd->add_option("--chunks", *chunks, "evaluate at most this many windows");
-    cmd->add_option("--tokens", *max_tokens, "evaluate windows until this many tokens are scored")
+    auto* o_chunks = cmd->add_option("--chunks", po->chunks, "evaluate at most this many windows");
+    cmd->add_option("--tokens", po->max_tokens, "evaluate windows until this many tokens are scored")
         ->excludes(o_chunks);
-    cmd->add_flag("--json", *json, "print the result as one JSON line");
-    cmd->callback([=] { run_perplexity(*opt, *text, *ctx, *chunks, *max_tokens, *score_from, *dump_path, *dump_count, *probe, *json); });
+    cmd->add_flag("--json", po->json, "print the result as one JSON line");
+    cmd->add_option("--calibrate-key-signs", po->calibrate_candidates,
+                    "instead of perplexity: choose the key signs of every (layer, KV head) among N "
+                    "candidates (0: plain Hadamard, c >= 1: the signs of base seed "
+                    "--rotation-seed + c - 1, so 1 is the default) on the windows of the text "
+                    "(--ctx, --chunks; use a text disjoint from the evaluated one). The model "
+                    "attends on exact f32 K/V; each candidate's store has the keys of --kv "
+                    "(format, -recentN, ...), f16 values and that candidate on every head; each "
+                    "head takes the candidate with the smallest squared attention-output error "
+                    "over all positions. Prints the error per layer, writes --save-key-signs")
+        ->check(CLI::Range(1, model::kMaxKeySignCandidates));
+    cmd->add_option("--save-key-signs", po->save_key_signs,
+                    "with --calibrate-key-signs: the JSON file to write (read by --key-signs)")
+        ->type_name("FILE");
+    cmd->add_flag("--per-layer-key-signs", po->per_layer_key_signs,
+                  "with --calibrate-key-signs: one candidate per layer (the smallest error summed "
+                  "over its KV heads) instead of one per KV head");
+    cmd->callback([=] { run_perplexity(*opt, *po); });
   }
   {
     auto* cmd = app.add_subcommand(

@@ -146,8 +146,88 @@ done
 perplexity tq2-pairsignsk-recent32
 perplexity tq2-pairsignsk-recent32 tq2-pairsignsk-recent32-seed2 --rotation-seed 2
 for p in 0 1 2; do generate tq4-recent4 "${p}"; generate tq4-recent16 "${p}"; done
+# Key signs chosen per (layer, KV head) offline (--calibrate-key-signs, --key-signs) on a text
+# disjoint from the evaluated one: the book from the first line break in its last 400,000
+# bytes (bytes 795,487 to the end; the evaluated windows, at most 4 x 2048 tokens, lie in its
+# first 40,000 bytes). Each choice goes to key-signs-NAME.json, its table to key-signs-NAME.md.
+CALIB_TEXT="${CALIB_TEXT:-${TMPDIR:-/tmp}/tqkv-moby-dick-tail.txt}"
+tail -c 400000 "${TEXT}" | tail -n +2 > "${CALIB_TEXT}"
+# calibrate KV NAME CANDIDATES [EXTRA OPTIONS...]: on 2 windows of 1024 tokens of the
+# calibration text (CAL_FILE and CAL_CHUNKS choose another text and window count).
+calibrate() {
+  local kv="$1" name="$2" n="$3" out="${OUT}/key-signs-$2"
+  shift 3
+  [[ -s "${out}.json" ]] && return 0
+  echo "== calibrate key signs ${name}" >&2
+  "${TQKV}" perplexity -m "${MODEL}" -f "${CAL_FILE:-${CALIB_TEXT}}" --kv "${kv}" --ctx 1024 \
+    --chunks "${CAL_CHUNKS:-2}" --calibrate-key-signs "${n}" --save-key-signs "${out}.json.tmp" \
+    "$@" > "${out}.md.tmp"
+  mv "${out}.md.tmp" "${out}.md"
+  mv "${out}.json.tmp" "${out}.json"
+}
+# key_signs_probe NAME [FORMAT]: the keys' attention error on the evaluated text with that
+# choice (FORMAT: default k2v16-recent32).
+key_signs_probe() {
+  local out="${OUT}/probe-ctx1024-keysigns-$1.md"
+  [[ -s "${out}" ]] && return 0
+  "${TQKV}" perplexity -m "${MODEL}" -f "${TEXT}" --ctx 1024 --chunks 1 \
+    --key-signs "${OUT}/key-signs-$1.json" --probe-error "${2:-k2v16-recent32}" > "${out}.tmp"
+  mv "${out}.tmp" "${out}"
+}
+# Each choice with the default signs on the values, and with none (-noflipv), the values of the
+# no-flip baseline: the choice is made on the keys alone (f16 values).
+for choice in tq2-recent32-c5 tq2-recent32-c9 tq2-recent32-c5-layer; do
+  n="${choice#tq2-recent32-c}"
+  n="${n%-layer}"
+  extra=()
+  [[ "${choice}" == *-layer ]] && extra=(--per-layer-key-signs)
+  calibrate tq2-recent32 "${choice}" "${n}" "${extra[@]}"
+  key_signs_probe "${choice}"
+  for kv in tq2-recent32 tq2-noflipv-recent32; do
+    perplexity "${kv}" "${kv}-keysigns-${choice#tq2-recent32-}" --key-signs "${OUT}/key-signs-${choice}.json"
+  done
+  if [[ "${choice}" == tq2-recent32-c5 ]]; then
+    for kv in tq2-recent32 tq2-noflipv-recent32; do
+      OUT="${OUT}/chunks4" CHUNKS=4 perplexity "${kv}" "${kv}-keysigns-c5" \
+        --key-signs "${OUT}/key-signs-${choice}.json"
+    done
+  fi
+done
+# The oracle: the choice made on the probe's own 1,024 tokens of the evaluated text.
+CAL_FILE="${TEXT}" CAL_CHUNKS=1 calibrate tq2-recent32 oracle-tq2-recent32-c5 5
+calibrate tq3-recent4 tq3-recent4-c5 5
+perplexity tq3-recent4 tq3-recent4-keysigns-c5 --key-signs "${OUT}/key-signs-tq3-recent4-c5.json"
+calibrate tq4-recent8 tq4-recent8-c5 5
+perplexity tq4-recent8 tq4-recent8-keysigns-c5 --key-signs "${OUT}/key-signs-tq4-recent8-c5.json"
+# The 3-bit keys in the probe, with the choice and with plain and default signs.
+key_signs_probe tq3-recent4-c5 k3v16-recent4
+k3_probe="${OUT}/probe-ctx1024-signs-k3-recent4.md"
+if [[ ! -s "${k3_probe}" ]]; then
+  "${TQKV}" perplexity -m "${MODEL}" -f "${TEXT}" --ctx 1024 --chunks 1 \
+    --probe-error k3v16-recent4,k3v16-noflip-recent4 > "${k3_probe}.tmp"
+  mv "${k3_probe}.tmp" "${k3_probe}"
+fi
+# The 9-candidate 2-bit choice and the 3- and 4-bit choices on 4 windows too.
+for kv in tq2-recent32 tq2-noflipv-recent32; do
+  OUT="${OUT}/chunks4" CHUNKS=4 perplexity "${kv}" "${kv}-keysigns-c9" \
+    --key-signs "${OUT}/key-signs-tq2-recent32-c9.json"
+done
+OUT="${OUT}/chunks4" CHUNKS=4 perplexity tq4-recent8 tq4-recent8-keysigns-c5 \
+  --key-signs "${OUT}/key-signs-tq4-recent8-c5.json"
+OUT="${OUT}/chunks4" CHUNKS=4 perplexity tq3-recent4
+OUT="${OUT}/chunks4" CHUNKS=4 perplexity tq3-recent4 tq3-recent4-keysigns-c5 \
+  --key-signs "${OUT}/key-signs-tq3-recent4-c5.json"
 # The closest calls again on 4 windows (6,140 scored tokens), in their own folder.
-for kv in f16 tq4 tq4-recent4 tq4-recent8 tq4-recent16 tq2-recent32 tq2-noflip-recent32; do
+for kv in f16 tq4 tq4-recent4 tq4-recent8 tq4-recent16 tq2-recent32 tq2-noflip-recent32 \
+    tq3-noflip-recent4 tq4-noflip-recent8; do
   OUT="${OUT}/chunks4" CHUNKS=4 perplexity "${kv}"
+done
+# The 2-bit comparison on 8 windows (12,280 scored tokens; windows 5-8 unseen before the choice).
+for kv in f16 tq2-noflip-recent32 tq2-recent32; do
+  OUT="${OUT}/chunks8" CHUNKS=8 perplexity "${kv}"
+done
+for kv in tq2-recent32 tq2-noflipv-recent32; do
+  OUT="${OUT}/chunks8" CHUNKS=8 perplexity "${kv}" "${kv}-keysigns-c9" \
+    --key-signs "${OUT}/key-signs-tq2-recent32-c9.json"
 done
 echo "done" >&2

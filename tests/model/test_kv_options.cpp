@@ -407,6 +407,64 @@ TEST(KvOptions, KeySignCandidatesPickTheBetterRotation) {
   EXPECT_LE(max_abs_diff(output("tq2-keysigns1", spiky), output("tq2-noflipk", spiky)), 1e-6f);
 }
 
+// A fixed key-sign choice (KvSpec::key_sign_choice, read from a calibration file) gives KV head
+// h candidate choice[h]: 0 the plain Hadamard (exactly the output of -noflipk), 1 the default
+// signs (exactly the cache's own draw), c >= 2 the signs that base seed + c - 1 draws. Values
+// keep the default signs.
+TEST(KvOptions, FixedKeySignChoiceAppliesItsCandidatePerHead) {
+  const int n = 80;
+  const Activations a = outlier_activations(n, kSeed + 8);
+  const std::vector<int> chunks = {64, 16};
+  auto output = [&](const KvSpec& spec, int layer) {
+    auto store = make_kv_store(spec, layer, kKvHeads, kDim, n);
+    return run_chunks(*store, a, chunks);
+  };
+  auto chosen = [](const std::string& name, std::vector<int> choice) {
+    KvSpec spec = parse_kv_spec(name);
+    spec.key_sign_choice = std::move(choice);
+    return spec;
+  };
+  for (int layer : {0, 7}) {
+    for (const std::string base : {"tq2", "k2v16-recent8"}) {
+      const std::string where = base + " layer " + std::to_string(layer);
+      const auto plain = output(parse_kv_spec(base + "-noflipk"), layer);
+      const auto signs = output(parse_kv_spec(base), layer);
+      EXPECT_GT(max_abs_diff(plain, signs), 1e-3f * max_abs(plain)) << where;  // signs matter at 2 bits
+      EXPECT_EQ(max_abs_diff(output(chosen(base, {0, 0}), layer), plain), 0.0f) << where;
+      EXPECT_EQ(max_abs_diff(output(chosen(base, {1, 1}), layer), signs), 0.0f) << where;
+      // KV head 0 (query heads 0..2) plain, KV head 1 (query heads 3..5) signed.
+      const auto mixed = output(chosen(base, {0, 1}), layer);
+      for (int t = 0; t < n; ++t) {
+        for (int h = 0; h < kQHeads; ++h) {
+          const auto& expected = h < kQHeads / kKvHeads ? plain : signs;
+          for (int i = 0; i < kDim; ++i) {
+            const std::size_t at = static_cast<std::size_t>(t) * kQRow + static_cast<std::size_t>(h) * kDim + i;
+            ASSERT_EQ(mixed[at], expected[at]) << where << ", token " << t << ", head " << h;
+          }
+        }
+      }
+    }
+    // Candidate 2 on the keys is the default draw of base seed + 1 (values in f16 see no signs).
+    KvSpec next_seed = parse_kv_spec("k2v16");
+    next_seed.rotation_seed = kDefaultSeed + 1;
+    const auto drawn = output(next_seed, layer);
+    EXPECT_EQ(max_abs_diff(output(chosen("k2v16", {2, 2}), layer), drawn), 0.0f) << layer;
+    EXPECT_GT(max_abs_diff(drawn, output(parse_kv_spec("k2v16"), layer)), 1e-3f * max_abs(drawn));
+  }
+  // One byte per KV head and layer, nothing per token.
+  EXPECT_EQ(kv_spec_fixed_bytes(chosen("tq2-recent32", {0, 1}), kDim),
+            kv_spec_fixed_bytes(parse_kv_spec("tq2-recent32"), kDim) + 1);
+  // A choice per KV head, each a candidate index below 256, on keys whose signs no other option sets.
+  EXPECT_THROW((void)make_kv_store(chosen("tq2", {0}), 0, kKvHeads, kDim, n), Error);
+  EXPECT_THROW((void)make_kv_store(chosen("tq2", {0, 256}), 0, kKvHeads, kDim, n), Error);
+  EXPECT_THROW((void)make_kv_store(chosen("tq2", {-1, 0}), 0, kKvHeads, kDim, n), Error);
+  for (const char* other : {"tq2-noflip", "tq2-noflipk", "tq2-keysigns4", "tq2-pairsignsk", "tq2-halfsignsk"}) {
+    EXPECT_THROW((void)make_kv_store(chosen(other, {0, 1}), 0, kKvHeads, kDim, n), Error) << other;
+    EXPECT_FALSE(key_sign_option(parse_kv_spec(other)).empty()) << other;
+  }
+  EXPECT_TRUE(key_sign_option(parse_kv_spec("tq2-noflipv-recent4")).empty());
+}
+
 // A window at least as long as the context holds everything in f16: the same as float
 // attention on f16-rounded K/V.
 TEST(KvOptions, RecentWindowCoveringTheContextIsExact) {

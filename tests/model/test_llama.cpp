@@ -22,7 +22,10 @@ constexpr uint64_t kSeed = 777;
 
 using test::max_abs;
 using test::max_abs_diff;
+using test::random_tokens;
 using test::random_vector;
+using test::run;
+using test::Tiny;
 
 TEST(Ops, MatmulMatchesNaiveOnAwkwardSizes) {
   std::mt19937_64 rng(kSeed);
@@ -75,21 +78,6 @@ TEST(Ops, RopeLayoutsAreTheSameRotationOfPermutedCoordinates) {
     EXPECT_NEAR(norm_out, norm_in, 1e-4 * norm_in) << "RoPE is a rotation";
     if (pos == 0) EXPECT_EQ(adj, x);
   }
-}
-
-struct Tiny {
-  std::vector<uint8_t> bytes;
-  GgufFile file;
-  LlamaModel model;
-  explicit Tiny(const testing::TinyLlamaSpec& spec = {})
-      : bytes(testing::tiny_llama_gguf(spec)), file(GgufFile::parse(bytes)), model(file) {}
-};
-
-std::vector<int> random_tokens(int n, int vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int> t(static_cast<std::size_t>(n));
-  for (int& x : t) x = static_cast<int>(rng() % static_cast<uint64_t>(vocab));
-  return t;
 }
 
 // The whole model in fp64 with plain loops, written from the llama equations (adjacent-pair RoPE
@@ -166,18 +154,6 @@ std::vector<double> naive_forward(const LlamaModel& m, const std::vector<int>& t
   for (int t = 0; t < n; ++t) {
     const auto y = matvec(m.output_weight(), norm(x[t], m.output_norm()), c.n_vocab);
     logits.insert(logits.end(), y.begin(), y.end());
-  }
-  return logits;
-}
-
-std::vector<float> run(const LlamaModel& m, const KvSpec& spec, const std::vector<int>& tokens,
-                       int step) {
-  const int n = static_cast<int>(tokens.size()), vocab = m.config().n_vocab;
-  LlamaSession s(m, spec, n);
-  std::vector<float> logits(static_cast<std::size_t>(n) * vocab, NAN);
-  for (int t = 0; t < n; t += step) {
-    const int len = std::min(step, n - t);
-    s.forward(tokens.data() + t, len, logits.data() + static_cast<std::size_t>(t) * vocab, len);
   }
   return logits;
 }
