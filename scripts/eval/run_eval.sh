@@ -43,13 +43,16 @@ prompt_text() {
     2) echo "Explain in a few sentences why the sea is salty." ;;
   esac
 }
+# generate KV PROMPT [NAME [EXTRA OPTIONS...]]
 generate() {
-  local kv="$1" p="$2" out="${OUT}/gen-$2-$1.json" chat=()
+  local kv="$1" p="$2" name="${3:-$1}" chat=()
+  local out="${OUT}/gen-${p}-${name}.json"
+  shift 2; [[ $# -gt 0 ]] && shift
   [[ -s "${out}" ]] && return 0
   [[ "${p}" == 2 ]] && chat=(--chat)
-  echo "== generate prompt ${p} ${kv}" >&2
+  echo "== generate prompt ${p} ${name}" >&2
   "${TQKV}" generate -m "${MODEL}" -p "$(prompt_text "${p}")" "${chat[@]}" --kv "${kv}" \
-    -n "${GEN_TOKENS}" --json > "${out}.tmp"
+    -n "${GEN_TOKENS}" --json "$@" > "${out}.tmp"
   mv "${out}.tmp" "${out}"
 }
 
@@ -221,6 +224,13 @@ OUT="${OUT}/chunks4" CHUNKS=4 perplexity tq3-recent4 tq3-recent4-keysigns-c5 \
 for kv in f16 tq4 tq4-recent4 tq4-recent8 tq4-recent16 tq2-recent32 tq2-noflip-recent32 \
     tq3-noflip-recent4 tq4-noflip-recent8; do
   OUT="${OUT}/chunks4" CHUNKS=4 perplexity "${kv}"
+done
+# Greedy generation of the 2-bit settings (the fix against the no-flip baseline and the default).
+for p in 0 1 2; do
+  generate tq2-recent32 "${p}"
+  generate tq2-noflip-recent32 "${p}"
+  generate tq2-noflipv-recent32 "${p}" tq2-noflipv-recent32-keysigns-c9 \
+    --key-signs "${OUT}/key-signs-tq2-recent32-c9.json"
 done
 # The 2-bit comparison on 8 windows (12,280 scored tokens; windows 5-8 unseen before the choice).
 for kv in f16 tq2-noflip-recent32 tq2-recent32; do
