@@ -193,15 +193,20 @@ struct ModelOptions {
   }
 };
 
+// `spec` of layer l with the file's key signs for that layer, or unchanged without a file.
+KvSpec with_layer_key_signs(const KvSpec& spec, const std::optional<model::KeySignChoice>& choice, int l,
+                            const model::LlamaConfig& c) {
+  return choice ? model::with_key_sign_choice(spec, *choice, l, c.n_layers, c.n_head_kv, c.head_dim) : spec;
+}
+
 // The spec of every layer: --kv, --kv-layers, and (with_key_signs) the key signs of --key-signs.
 std::vector<KvSpec> model_specs(const ModelOptions& opt, const model::LlamaConfig& c,
                                 bool with_key_signs = true) {
   std::vector<KvSpec> specs = layer_specs(opt.base_spec(), opt.kv_layers, c.n_layers);
-  if (const auto choice = with_key_signs ? opt.key_sign_choice() : std::nullopt) {
-    for (int l = 0; l < c.n_layers; ++l) {
-      auto& spec = specs[static_cast<std::size_t>(l)];
-      spec = model::with_key_sign_choice(spec, *choice, l, c.n_layers, c.n_head_kv, c.head_dim);
-    }
+  const auto choice = with_key_signs ? opt.key_sign_choice() : std::nullopt;
+  for (int l = 0; l < c.n_layers; ++l) {
+    auto& spec = specs[static_cast<std::size_t>(l)];
+    spec = with_layer_key_signs(spec, choice, l, c);
   }
   return specs;
 }
@@ -408,9 +413,7 @@ void run_perplexity(const ModelOptions& opt, const PerplexityOptions& po) {
     const auto choice = opt.key_sign_choice();
     for (int l = 0; l < c.n_layers; ++l) {
       std::vector<KvSpec> layer_probes = probes;
-      if (choice) {
-        for (KvSpec& p : layer_probes) p = model::with_key_sign_choice(p, *choice, l, c.n_layers, c.n_head_kv, c.head_dim);
-      }
+      for (KvSpec& p : layer_probes) p = with_layer_key_signs(p, choice, l, c);
       auto store = std::make_unique<model::ErrorProbeStore>(layer_probes, l, c.n_head_kv,
                                                             c.head_dim, ctx, c.n_head);
       probe_stores.push_back(store.get());

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <random>
 #include <string>
 #include <utility>
@@ -71,6 +72,15 @@ std::string spec_error(const char* text) {
   return std::string("no error");
 }
 
+// Each bad spec is rejected with an error that names it and contains `why`.
+void expect_errors_name(std::initializer_list<const char*> bad_specs, const char* why) {
+  for (const char* bad : bad_specs) {
+    const std::string m = spec_error(bad);
+    EXPECT_NE(m.find(bad), std::string::npos) << m;
+    EXPECT_NE(m.find(why), std::string::npos) << m;
+  }
+}
+
 TEST(KvOptions, ParseSuffixesInAnyOrder) {
   const KvSpec s = parse_kv_spec("tq4-recent64-center-smooth");
   EXPECT_EQ(s.kind, KvKind::tqkv);
@@ -91,11 +101,8 @@ TEST(KvOptions, ParseSuffixesInAnyOrder) {
 
 // Bad option values are rejected with an error that names the text and the faulty part.
 TEST(KvOptions, BadSuffixesGiveClearErrors) {
-  for (const char* bad : {"tq4-recent", "tq4-recent0", "tq4-recentx", "tq4-recent12345678901"}) {
-    const std::string m = spec_error(bad);
-    EXPECT_NE(m.find(bad), std::string::npos) << m;
-    EXPECT_NE(m.find("positive token count"), std::string::npos) << m;
-  }
+  expect_errors_name({"tq4-recent", "tq4-recent0", "tq4-recentx", "tq4-recent12345678901"},
+                     "positive token count");
   EXPECT_NE(spec_error("kivi2-recent64").find("tqkv formats only"), std::string::npos);
   EXPECT_NE(spec_error("q4_0-noflip").find("tqkv formats only"), std::string::npos);
   EXPECT_NE(spec_error("tq4-smooth-smooth").find("given twice"), std::string::npos);
@@ -340,11 +347,7 @@ TEST(KvOptions, KeySignCandidatesParse) {
   // The choice is one byte per KV head and layer; nothing per token.
   EXPECT_EQ(kv_spec_fixed_bytes(s, kDim), kv_spec_fixed_bytes(parse_kv_spec("tq2-recent32"), kDim) + 1);
   EXPECT_EQ(kv_spec_bytes_per_position(s, kDim), kv_spec_bytes_per_position(parse_kv_spec("tq2"), kDim));
-  for (const char* bad : {"tq2-keysigns0", "tq2-keysigns", "tq2-keysignsx"}) {
-    const std::string m = spec_error(bad);
-    EXPECT_NE(m.find(bad), std::string::npos) << m;
-    EXPECT_NE(m.find("must be a positive count"), std::string::npos) << m;
-  }
+  expect_errors_name({"tq2-keysigns0", "tq2-keysigns", "tq2-keysignsx"}, "must be a positive count");
   EXPECT_NE(spec_error("tq2-keysigns257").find("at most 256"), std::string::npos);
   EXPECT_NE(spec_error("tq2-noflip-keysigns4").find("cannot be combined with '-noflip'"), std::string::npos);
   EXPECT_NE(spec_error("tq2-keysigns4-noflipk").find("cannot be combined with '-noflipk'"), std::string::npos);
