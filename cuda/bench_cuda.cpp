@@ -10,7 +10,8 @@
 // (kv_bytes_per_position: rows + scales); % read compares with a read-only kernel's bandwidth (a
 // decode step only reads), % copy with a device-to-device copy (bytes read + written).
 // --append also times append (quantize-on-write) of a 32k-token chunk, counting bytes read (f16 or
-// f32 input) plus bytes written.
+// f32 input) plus bytes written. --floors times, instead of decode, what the card does with each
+// shape's bytes without arithmetic (the split-K skeleton of a step, bench_read.hpp).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -38,7 +39,7 @@ using namespace tqkv;
 
 constexpr const char* kUsage =
     "usage: bench_cuda [--grid full|issue|quick] [--formats tq4,k8v4,...]\n"
-    "                  [--json PATH] [--reps N] [--copies N] [--append] [--plan]\n"
+    "                  [--json PATH] [--reps N] [--copies N] [--splits N] [--append] [--floors] [--plan]\n"
     "                  [--batch N] [--context N] [--head-dim N]\n"
     "  --grid     full: d 64..512, 4 head layouts, batch 1..128, context 1k..128k (skips what does not fit);\n"
     "             issue (default): issue 6's target shapes; quick: a handful\n"
@@ -46,7 +47,10 @@ constexpr const char* kUsage =
     "  --json     also write every row (and the bandwidths) to PATH\n"
     "  --reps     single launches per row at most (big shapes get fewer, down to 10); default 200\n"
     "  --copies   rotating cache copies (1 = warm L2); default: enough for a cold L2\n"
+    "  --splits   splits of each sequence's positions (DecodeParams::splits); default: the automatic choice\n"
     "  --append   also time append of a 32k-token chunk (--extras: the same)\n"
+    "  --floors   instead of decode rows: the launch floor and, per shape, the split-K skeleton of a step\n"
+    "             (the same bytes, partials and merge, no arithmetic) at every split count\n"
     "  --plan     print the rows, copies, repetitions and an estimate of the run time; run nothing\n"
     "  --batch, --context, --head-dim  keep only the grid's rows with that value (e.g. one shape for ncu)\n";
 
@@ -61,6 +65,8 @@ void check(cudaError_t e, const char* what) {
 constexpr std::size_t kColdBytes = std::size_t{400} << 20;
 // --copies N overrides the count (1 = warm L2: tells the fixed cost of a step from cold-memory cost).
 std::size_t g_copies_override = 0;
+// --splits N: DecodeParams::splits of every decode step (0: the library's automatic choice).
+int g_splits = 0;
 // Device memory left beside the copies: decode workspace, queries, outputs, graphs.
 constexpr std::size_t kReserveBytes = std::size_t{2} << 30;
 // Random pattern tiled over the cache storage (codes, f16 values, scales).
@@ -301,6 +307,30 @@ double time_us(cudaStream_t stream, int reps, F&& f) {
   return median(ms) * 1e3;
 }
 
+// Time per step of CUDA-graph replays of step(copy): each graph holds kGraphSteps steps over
+// consecutive copies, so the time per step includes the launch gaps inside a graph but not the
+// host's launch latency. Every graph is uploaded first (so no replay pays for it), then they are
+// replayed round-robin: a copy a replay reads was last read by the single launches or a whole
+// rotation ago (cold L2).
+template <typename Step>
+double graph_us_per_step(cudaStream_t stream, const Plan& plan, Step&& step) {
+  std::vector<cudaGraphExec_t> graphs(plan.graphs());
+  for (std::size_t gi = 0; gi < graphs.size(); ++gi) {
+    cudaGraph_t graph;
+    check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "capture");
+    for (int st = 0; st < kGraphSteps; ++st) step(gi * kGraphSteps + st);
+    check(cudaStreamEndCapture(stream, &graph), "end capture");
+    check(cudaGraphInstantiate(&graphs[gi], graph, 0), "instantiate");
+    cudaGraphDestroy(graph);
+  }
+  for (auto& g : graphs) check(cudaGraphUpload(g, stream), "upload");
+  const double us = time_us(stream, plan.graph_replays, [&](int i) {
+                      check(cudaGraphLaunch(graphs[i % graphs.size()], stream), "replay");
+                    }) / kGraphSteps;
+  for (auto& g : graphs) cudaGraphExecDestroy(g);
+  return us;
+}
+
 // One row of results. status: "ok", "skipped: memory" or "error: ...".
 struct Row {
   Shape shape;
@@ -470,7 +500,7 @@ void run(const Shape& s, const Plan& plan, const DevicePattern& pattern, std::ve
 
   DecodeParams p;
   p.q_heads = s.q_heads;
-  p.splits = 0;
+  p.splits = g_splits;
   cudaStream_t stream;
   check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
   const ExecContext ctx{Backend::cuda, stream};
@@ -478,25 +508,9 @@ void run(const Shape& s, const Plan& plan, const DevicePattern& pattern, std::ve
     Row& row = rows[first];
     for (int i = 0; i < kWarmupLaunches; ++i) cuda_backend::decode_attention(copies.view(i), q, out, p, ctx);
     row.us = time_us(stream, plan.reps, [&](int i) { cuda_backend::decode_attention(copies.view(i), q, out, p, ctx); });
-    // Graph replay: each graph holds kGraphSteps decode steps over consecutive copies, so the time
-    // per step includes the launch gaps inside a graph but not the host's launch latency. Every
-    // graph is uploaded first (so no replay pays for it), then they are replayed round-robin: a
-    // copy a replay reads was last read by the single launches or a whole rotation ago (cold L2).
-    std::vector<cudaGraphExec_t> graphs(plan.graphs());
-    for (std::size_t gi = 0; gi < graphs.size(); ++gi) {
-      cudaGraph_t graph;
-      check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "capture");
-      for (int st = 0; st < kGraphSteps; ++st)
-        cuda_backend::decode_attention(copies.view(gi * kGraphSteps + st), q, out, p, ctx);
-      check(cudaStreamEndCapture(stream, &graph), "end capture");
-      check(cudaGraphInstantiate(&graphs[gi], graph, 0), "instantiate");
-      cudaGraphDestroy(graph);
-    }
-    for (auto& g : graphs) check(cudaGraphUpload(g, stream), "upload");
-    row.graph_us = time_us(stream, plan.graph_replays, [&](int i) {
-                     check(cudaGraphLaunch(graphs[i % graphs.size()], stream), "replay");
-                   }) / kGraphSteps;
-    for (auto& g : graphs) cudaGraphExecDestroy(g);
+    row.graph_us = graph_us_per_step(stream, plan, [&](std::size_t copy) {
+      cuda_backend::decode_attention(copies.view(copy), q, out, p, ctx);
+    });
     check(cudaGetLastError(), "decode");
   }
   cudaFree(q);
@@ -580,6 +594,118 @@ std::vector<std::string> split_list(const std::string& list) {
   std::exit(1);
 }
 
+// --floors: for each shape, the per-step time (graph replays, cold L2) of the split-K skeleton of a
+// decode step (bench_read.hpp: the same bytes streamed by pairs x splits blocks, partials, a
+// counter and the last split's merge, no arithmetic), best over split counts 1 to 128, 256 or 512
+// threads per block and 4 or 8 loads in flight per thread; and the same streaming without the
+// merge. What a single-launch split-K decode of these bytes costs on this card before any
+// arithmetic, against which the targets are judged.
+void run_floors(const Shape& s, const Plan& plan, const DevicePattern& pattern, const Bandwidth& bw) {
+  const std::string head = fmt::format("| {:<6} | {:4} | {:>2}/{:<2} | {:5} | {:6} | {:9.1f} |", kv_format_name(s.format),
+                                       s.head_dim, s.q_heads, s.kv_heads, s.batch, s.context,
+                                       static_cast<double>(plan.bytes_read) / 1e6);
+  if (plan.copies == 0 || s.context % 16 != 0) return (void)std::printf("%s skipped |\n", head.c_str());
+  const Copies copies(s, plan, pattern);
+  if (!copies.allocated()) return (void)std::printf("%s skipped: memory |\n", head.c_str());
+  constexpr int kMaxSplits = 128;
+  const int pairs = s.batch * s.kv_heads;
+  float *partials = nullptr, *out = nullptr;
+  unsigned* counters = nullptr;
+  check(cudaMalloc(reinterpret_cast<void**>(&partials), std::size_t(pairs) * kMaxSplits * bench::kSplitPartialBytes),
+        "malloc partials");
+  check(cudaMalloc(reinterpret_cast<void**>(&out), std::size_t(pairs) * bench::kSplitPartialBytes), "malloc out");
+  check(cudaMalloc(reinterpret_cast<void**>(&counters), std::size_t(pairs) * sizeof(unsigned)), "malloc counters");
+  check(cudaMemset(counters, 0, std::size_t(pairs) * sizeof(unsigned)), "counters");
+  cudaStream_t stream;
+  check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
+  auto probe_of = [&](std::size_t copy, int splits) {
+    const CacheView v = copies.view(copy);
+    bench::SplitReadProbe p;
+    p.base[0] = static_cast<const uint8_t*>(v.k_codes);
+    p.base[1] = static_cast<const uint8_t*>(v.v_codes);
+    p.base[2] = reinterpret_cast<const uint8_t*>(v.k_scales);
+    p.base[3] = reinterpret_cast<const uint8_t*>(v.v_scales);
+    p.position_bytes[0] = row_bytes(s.format.key, s.head_dim);
+    p.position_bytes[1] = row_bytes(s.format.value, s.head_dim);
+    p.position_bytes[2] = p.position_bytes[3] = sizeof(float);
+    p.streams = 4;
+    p.context = s.context;
+    p.pairs = pairs;
+    p.splits = splits;
+    p.partials = partials;
+    p.counters = counters;
+    p.out = out;
+    return p;
+  };
+  struct Best {
+    double us = 1e30;
+    int splits = 0, threads = 0, in_flight = 0;
+    std::string curve;  // splits:us of the best configuration
+  };
+  Best merged, streamed;  // with the split merge; the streaming alone (partials stored, never merged)
+  for (const bool merge : {true, false})
+    for (const int threads : {256, 512})
+      for (const int in_flight : {4, 8}) {
+        std::string curve;
+        Best& best = merge ? merged : streamed;
+        for (int splits = 1; splits <= kMaxSplits && splits * 16 <= s.context; splits *= 2) {
+          auto step = [&](std::size_t copy) {
+            bench::SplitReadProbe p = probe_of(copy, splits);
+            p.merge = merge;
+            check(bench::launch_split_read(p, threads, in_flight, stream), "probe");
+          };
+          for (int i = 0; i < kWarmupLaunches; ++i) step(i);
+          const double us = graph_us_per_step(stream, plan, step);
+          curve += fmt::format("{}{}:{:.1f}", curve.empty() ? "" : " ", splits, us);
+          if (us < best.us) best = {us, splits, threads, in_flight, {}};
+        }
+        if (best.threads == threads && best.in_flight == in_flight) best.curve = curve;
+      }
+  // The decode kernel's tile structure, with the merge (best over splits).
+  std::string tiled;
+  for (const bench::TiledCopies copies_kind : bench::kAllTiledCopies) {
+    if (bench::launch_tiled_read(probe_of(0, 1), copies_kind, stream) == cudaErrorInvalidConfiguration) {
+      tiled += " does not fit |";
+      continue;
+    }
+    double best = 1e30;
+    int best_splits = 0;
+    for (int splits = 1; splits <= kMaxSplits && splits * 16 <= s.context; splits *= 2) {
+      auto step = [&](std::size_t copy) { check(bench::launch_tiled_read(probe_of(copy, splits), copies_kind, stream), "tiled probe"); };
+      for (int i = 0; i < kWarmupLaunches; ++i) step(i);
+      const double us = graph_us_per_step(stream, plan, step);
+      if (us < best) best = us, best_splits = splits;
+    }
+    tiled += fmt::format(" {:7.1f} ({}) |", best, best_splits);
+  }
+  check(cudaStreamSynchronize(stream), "probe");
+  auto pct = [&](double us) { return 100.0 * gbs(plan.bytes_read, us) / bw.read_gbs; };
+  std::printf("%s %7.1f | %d x %d x %d | %5.1f%% | %7.1f | %d x %d x %d | %5.1f%% |%s %s |\n", head.c_str(), merged.us,
+              merged.splits, merged.threads, merged.in_flight, pct(merged.us), streamed.us, streamed.splits,
+              streamed.threads, streamed.in_flight, pct(streamed.us), tiled.c_str(), merged.curve.c_str());
+  std::fflush(stdout);
+  cudaFree(partials);
+  cudaFree(out);
+  cudaFree(counters);
+  cudaStreamDestroy(stream);
+}
+
+// --floors: a step of nothing: graph replays of an empty kernel of 1 block and of one per SM.
+void print_launch_floor() {
+  int sms = 0;
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), "attribute");
+  cudaStream_t stream;
+  check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
+  Plan plan;
+  plan.copies = kGraphSteps;
+  plan.graph_replays = kMaxGraphReplays;
+  for (int blocks : {1, sms, 2 * sms}) {
+    const double us = graph_us_per_step(stream, plan, [&](std::size_t) { check(bench::launch_empty(blocks, stream), "empty"); });
+    std::printf("empty kernel, %d blocks: %.2f us per graph step\n", blocks, us);
+  }
+  cudaStreamDestroy(stream);
+}
+
 std::string utc_now() {
   const std::time_t now = std::time(nullptr);
   std::tm tm{};
@@ -593,7 +719,7 @@ struct Options {
   std::string grid = "issue", json;
   std::vector<KvFormat> formats;  // empty: the grid's default
   int reps = 200;
-  bool append = false, plan_only = false;
+  bool append = false, plan_only = false, floors = false;
   int batch = 0, context = 0, head_dim = 0;  // row filters; 0 keeps every value
 };
 
@@ -610,6 +736,8 @@ Options parse(int argc, char** argv) {
       o.grid = "quick";
     } else if (a == "--append" || a == "--extras") {
       o.append = true;
+    } else if (a == "--floors") {
+      o.floors = true;
     } else if (a == "--plan") {
       o.plan_only = true;
     } else if (a == "--json" && has_value) {
@@ -621,6 +749,9 @@ Options parse(int argc, char** argv) {
       const int v = std::atoi(argv[++i]);
       if (v < 1) usage_error(fmt::format("{} {}: expected a positive number", a, argv[i]));
       (a == "--batch" ? o.batch : a == "--context" ? o.context : o.head_dim) = v;
+    } else if (a == "--splits" && has_value) {
+      g_splits = std::atoi(argv[++i]);
+      if (g_splits < 1) usage_error(fmt::format("--splits {}: expected a positive count", argv[i]));
     } else if (a == "--copies" && has_value) {
       g_copies_override = std::strtoul(argv[++i], nullptr, 10);
       if (g_copies_override == 0) usage_error(fmt::format("--copies {}: expected a positive count", argv[i]));
@@ -725,6 +856,17 @@ int main(int argc, char** argv) {
     std::printf("read-only kernel: %.0f GB/s; device-to-device copy: %.0f GB/s (read + write)\n\n", info.bw.read_gbs,
                 info.bw.copy_gbs);
     const DevicePattern pattern(make_pattern(0xbe9c4));
+    if (o.floors) {
+      print_launch_floor();
+      std::printf("\n| format | d | heads | batch | context | MB read | skeleton us/step | splits x threads x loads | %% read "
+                  "| streaming alone us/step | splits x threads x loads | %% read");
+      for (const bench::TiledCopies c : bench::kAllTiledCopies) std::printf(" | tiles: %s (splits)", bench::tiled_copies_name(c));
+      std::printf(" | skeleton splits:us |\n|");
+      for (std::size_t i = 0; i < 13 + std::size(bench::kAllTiledCopies); ++i) std::printf(" --- |");
+      std::printf("\n");
+      for (const Shape& s : grid) run_floors(s, make_plan(s, free_device_bytes(), o.reps), pattern, info.bw);
+      return 0;
+    }
     std::vector<Row> rows;
     print_header();
     for (const Shape& s : grid) {

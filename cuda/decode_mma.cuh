@@ -149,6 +149,11 @@ struct MmaShape {
   // evenly, and add up their partial scores through kOffKeyScratch (a float4 per lane and warp).
   // Before (r32) every warp computed all scores: d = 512 was compute-bound at half its floor.
   static constexpr bool kSplitKeys = kWpt > 1 && kKGroups % kWpt == 0 && kKSteps % kKGroup == 0;
+  // Score accumulators per 8-position block: one mma chain over the k steps, or two (even and odd
+  // steps, added before the softmax) for the longer chains of d >= 256. r55/r56, against one chain
+  // on the same machine: tq3/tq2 at d = 256 7-9 % faster, tq3/tq2/k8v4 at d = 512 2-5 %; tq4 at
+  // d = 256 2.5 % slower (so it keeps one); at d = 128 (8 steps) two cost tq3/tq2/k8v4 2-6 %.
+  static constexpr int kScoreChains = D >= 256 && KF != Format::tq4 ? 2 : 1;
   static constexpr int kOffKeyScratch = kOffStages + kWorkers * STAGES * kStageBytes;
   static constexpr int kEnd = kOffKeyScratch + (kSplitKeys ? kWorkers * kWpt * 32 * 16 : 0);
   // After the loop, per worker: m[8], l[8], o[8][D] (overlaps fragments, table and stages).
@@ -562,8 +567,10 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     const uint8_t* st = my_stages + (i % STAGES) * S::kStageBytes;
     const int n = min(T, n_pos - (worker + i * S::kWorkers) * T);
 
-    // Scores of positions g (block 0) and 8 + g (block 1) against the lane's 4 coordinates per k step.
+    // Scores of positions g (block 0) and 8 + g (block 1) against the lane's 4 coordinates per k step
+    // (odd steps into s*_odd when kScoreChains is 2).
     float s0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, s1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float s0_odd[4] = {0.0f, 0.0f, 0.0f, 0.0f}, s1_odd[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     const uint8_t* krow0 = st + g * S::kStrideK;
     const uint8_t* krow1 = krow0 + 8 * S::kStrideK;
     const uint8_t* ktable = table;
@@ -608,8 +615,13 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
             mma_f16(acc, qa.x, qa.y, qa.z, qa.w, b0, b1);
           }
         };
-        one(w0, even0, odd0, s0);
-        one(w1, even1, odd1, s1);
+        if constexpr (S::kScoreChains == 1 || sl % 2 == 0) {
+          one(w0, even0, odd0, s0);
+          one(w1, even1, odd1, s1);
+        } else {
+          one(w0, even0, odd0, s0_odd);
+          one(w1, even1, odd1, s1_odd);
+        }
       });
     };
     if constexpr (S::kSplitKeys) {
@@ -627,6 +639,10 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
 
     // Online softmax for head g over positions 2t, 2t+1 (block 0) and 8+2t, 9+2t (block 1).
     const float* sc = reinterpret_cast<const float*>(st + S::kStageScales);
+    if constexpr (S::kScoreChains == 2) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s0[e] += s0_odd[e], s1[e] += s1_odd[e];
+    }
     float x[4] = {s0[0] + s0[2], s0[1] + s0[3], s1[0] + s1[2], s1[1] + s1[3]};
     if constexpr (S::kSplitKeys) {  // every warp sums the parts in the same order: equal scores
       float4* scratch = reinterpret_cast<float4*>(smem + S::kOffKeyScratch) + worker * S::kWpt * 32;

@@ -3,7 +3,9 @@
 #   1. the test suite (test_cuda: every GPU kernel against the CPU reference);
 #   2. compute-sanitizer memcheck and racecheck on a reduced set of tests;
 #   3. the decode benchmark (bench_cuda) and PyTorch SDPA with fp16 K/V as the peer, same run
-#      (scripts/gpu-bench/run.sh into OUTDIR/bench; report.py turns it into bench/results/).
+#      (scripts/gpu-bench/run.sh into OUTDIR/bench; report.py turns it into bench/results/);
+#   4. the split-K skeleton of a step at the same shapes (bench_cuda --floors: what the card does
+#      with the step's bytes without arithmetic), and a warm-L2 run with the phase timeline.
 # Logs go to OUTDIR; a summary is printed last.
 #
 # usage: scripts/gpu-check.sh OUTDIR [BINDIR]
@@ -52,19 +54,22 @@ echo "== GPU benchmark: bench_cuda and the PyTorch SDPA peer (scripts/gpu-bench/
 # Issue 6's target shapes by default (BENCH_GRID=full: the whole grid, minutes), plus append.
 GRID=${BENCH_GRID:-issue} scripts/gpu-bench/run.sh "$OUT/bench" "$BIN" --append
 result[bench]=$?
+echo "== the split-K skeleton of a decode step: the same bytes, partials and merge, no arithmetic (bench_cuda --floors)"
+"$BIN/bench_cuda" --floors --formats tq4 >"$OUT/floors.md" 2>&1
+result[floors]=$?
 echo "== bench_cuda with warm L2 (one copy), and where a decode step's time goes (decode_timeline)"
 { "$BIN/bench_cuda" --grid quick --formats tq4 --copies 1 &&
   if [[ -x "$BIN/decode_timeline" ]]; then "$BIN/decode_timeline"; fi; } >"$OUT/bench-warm.md" 2>&1
 result[warm]=$?
 
-for f in bench/tqkv.md bench/sdpa.md bench-warm.md; do
+for f in bench/tqkv.md bench/sdpa.md floors.md bench-warm.md; do
   echo
   cat "$OUT/$f"
 done
 echo
 echo "== summary (exit codes: 0 = clean)"
 status=0
-for k in tests memcheck racecheck bench warm; do
+for k in tests memcheck racecheck bench floors warm; do
   echo "$k: ${result[$k]}"
   [[ ${result[$k]} -ne 0 ]] && status=1
 done
