@@ -87,13 +87,18 @@ int resolve_splits(const CacheView& c, const DecodeParams& p) {
   // Fill one wave of resident blocks and no more: a partial second wave costs as much as a full one.
   // Past kManySplits splits, one block per SM instead: the last block of each sequence and head
   // merges every split's partial, and at batch 1 (8 KV heads) 16 splits beat the 33 of two blocks
-  // per SM at every context (r56, tq4: 4k 10.4 against 12.4 us, 16k 16.1 / 18.0, 64k 36.9 / 39.2),
-  // while at batch 8 the 4 splits of two blocks per SM are the fastest.
+  // per SM (r58, same machine: tq4 4k 10.6 against 12.5 us, 16k 16.2 / 18.2, 64k 37.0 / 39.2;
+  // tq3 and tq2 likewise up to 16k), while at batch 8 the 4 splits of two blocks per SM are the
+  // fastest. tq2 and tq3 keys past 16k keep two blocks per SM: their loop is instruction-bound
+  // and loses more to the halved occupancy than the merge gains (r58, 64k: +3-4 %).
   constexpr int64_t kManySplits = 16;
+  constexpr int64_t kInstructionBoundReach = 16384;
+  const bool instruction_bound = (c.format.key == Format::tq2 || c.format.key == Format::tq3) &&
+                                 reach > kInstructionBoundReach;
   const int sms = sm_count();
   const int64_t slots = int64_t{blocks_per_sm(c.format, c.head_dim)} * sms;
   int64_t wanted = std::max<int64_t>(1, slots / base_blocks);
-  if (wanted > kManySplits) wanted = std::max<int64_t>(kManySplits, sms / base_blocks);
+  if (wanted > kManySplits && !instruction_bound) wanted = std::max<int64_t>(kManySplits, sms / base_blocks);
   const int64_t useful = std::max<int64_t>(1, granules);
   return static_cast<int>(std::clamp<int64_t>(std::min(wanted, useful), 1, kMaxSplits));
 }
