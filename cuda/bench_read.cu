@@ -132,7 +132,8 @@ __global__ void __launch_bounds__(kBlockThreads) split_read_kernel(const SplitRe
 template <int kWarps, int kStages, bool kBulk>
 __global__ void __launch_bounds__(kWarps * 32) tiled_read_kernel(const SplitReadProbe p) {
   extern __shared__ __align__(128) uint8_t stages[];
-  __shared__ __align__(8) uint64_t full[kWarps][kStages];
+  __shared__ __align__(8) uint64_t full[kWarps][kStages];  // bulk copies only
+  (void)full;
   constexpr int kTile = 16;
   const int pair = blockIdx.x / p.splits, split = blockIdx.x % p.splits;
   const int chunk = ((p.context + p.splits - 1) / p.splits + 15) / 16 * 16;
@@ -144,6 +145,9 @@ __global__ void __launch_bounds__(kWarps * 32) tiled_read_kernel(const SplitRead
 #pragma unroll
   for (int s = 0; s < 4; ++s) stage_bytes += s < p.streams ? kTile * static_cast<int>(p.position_bytes[s]) : 0;
   uint8_t* mine = stages + warp * kStages * stage_bytes;
+#if __CUDA_ARCH__ < 900
+  if constexpr (kBulk) return;  // bulk copies and mbarrier transactions are sm_90 (the host does not launch these)
+#else
   if constexpr (kBulk) {
     if (lane < kStages) {
       const unsigned bar = static_cast<unsigned>(__cvta_generic_to_shared(&full[warp][lane]));
@@ -152,10 +156,12 @@ __global__ void __launch_bounds__(kWarps * 32) tiled_read_kernel(const SplitRead
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     __syncwarp();
   }
+#endif
   auto load_tile = [&](int i) {
     const int tile = warp + i * kWarps;
     uint8_t* st = mine + (i % kStages) * stage_bytes;
     if constexpr (kBulk) {
+#if __CUDA_ARCH__ >= 900
       if (lane == 0) {
         const unsigned bar = static_cast<unsigned>(__cvta_generic_to_shared(&full[warp][i % kStages]));
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // the stage was read by the generic proxy
@@ -173,6 +179,7 @@ __global__ void __launch_bounds__(kWarps * 32) tiled_read_kernel(const SplitRead
           off += bytes;
         }
       }
+#endif
     } else {
       int off = 0;
 #pragma unroll
@@ -187,6 +194,7 @@ __global__ void __launch_bounds__(kWarps * 32) tiled_read_kernel(const SplitRead
   };
   auto wait_tile = [&](int i) {
     if constexpr (kBulk) {
+#if __CUDA_ARCH__ >= 900
       const unsigned bar = static_cast<unsigned>(__cvta_generic_to_shared(&full[warp][i % kStages]));
       const unsigned parity = (i / kStages) & 1;
       asm volatile(
@@ -195,6 +203,7 @@ __global__ void __launch_bounds__(kWarps * 32) tiled_read_kernel(const SplitRead
           " @!done bra wait;\n}" ::"r"(bar),
           "r"(parity)
           : "memory");
+#endif
     } else {
       cuda_detail::cp_async_wait<kStages - 1>();
       __syncwarp();
@@ -222,11 +231,13 @@ cudaError_t launch_tiled(const SplitReadProbe& probe, cudaStream_t stream) {
   int stage_bytes = 0;
   for (int s = 0; s < probe.streams; ++s) stage_bytes += 16 * static_cast<int>(probe.position_bytes[s]);
   const int smem = kWarps * kStages * stage_bytes;
-  int device = 0, most = 0;
+  int device = 0, most = 0, major = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
   if (err != cudaSuccess) return err;
-  if (smem > most) return cudaErrorInvalidConfiguration;  // the stages do not fit (d = 512 at 6 stages)
+  // Not run: stages beyond a block's shared memory (d = 512 at 6 stages), bulk copies before sm_90.
+  if (smem > most || (kBulk && major < 9)) return cudaErrorInvalidConfiguration;
   err = cudaFuncSetAttribute(tiled_read_kernel<kWarps, kStages, kBulk>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;

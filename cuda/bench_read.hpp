@@ -60,7 +60,8 @@ inline constexpr const char* tiled_copies_name(TiledCopies c) {
     default: return "cp.async 16 warps 3 stages";
   }
 }
-// cudaErrorInvalidConfiguration (nothing launched) when the stages exceed a block's shared memory.
+// cudaErrorInvalidConfiguration (nothing launched) when the stages exceed a block's shared memory
+// or, for bulk copies, the device is older than sm_90.
 cudaError_t launch_tiled_read(const SplitReadProbe& probe, TiledCopies copies, cudaStream_t stream);
 
 }  // namespace tqkv::bench
