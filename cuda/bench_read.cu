@@ -160,36 +160,33 @@ __global__ void __launch_bounds__(kWarps * 32) tiled_read_kernel(const SplitRead
   auto load_tile = [&](int i) {
     const int tile = warp + i * kWarps;
     uint8_t* st = mine + (i % kStages) * stage_bytes;
-    if constexpr (kBulk) {
+    [[maybe_unused]] unsigned bar = 0;
 #if __CUDA_ARCH__ >= 900
-      if (lane == 0) {
-        const unsigned bar = static_cast<unsigned>(__cvta_generic_to_shared(&full[warp][i % kStages]));
-        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // the stage was read by the generic proxy
-        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(stage_bytes) : "memory");
-        int off = 0;
+    if (kBulk && lane == 0) {
+      bar = static_cast<unsigned>(__cvta_generic_to_shared(&full[warp][i % kStages]));
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // the stage was read by the generic proxy
+      asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(stage_bytes) : "memory");
+    }
+#endif
+    int off = 0;
 #pragma unroll
-        for (int s = 0; s < 4; ++s) {
-          if (s >= p.streams) break;
-          const int bytes = kTile * static_cast<int>(p.position_bytes[s]);
-          const uint8_t* src = p.base[s] + (std::size_t(pair) * p.context + first + tile * kTile) * p.position_bytes[s];
+    for (int s = 0; s < 4; ++s) {
+      if (s >= p.streams) break;
+      const int bytes = kTile * static_cast<int>(p.position_bytes[s]);
+      const uint8_t* src = p.base[s] + (std::size_t(pair) * p.context + first + tile * kTile) * p.position_bytes[s];
+      if constexpr (kBulk) {
+#if __CUDA_ARCH__ >= 900
+        if (lane == 0) {
           const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(st + off));
           asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
                        "l"(src), "r"(bytes), "r"(bar)
                        : "memory");
-          off += bytes;
         }
-      }
 #endif
-    } else {
-      int off = 0;
-#pragma unroll
-      for (int s = 0; s < 4; ++s) {
-        if (s >= p.streams) break;
-        const int bytes = kTile * static_cast<int>(p.position_bytes[s]);
-        const uint8_t* src = p.base[s] + (std::size_t(pair) * p.context + first + tile * kTile) * p.position_bytes[s];
+      } else {
         for (int o = lane * 16; o < bytes; o += 32 * 16) cuda_detail::cp_async16(st + off + o, src + o);
-        off += bytes;
       }
+      off += bytes;
     }
   };
   auto wait_tile = [&](int i) {
