@@ -87,18 +87,17 @@ int resolve_splits(const CacheView& c, const DecodeParams& p) {
   // Fill one wave of resident blocks and no more: a partial second wave costs as much as a full one.
   // Past kManySplits splits, one block per SM instead: the last block of each sequence and head
   // merges every split's partial, and at batch 1 (8 KV heads) 16 splits beat two blocks per SM
-  // (r58, same machine: tq4 d = 128 4k 10.6 against 12.5 us, 16k 16.2 / 18.2, 64k 37.0 / 39.2;
-  // r62: d = 64 4k and 16k 9-13 % faster). Past 16k positions that holds only where two blocks
-  // shared an SM and the loop is not instruction-bound: with more blocks per SM (d = 64: tq4 64k
-  // +10 %, 128k +18 %) or tq2/tq3 keys (d = 128, 64k: +3-4 %) the lost occupancy costs more than
-  // the merge gains. Batch 8 and up keep two blocks per SM (r56: 4 splits are the fastest).
+  // up to 16k positions (r63, same machine: tq4 d = 128 4k 10.6 against 12.5 us, 16k 16.2 / 18.3;
+  // tq3, tq2 likewise; d = 64 4k and 16k 5-14 % faster). Past 16k only d >= 128 with tq4/tq8/f16
+  // keys gains (tq4 d = 128 64k 37.1 / 39.1); d = 64 (64k +9 %, 128k +17 %) and the
+  // instruction-bound tq2/tq3 loops (64k +1-4 %) lose more to the halved occupancy than the merge
+  // gains. Batch 8 and up keep two blocks per SM (r56: their 4 splits are the fastest).
   constexpr int64_t kManySplits = 16;
   constexpr int64_t kShortReach = 16384;
-  const int per_sm = blocks_per_sm(c.format, c.head_dim);
   const bool instruction_bound = c.format.key == Format::tq2 || c.format.key == Format::tq3;
-  const bool fewer_blocks_pay = reach <= kShortReach || (per_sm <= 2 && !instruction_bound);
+  const bool fewer_blocks_pay = reach <= kShortReach || (c.head_dim >= 128 && !instruction_bound);
   const int sms = sm_count();
-  int64_t wanted = std::max<int64_t>(1, int64_t{per_sm} * sms / base_blocks);
+  int64_t wanted = std::max<int64_t>(1, int64_t{blocks_per_sm(c.format, c.head_dim)} * sms / base_blocks);
   if (wanted > kManySplits && fewer_blocks_pay) wanted = std::max<int64_t>(kManySplits, sms / base_blocks);
   const int64_t useful = std::max<int64_t>(1, granules);
   return static_cast<int>(std::clamp<int64_t>(std::min(wanted, useful), 1, kMaxSplits));
