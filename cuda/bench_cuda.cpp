@@ -637,29 +637,38 @@ void run_floors(const Shape& s, const Plan& plan, const DevicePattern& pattern, 
     p.out = out;
     return p;
   };
-  struct Best {
+  // Graph-step time of launch(probe) at every split count of at least 16 positions a split, up to
+  // kMaxSplits: the best, its split count, and every count's time.
+  struct Sweep {
     double us = 1e30;
-    int splits = 0, threads = 0, in_flight = 0;
-    std::string curve;  // splits:us of the best configuration
+    int splits = 0;
+    std::string curve;  // splits:us
+  };
+  auto sweep = [&](auto&& launch) {
+    Sweep r;
+    for (int splits = 1; splits <= kMaxSplits && splits * 16 <= s.context; splits *= 2) {
+      auto step = [&](std::size_t copy) { launch(probe_of(copy, splits)); };
+      for (int i = 0; i < kWarmupLaunches; ++i) step(i);
+      const double us = graph_us_per_step(stream, plan, step);
+      r.curve += fmt::format("{}{}:{:.1f}", r.curve.empty() ? "" : " ", splits, us);
+      if (us < r.us) r.us = us, r.splits = splits;
+    }
+    return r;
+  };
+  struct Best {
+    Sweep sweep;
+    int threads = 0, in_flight = 0;
   };
   Best merged, streamed;  // with the split merge; the streaming alone (partials stored, never merged)
   for (const bool merge : {true, false})
     for (const int threads : {256, 512})
       for (const int in_flight : {4, 8}) {
-        std::string curve;
+        const Sweep r = sweep([&](bench::SplitReadProbe p) {
+          p.merge = merge;
+          check(bench::launch_split_read(p, threads, in_flight, stream), "probe");
+        });
         Best& best = merge ? merged : streamed;
-        for (int splits = 1; splits <= kMaxSplits && splits * 16 <= s.context; splits *= 2) {
-          auto step = [&](std::size_t copy) {
-            bench::SplitReadProbe p = probe_of(copy, splits);
-            p.merge = merge;
-            check(bench::launch_split_read(p, threads, in_flight, stream), "probe");
-          };
-          for (int i = 0; i < kWarmupLaunches; ++i) step(i);
-          const double us = graph_us_per_step(stream, plan, step);
-          curve += fmt::format("{}{}:{:.1f}", curve.empty() ? "" : " ", splits, us);
-          if (us < best.us) best = {us, splits, threads, in_flight, {}};
-        }
-        if (best.threads == threads && best.in_flight == in_flight) best.curve = curve;
+        if (r.us < best.sweep.us) best = {r, threads, in_flight};
       }
   // The decode kernel's tile structure, with the merge (best over splits).
   std::string tiled;
@@ -668,21 +677,17 @@ void run_floors(const Shape& s, const Plan& plan, const DevicePattern& pattern, 
       tiled += " not run |";  // stages beyond shared memory, or bulk copies before sm_90
       continue;
     }
-    double best = 1e30;
-    int best_splits = 0;
-    for (int splits = 1; splits <= kMaxSplits && splits * 16 <= s.context; splits *= 2) {
-      auto step = [&](std::size_t copy) { check(bench::launch_tiled_read(probe_of(copy, splits), copies_kind, stream), "tiled probe"); };
-      for (int i = 0; i < kWarmupLaunches; ++i) step(i);
-      const double us = graph_us_per_step(stream, plan, step);
-      if (us < best) best = us, best_splits = splits;
-    }
-    tiled += fmt::format(" {:7.1f} ({}) |", best, best_splits);
+    const Sweep r = sweep([&](const bench::SplitReadProbe& p) {
+      check(bench::launch_tiled_read(p, copies_kind, stream), "tiled probe");
+    });
+    tiled += fmt::format(" {:7.1f} ({}) |", r.us, r.splits);
   }
   check(cudaStreamSynchronize(stream), "probe");
   auto pct = [&](double us) { return 100.0 * gbs(plan.bytes_read, us) / bw.read_gbs; };
-  std::printf("%s %7.1f | %d x %d x %d | %5.1f%% | %7.1f | %d x %d x %d | %5.1f%% |%s %s |\n", head.c_str(), merged.us,
-              merged.splits, merged.threads, merged.in_flight, pct(merged.us), streamed.us, streamed.splits,
-              streamed.threads, streamed.in_flight, pct(streamed.us), tiled.c_str(), merged.curve.c_str());
+  std::printf("%s %7.1f | %d x %d x %d | %5.1f%% | %7.1f | %d x %d x %d | %5.1f%% |%s %s |\n", head.c_str(),
+              merged.sweep.us, merged.sweep.splits, merged.threads, merged.in_flight, pct(merged.sweep.us),
+              streamed.sweep.us, streamed.sweep.splits, streamed.threads, streamed.in_flight, pct(streamed.sweep.us),
+              tiled.c_str(), merged.sweep.curve.c_str());
   std::fflush(stdout);
   cudaFree(partials);
   cudaFree(out);

@@ -30,9 +30,23 @@ __global__ void read_all_kernel(const uint4* __restrict__ data, std::size_t n, u
 
 __global__ void empty_kernel() {}
 
+// The (sequence, KV head) pair and the positions [first, last) block blockIdx.x streams: the pair's
+// context cut into p.splits chunks of whole 16-position tiles.
+struct BlockRange {
+  int pair, split, first, last;
+};
+__device__ __forceinline__ BlockRange block_range(const SplitReadProbe& p) {
+  BlockRange r;
+  r.pair = blockIdx.x / p.splits;
+  r.split = blockIdx.x % p.splits;
+  const int chunk = ((p.context + p.splits - 1) / p.splits + 15) / 16 * 16;
+  r.first = min(p.context, r.split * chunk);
+  r.last = min(p.context, r.first + chunk);
+  return r;
+}
+
 // The 16-byte word `i` of a block's range over the streams (`ends`: running word counts).
-__device__ __forceinline__ uint4 range_word(const SplitReadProbe& p, const uint4* const (&at)[4],
-                                            const std::size_t (&ends)[4], std::size_t i) {
+__device__ __forceinline__ uint4 range_word(const uint4* const (&at)[4], const std::size_t (&ends)[4], std::size_t i) {
   // Selects rather than an index, so that `at` and `ends` stay in registers.
   const uint4* w = i < ends[0] ? at[0] + i
                    : i < ends[1] ? at[1] + (i - ends[0])
@@ -91,9 +105,7 @@ __device__ __forceinline__ void store_partial_and_merge(const SplitReadProbe& p,
 
 template <int kBlockThreads, int kInFlight>
 __global__ void __launch_bounds__(kBlockThreads) split_read_kernel(const SplitReadProbe p) {
-  const int pair = blockIdx.x / p.splits, split = blockIdx.x % p.splits;
-  const int chunk = ((p.context + p.splits - 1) / p.splits + 15) / 16 * 16;
-  const int first = min(p.context, split * chunk), last = min(p.context, first + chunk);
+  const auto [pair, split, first, last] = block_range(p);
   const uint4* at[4] = {};
   std::size_t ends[4] = {};
   std::size_t words = 0;
@@ -110,18 +122,26 @@ __global__ void __launch_bounds__(kBlockThreads) split_read_kernel(const SplitRe
   for (; i + (kInFlight - 1) * kBlockThreads < words; i += kInFlight * kBlockThreads) {
     uint4 v[kInFlight];
 #pragma unroll
-    for (int j = 0; j < kInFlight; ++j) v[j] = range_word(p, at, ends, i + j * kBlockThreads);
+    for (int j = 0; j < kInFlight; ++j) v[j] = range_word(at, ends, i + j * kBlockThreads);
 #pragma unroll
     for (int j = 0; j < kInFlight; ++j) acc ^= v[j].x ^ v[j].y ^ v[j].z ^ v[j].w;
   }
   for (; i < words; i += kBlockThreads) {
-    const uint4 v = range_word(p, at, ends, i);
+    const uint4 v = range_word(at, ends, i);
     acc ^= v.x ^ v.y ^ v.z ^ v.w;
   }
 
   store_partial_and_merge<kBlockThreads>(p, pair, split, acc);
 }
 
+
+// Bytes of one 16-position tile over the sections (a stage of the tiled skeleton).
+__host__ __device__ inline int tile_bytes(const SplitReadProbe& p) {
+  int bytes = 0;
+#pragma unroll
+  for (int s = 0; s < 4; ++s) bytes += s < p.streams ? 16 * static_cast<int>(p.position_bytes[s]) : 0;
+  return bytes;
+}
 
 // The decode kernel's streaming structure without its arithmetic: 16-position tiles dealt
 // round-robin to the block's warps, each warp copying its tiles (K codes, V codes and the scales of
@@ -135,15 +155,11 @@ __global__ void __launch_bounds__(kWarps * 32) tiled_read_kernel(const SplitRead
   __shared__ __align__(8) uint64_t full[kWarps][kStages];  // bulk copies only
   (void)full;
   constexpr int kTile = 16;
-  const int pair = blockIdx.x / p.splits, split = blockIdx.x % p.splits;
-  const int chunk = ((p.context + p.splits - 1) / p.splits + 15) / 16 * 16;
-  const int first = min(p.context, split * chunk), last = min(p.context, first + chunk);
+  const auto [pair, split, first, last] = block_range(p);
   const int n_tiles = (last - first) / kTile;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int my_tiles = n_tiles > warp ? (n_tiles - warp + kWarps - 1) / kWarps : 0;
-  int stage_bytes = 0;
-#pragma unroll
-  for (int s = 0; s < 4; ++s) stage_bytes += s < p.streams ? kTile * static_cast<int>(p.position_bytes[s]) : 0;
+  const int stage_bytes = tile_bytes(p);
   uint8_t* mine = stages + warp * kStages * stage_bytes;
 #if __CUDA_ARCH__ < 900
   if constexpr (kBulk) return;  // bulk copies and mbarrier transactions are sm_90 (the host does not launch these)
@@ -225,9 +241,7 @@ __global__ void __launch_bounds__(kWarps * 32) tiled_read_kernel(const SplitRead
 
 template <int kWarps, int kStages, bool kBulk>
 cudaError_t launch_tiled(const SplitReadProbe& probe, cudaStream_t stream) {
-  int stage_bytes = 0;
-  for (int s = 0; s < probe.streams; ++s) stage_bytes += 16 * static_cast<int>(probe.position_bytes[s]);
-  const int smem = kWarps * kStages * stage_bytes;
+  const int smem = kWarps * kStages * tile_bytes(probe);
   int device = 0, most = 0, major = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
