@@ -239,9 +239,11 @@ __global__ void __launch_bounds__(kWarps * 32) tiled_read_kernel(const SplitRead
   store_partial_and_merge<kWarps * 32>(p, pair, split, acc);
 }
 
-template <int kWarps, int kStages, bool kBulk>
+// kMinSmem: shared memory per block at least (bytes), to hold the occupancy to the decode kernel's
+// (its code tables and query take ~70 KB besides the stages: two 8-warp blocks per SM).
+template <int kWarps, int kStages, bool kBulk, int kMinSmem = 0>
 cudaError_t launch_tiled(const SplitReadProbe& probe, cudaStream_t stream) {
-  const int smem = kWarps * kStages * tile_bytes(probe);
+  const int smem = kWarps * kStages * tile_bytes(probe) > kMinSmem ? kWarps * kStages * tile_bytes(probe) : kMinSmem;
   int device = 0, most = 0, major = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
@@ -274,6 +276,9 @@ cudaError_t launch_tiled_read(const SplitReadProbe& probe, TiledCopies copies, c
     case TiledCopies::bulk_8w2s: return launch_tiled<8, 2, true>(probe, stream);
     case TiledCopies::bulk_8w3s: return launch_tiled<8, 3, true>(probe, stream);
     case TiledCopies::bulk_8w6s: return launch_tiled<8, 6, true>(probe, stream);
+    case TiledCopies::cp_async_8w2s_2bpsm: return launch_tiled<8, 2, false, 100 * 1024>(probe, stream);
+    case TiledCopies::cp_async_8w3s_2bpsm: return launch_tiled<8, 3, false, 100 * 1024>(probe, stream);
+    case TiledCopies::cp_async_8w4s_2bpsm: return launch_tiled<8, 4, false, 100 * 1024>(probe, stream);
     default: return launch_tiled<16, 3, false>(probe, stream);
   }
 }

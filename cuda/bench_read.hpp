@@ -46,10 +46,22 @@ cudaError_t launch_split_read(const SplitReadProbe& probe, int threads, int in_f
 // W warps per block, S stages per warp, by 16-byte cp.async of every lane or one bulk copy
 // (cp.async.bulk, an mbarrier per stage) per section. The decode kernel (tq4, d = 128) is 8 warps,
 // 2 stages, cp.async: its 64 KB code table leaves no room for a third stage at 2 blocks per SM.
-enum class TiledCopies { cp_async_8w2s, cp_async_8w3s, bulk_8w2s, bulk_8w3s, bulk_8w6s, cp_async_16w3s };
-inline constexpr TiledCopies kAllTiledCopies[] = {TiledCopies::cp_async_8w2s, TiledCopies::cp_async_8w3s,
-                                                  TiledCopies::bulk_8w2s,     TiledCopies::bulk_8w3s,
-                                                  TiledCopies::bulk_8w6s,     TiledCopies::cp_async_16w3s};
+// *_2bpsm: shared memory padded so that two blocks share an SM at most, as the decode kernel's.
+enum class TiledCopies {
+  cp_async_8w2s,
+  cp_async_8w3s,
+  bulk_8w2s,
+  bulk_8w3s,
+  bulk_8w6s,
+  cp_async_16w3s,
+  cp_async_8w2s_2bpsm,
+  cp_async_8w3s_2bpsm,
+  cp_async_8w4s_2bpsm
+};
+inline constexpr TiledCopies kAllTiledCopies[] = {
+    TiledCopies::cp_async_8w2s,       TiledCopies::cp_async_8w3s,       TiledCopies::bulk_8w2s,
+    TiledCopies::bulk_8w3s,           TiledCopies::bulk_8w6s,           TiledCopies::cp_async_16w3s,
+    TiledCopies::cp_async_8w2s_2bpsm, TiledCopies::cp_async_8w3s_2bpsm, TiledCopies::cp_async_8w4s_2bpsm};
 inline constexpr const char* tiled_copies_name(TiledCopies c) {
   switch (c) {
     case TiledCopies::cp_async_8w2s: return "cp.async 8 warps 2 stages";
@@ -57,6 +69,9 @@ inline constexpr const char* tiled_copies_name(TiledCopies c) {
     case TiledCopies::bulk_8w2s: return "bulk 8 warps 2 stages";
     case TiledCopies::bulk_8w3s: return "bulk 8 warps 3 stages";
     case TiledCopies::bulk_8w6s: return "bulk 8 warps 6 stages";
+    case TiledCopies::cp_async_8w2s_2bpsm: return "cp.async 8 warps 2 stages, 2 blocks/SM";
+    case TiledCopies::cp_async_8w3s_2bpsm: return "cp.async 8 warps 3 stages, 2 blocks/SM";
+    case TiledCopies::cp_async_8w4s_2bpsm: return "cp.async 8 warps 4 stages, 2 blocks/SM";
     default: return "cp.async 16 warps 3 stages";
   }
 }

@@ -23,15 +23,22 @@ cudaError_t opt_in_smem(Kernel kernel, int bytes, std::atomic<uint64_t>& opted_i
   return err;
 }
 
+// Whether a format pair and head dim has a PACKED_LO kernel (decode_mma_kernel), used for groups of
+// at most 4 query heads. r73, against the same kernel without it (tq4/tq3/tq2/k8v4, 32/8 and 16/8
+// heads): tq3 and tq2 at d = 128 3-8 % faster at batch 8 and 32, 2-4 % slower at batch 1, 4k; tq4
+// and k8v4 within 1-2 % either way; tq3/tq2 at d = 256 9 % slower. So only tq2/tq3 keys up to 128
+// (r74, against the previous release: tq3/tq2 at batch 8/32 3-7 % faster, tq3 batch 1 4k +0.7 us).
+constexpr bool has_packed_lo(Format kf, int d) { return (kf == Format::tq2 || kf == Format::tq3) && d <= 128; }
+
 // One kernel instance: its function, threads and shared memory.
-template <Format KF, Format VF, int D>
+template <Format KF, Format VF, int D, bool PACKED_LO = false>
 struct DecodeInstance {
   static constexpr int kWarps = 8;
   static constexpr int kStages = 2;
   using Shape = MmaShape<KF, VF, D, kWarps, kStages>;
   static constexpr int threads() { return kWarps * 32; }
   static constexpr int smem() { return Shape::kSmemBytes; }
-  static auto kernel() { return decode_mma_kernel<KF, VF, D, kWarps, kStages>; }
+  static auto kernel() { return decode_mma_kernel<KF, VF, D, kWarps, kStages, PACKED_LO>; }
   static cudaError_t prepare() {
     static std::atomic<uint64_t> opted_in{0};
     return opt_in_smem(kernel(), smem(), opted_in);
@@ -67,7 +74,13 @@ cudaError_t with_decode_dim(int head_dim, F&& f) {
 // All head dims of one format pair (instantiated once per pair, in its own translation unit).
 template <Format KF, Format VF>
 cudaError_t launch_decode_pair(const DecodeLaunch& a, cudaStream_t stream) {
-  return with_decode_dim<KF, VF>(a.cache.head_dim, [&](auto inst) { return decltype(inst)::launch(a, stream); });
+  return with_decode_dim<KF, VF>(a.cache.head_dim, [&](auto inst) {
+    constexpr int D = decltype(inst)::Shape::kD;
+    if constexpr (has_packed_lo(KF, D)) {
+      if (a.group <= 4) return DecodeInstance<KF, VF, D, true>::launch(a, stream);
+    }
+    return decltype(inst)::launch(a, stream);
+  });
 }
 
 template <Format KF, Format VF>

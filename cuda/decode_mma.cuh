@@ -82,6 +82,7 @@ constexpr int warps_per_tile(Format kf, Format vf, int d, int warps, int stages)
 template <Format KF, Format VF, int D, int WARPS, int STAGES>
 struct MmaShape {
   static_assert(D % 16 == 0, "head dim must be a multiple of 16");
+  static constexpr int kD = D;
   static constexpr int kThreads = WARPS * 32;
   static constexpr int kKB = bits_of(KF), kVB = bits_of(VF);
   static constexpr int kRowK = row_bytes_of(KF, D), kRowV = row_bytes_of(VF, D);
@@ -323,7 +324,11 @@ constexpr int mma_min_blocks() {
   return D <= 128 ? 16 / WARPS : 1;  // 128 registers at d <= 128 (2 blocks of 8 warps per SM)
 }
 
-template <Format KF, Format VF, int D, int WARPS, int STAGES>
+// PACKED_LO: at most 4 query heads per block (the launcher checks), so the value mma's B columns
+// 4-7 (heads 4-7, unused) carry the lo halves of heads 0-3's weights and one mma per m tile takes
+// hi and lo together; columns h and h + 4 are added after the loop (decode_launch.cuh says where
+// the launcher uses it).
+template <Format KF, Format VF, int D, int WARPS, int STAGES, bool PACKED_LO>
 __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, STAGES>()))
     decode_mma_kernel(const DecodeLaunch a) {
   using S = MmaShape<KF, VF, D, WARPS, STAGES>;
@@ -347,6 +352,9 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   const int kv_head = blockIdx.y / a.head_chunks;
   const int first_in_group = (blockIdx.y % a.head_chunks) * G;
   const int n_heads = min(G, a.group - first_in_group);
+  if constexpr (PACKED_LO) {
+    if (n_heads > 4) __trap();  // the launcher picks PACKED_LO only for groups of at most 4
+  }
   const int h0 = kv_head * a.group + first_in_group;
   const int b = blockIdx.z;
 
@@ -673,20 +681,29 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
 #pragma unroll
       for (int k = 0; k < 4; ++k) x[k] = a.softcap * tanhf(x[k] / a.softcap);
     }
-    float tile_max = -INFINITY;
+    float lane_max = -INFINITY;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       x[k] = pos[k] < n ? x[k] * kLog2e : -INFINITY;
-      tile_max = fmaxf(tile_max, x[k]);
+      lane_max = fmaxf(lane_max, x[k]);
     }
-    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-    const float m_new = fmaxf(m_run, tile_max);
-    // While nothing is visible yet (m_new = -inf) subtract 0 instead: exp2(-inf) = 0 then gives
-    // p = 0 for masked positions and alpha = 0 for the empty (all-zero) state, with no NaN and
-    // no per-weight branches.
-    const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-    const float alpha = fast_exp2(m_run - m_use);
+    // After the first tiles a head's running max rarely grows. While no lane's scores exceed it,
+    // the max stays, alpha is exactly 1 and o keeps its scale: the shuffles for the tile's max,
+    // alpha's exponential and the rescale are skipped, with the results of the full update (r73:
+    // d = 256 and 512 4-8 % faster, d = 128 unchanged).
+    float alpha = 1.0f;
+    const bool grew = __any_sync(0xffffffffu, lane_max > m_run);
+    if (grew) {
+      float tile_max = fmaxf(lane_max, __shfl_xor_sync(0xffffffffu, lane_max, 1));
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+      const float m_new = fmaxf(m_run, tile_max);
+      // While nothing is visible yet (m_new = -inf) subtract 0 instead: exp2(-inf) = 0 then gives
+      // p = 0 for masked positions and alpha = 0 for the empty (all-zero) state, with no NaN and
+      // no per-weight branches.
+      alpha = fast_exp2(m_run - (m_new == -INFINITY ? 0.0f : m_new));
+      m_run = m_new;
+    }
+    const float m_use = m_run == -INFINITY ? 0.0f : m_run;
     float p[4], psum = 0.0f;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
@@ -694,17 +711,22 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
       psum += p[k];
     }
     l_run = l_run * alpha + psum;
-    m_run = m_new;
-    if (__any_sync(0xffffffffu, alpha != 1.0f)) {
-      // Output fragments hold heads 2t and 2t+1, whose alphas live in lanes 8t and 8t+4.
-      const float a0 = __shfl_sync(0xffffffffu, alpha, 8 * t);
-      const float a1 = __shfl_sync(0xffffffffu, alpha, 8 * t + 4);
+    if (grew) {
+      // Output fragments hold columns 2t and 2t+1: heads 2t and 2t+1, whose alphas live in lanes
+      // 8t and 8t+4, or (PACKED_LO) heads 2t mod 4 and 2t+1 mod 4.
+      const int src = PACKED_LO ? 8 * (t & 1) : 8 * t;
+      const float a0 = __shfl_sync(0xffffffffu, alpha, src);
+      const float a1 = __shfl_sync(0xffffffffu, alpha, src + 4);
 #pragma unroll
       for (int j = 0; j < S::kMTiles; ++j) o[j][0] *= a0, o[j][1] *= a1, o[j][2] *= a0, o[j][3] *= a1;
     }
     uint32_t ph0, pl0, ph1, pl1;  // B fragments of P^T (positions 2t, 2t+1 | 8+2t, 9+2t; head g)
     split_half2(p[0] * vs[0], p[1] * vs[1], ph0, pl0);
     split_half2(p[2] * vs[2], p[3] * vs[3], ph1, pl1);
+    if constexpr (PACKED_LO) {  // lanes 16-31 (columns 4-7) take the lo halves of lanes 0-15
+      const uint32_t lo0 = __shfl_xor_sync(0xffffffffu, pl0, 16), lo1 = __shfl_xor_sync(0xffffffffu, pl1, 16);
+      if (g >= 4) ph0 = lo0, ph1 = lo1;
+    }
 
     // Values: rows 2t, 2t+1, 2t+8, 2t+9; the lane's 2 coordinates per m tile.
     const uint8_t* vbase = st + S::kStageV;
@@ -735,7 +757,7 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
         const uint32_t a0 = __byte_perm(va[j], vb[j], 0x5410), a1 = __byte_perm(va[j], vb[j], 0x7632);
         const uint32_t a2 = __byte_perm(vc[j], vd[j], 0x5410), a3 = __byte_perm(vc[j], vd[j], 0x7632);
         mma_f16(o[j], a0, a1, a2, a3, ph0, ph1);
-        mma_f16(o[j], a0, a1, a2, a3, pl0, pl1);
+        if constexpr (!PACKED_LO) mma_f16(o[j], a0, a1, a2, a3, pl0, pl1);
       } else if constexpr (VF == Format::tq4) {
         // Byte j%4 of x_ab = (code 2j of row a, code 2j of row b); y_ab the same for code 2j+1.
         constexpr int wd = j / 4, by = j % 4;
@@ -746,7 +768,7 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
         const uint32_t a0 = table_at_byte<by>(vtable, xab, lane4), a1 = table_at_byte<by>(vtable, yab, lane4);
         const uint32_t a2 = table_at_byte<by>(vtable, xcd, lane4), a3 = table_at_byte<by>(vtable, ycd, lane4);
         mma_f16(o[j], a0, a1, a2, a3, ph0, ph1);
-        mma_f16(o[j], a0, a1, a2, a3, pl0, pl1);
+        if constexpr (!PACKED_LO) mma_f16(o[j], a0, a1, a2, a3, pl0, pl1);
       } else if constexpr (VF == Format::tq8) {
         const uint32_t ea0 = table_at_byte<(16 * j) % 32 / 8>(vtable, va[(16 * j) / 32], lane4);
         const uint32_t eb0 = table_at_byte<(16 * j) % 32 / 8>(vtable, vb[(16 * j) / 32], lane4);
@@ -761,7 +783,7 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
         const uint32_t l0 = __byte_perm(ea0, eb0, 0x7632), l1 = __byte_perm(ea1, eb1, 0x7632);
         const uint32_t l2 = __byte_perm(ec0, ed0, 0x7632), l3 = __byte_perm(ec1, ed1, 0x7632);
         mma_f16(o[j], h0, h1, h2, h3, ph0, ph1);
-        mma_f16(o[j], h0, h1, h2, h3, pl0, pl1);
+        if constexpr (!PACKED_LO) mma_f16(o[j], h0, h1, h2, h3, pl0, pl1);
         mma_f16(o[j], l0, l1, l2, l3, ph0, ph1);
       } else if constexpr (VF == Format::tq2) {  // field j of xab etc. is nibble j
         const uint32_t a0 = table_at_nibble<4 * j>(vtable, xab_e, xab_o, lane4);
@@ -769,7 +791,7 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
         const uint32_t a2 = table_at_nibble<4 * j>(vtable, xcd_e, xcd_o, lane4);
         const uint32_t a3 = table_at_nibble<4 * j>(vtable, ycd_e, ycd_o, lane4);
         mma_f16(o[j], a0, a1, a2, a3, ph0, ph1);
-        mma_f16(o[j], a0, a1, a2, a3, pl0, pl1);
+        if constexpr (!PACKED_LO) mma_f16(o[j], a0, a1, a2, a3, pl0, pl1);
       } else {
         // Field j of xab / yab (2 kb bits) is the table row of a0 / a1 (built before the loop).
         constexpr int f = 2 * S::kVB;
@@ -778,10 +800,19 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
         const uint32_t a2 = table_at_bits<j * f, f>(vtable, xcd, lane4);
         const uint32_t a3 = table_at_bits<j * f, f>(vtable, ycd, lane4);
         mma_f16(o[j], a0, a1, a2, a3, ph0, ph1);
-        mma_f16(o[j], a0, a1, a2, a3, pl0, pl1);
+        if constexpr (!PACKED_LO) mma_f16(o[j], a0, a1, a2, a3, pl0, pl1);
       }
     });
     worker_sync();  // the next load_tile overwrites this stage
+  }
+  if constexpr (PACKED_LO) {  // columns 0-3 += columns 4-7 (lane t += lane t + 2); 4-7 are unused after
+#pragma unroll
+    for (int j = 0; j < S::kMTiles; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float other = __shfl_xor_sync(0xffffffffu, o[j][e], 2);
+        o[j][e] = t < 2 ? o[j][e] + other : 0.0f;
+      }
   }
   cp_async_wait<0>();
   timeline_mark(a, 3);
