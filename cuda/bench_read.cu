@@ -61,7 +61,6 @@ __device__ __forceinline__ uint4 range_word(const uint4* const (&at)[4], const s
 template <int kBlockThreads>
 __device__ __forceinline__ void store_partial_and_merge(const SplitReadProbe& p, int pair, int split, unsigned acc) {
   __shared__ unsigned warp_acc[kBlockThreads / 32];
-  __shared__ bool merges;
   acc = __reduce_xor_sync(0xffffffffu, acc);
   if (threadIdx.x % 32 == 0) warp_acc[threadIdx.x / 32] = acc;
   __syncthreads();
@@ -78,12 +77,7 @@ __device__ __forceinline__ void store_partial_and_merge(const SplitReadProbe& p,
   float4* partials = reinterpret_cast<float4*>(p.partials) + std::size_t(pair) * p.splits * kVectors;
   if (threadIdx.x < kVectors) partials[split * kVectors + threadIdx.x] = make_float4(value, value, value, value);
   if (!p.merge) return;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) merges = atomicAdd(&p.counters[pair], 1u) == unsigned(p.splits - 1);
-  __syncthreads();
-  if (!merges) return;
-  __threadfence();
+  if (!cuda_detail::count_split_done(&p.counters[pair], p.splits)) return;
   if (threadIdx.x < kVectors) {
     float4 sum = make_float4(0, 0, 0, 0);
     int s = 0;
@@ -100,7 +94,6 @@ __device__ __forceinline__ void store_partial_and_merge(const SplitReadProbe& p,
     }
     out[threadIdx.x] = sum;
   }
-  if (threadIdx.x == 0) p.counters[pair] = 0;
 }
 
 template <int kBlockThreads, int kInFlight>

@@ -29,7 +29,12 @@ __device__ __forceinline__ void timeline_mark(const DecodeLaunch& a, int phase) 
   unsigned long long t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   const std::size_t block = blockIdx.x + gridDim.x * (blockIdx.y + std::size_t{gridDim.y} * blockIdx.z);
-  a.timeline[block * kTimelinePhases + phase] = t;
+  a.timeline[block * kTimelineSlots + phase] = t;
+  if (phase == 0) {
+    unsigned sm;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+    a.timeline[block * kTimelineSlots + kTimelinePhases] = sm + 1u;
+  }
 }
 
 // Positions [begin, begin + count) of split `split` of sequence b: the visible range (held by
@@ -194,18 +199,10 @@ __device__ inline void finish_decode_block(const float* o, const float* m, const
     a.part_md[(part0 + static_cast<std::size_t>(threadIdx.x) * a.splits) * 2] = m[threadIdx.x];
     a.part_md[(part0 + static_cast<std::size_t>(threadIdx.x) * a.splits) * 2 + 1] = d[threadIdx.x];
   }
-  __shared__ int is_last;
-  __threadfence();  // this block's partial is visible device-wide before it counts as done
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    unsigned* counter = a.counters + (static_cast<std::size_t>(b) * gridDim.y + blockIdx.y);
-    is_last = atomicAdd(counter, 1u) == static_cast<unsigned>(a.splits - 1);
-    if (is_last) *counter = 0u;
-  }
-  __syncthreads();
+  const bool is_last =
+      count_split_done(a.counters + (static_cast<std::size_t>(b) * gridDim.y + blockIdx.y), a.splits);
   timeline_mark(a, 6);
   if (!is_last) return;
-  __threadfence();
   merge_splits<D, Rotated>(n_heads, h0, b, a, kv_head, scratch);
   timeline_mark(a, 7);
 }

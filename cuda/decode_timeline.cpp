@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -65,7 +66,7 @@ void run(int batch, int context) {
 
   constexpr int kMaxBlocks = 1 << 16;
   unsigned long long* d_tl = nullptr;
-  const std::size_t tl_bytes = std::size_t(kMaxBlocks) * cuda_detail::kTimelinePhases * 8;
+  const std::size_t tl_bytes = std::size_t(kMaxBlocks) * cuda_detail::kTimelineSlots * 8;
   check(cudaMalloc(reinterpret_cast<void**>(&d_tl), tl_bytes), "malloc timeline");
   check(cudaMemset(d_tl, 0, tl_bytes), "clear timeline");
   cudaEvent_t e0, e1;
@@ -83,9 +84,9 @@ void run(int batch, int context) {
   check(cudaMemcpy(tl.data(), d_tl, tl_bytes, cudaMemcpyDeviceToHost), "read timeline");
 
   std::size_t blocks = 0;
-  while (blocks < kMaxBlocks && tl[blocks * cuda_detail::kTimelinePhases] != 0) ++blocks;
+  while (blocks < kMaxBlocks && tl[blocks * cuda_detail::kTimelineSlots] != 0) ++blocks;
   unsigned long long t0 = ~0ull;
-  for (std::size_t b = 0; b < blocks; ++b) t0 = std::min(t0, tl[b * cuda_detail::kTimelinePhases]);
+  for (std::size_t b = 0; b < blocks; ++b) t0 = std::min(t0, tl[b * cuda_detail::kTimelineSlots]);
   static const char* kNames[] = {"entry", "query rotated", "loop start", "loop end (worker 0)", "workers joined",
                                  "finish start", "finish done", "split merge done"};
   static_assert(sizeof(kNames) / sizeof(kNames[0]) == cuda_detail::kTimelinePhases);
@@ -95,13 +96,33 @@ void run(int batch, int context) {
   for (int ph = 0; ph < cuda_detail::kTimelinePhases; ++ph) {
     std::vector<double> t;
     for (std::size_t b = 0; b < blocks; ++b) {
-      const unsigned long long x = tl[b * cuda_detail::kTimelinePhases + ph];
+      const unsigned long long x = tl[b * cuda_detail::kTimelineSlots + ph];
       if (x != 0) t.push_back((x - t0) * 1e-3);
     }
     std::printf("| %s | %zu | %.2f | %.2f | %.2f | %.2f |\n", kNames[ph], t.size(),
                 t.empty() ? 0.0 : *std::min_element(t.begin(), t.end()), percentile(t, 0.5), percentile(t, 0.9),
                 t.empty() ? 0.0 : *std::max_element(t.begin(), t.end()));
   }
+  // Loop end (worker 0) by where the block ran: SMs that held one block of this launch against
+  // SMs that held two or more, and by groups of 16 consecutive SM ids.
+  std::map<unsigned, std::vector<double>> by_sm;
+  for (std::size_t b = 0; b < blocks; ++b) {
+    const unsigned long long sm = tl[b * cuda_detail::kTimelineSlots + cuda_detail::kTimelinePhases];
+    const unsigned long long end = tl[b * cuda_detail::kTimelineSlots + 3];
+    if (sm != 0 && end != 0) by_sm[unsigned(sm - 1)].push_back((end - t0) * 1e-3);
+  }
+  std::map<std::string, std::vector<double>> groups;
+  for (const auto& [sm, ends] : by_sm) {
+    auto& lone = groups[ends.size() == 1 ? "SMs with 1 block" : "SMs with 2+ blocks"];
+    lone.insert(lone.end(), ends.begin(), ends.end());
+    auto& g = groups["SM ids " + std::to_string(sm / 16 * 16) + "-" + std::to_string(sm / 16 * 16 + 15)];
+    g.insert(g.end(), ends.begin(), ends.end());
+  }
+  std::printf("\n| loop end (worker 0) by SM | blocks | min | median | p90 | max |\n| --- | --- | --- | --- | --- | --- |\n");
+  for (auto& [name, t] : groups)
+    std::printf("| %s | %zu | %.2f | %.2f | %.2f | %.2f |\n", name.c_str(), t.size(),
+                *std::min_element(t.begin(), t.end()), percentile(t, 0.5), percentile(t, 0.9),
+                *std::max_element(t.begin(), t.end()));
   cudaFree(d_tl);
   cudaFree(q);
   cudaFree(out);

@@ -130,6 +130,26 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+// ---- Split-K completion ----
+
+// Called by every thread of a block after its share of the block's partial is stored; true (in
+// every thread) for the last of `splits` blocks to count in at `counter`, which it resets to 0.
+// The block barrier orders every thread's stores before thread 0's release (the release is
+// cumulative), and thread 0's acquire plus the second barrier order the other blocks' partials
+// before the last block's loads: one fence per block instead of one per thread.
+__device__ inline bool count_split_done(unsigned* counter, int splits) {
+  __shared__ int last;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned before;
+    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(before) : "l"(counter) : "memory");
+    last = before == static_cast<unsigned>(splits - 1);
+    if (last) *counter = 0u;
+  }
+  __syncthreads();
+  return last;
+}
+
 // ---- Output ----
 
 __device__ __forceinline__ void store_output(void* out, std::size_t index, float value,

@@ -53,7 +53,9 @@ struct DecodeLaunch {
 // finish done (output or partial stored), split merge done (only the last block of a sequence and
 // KV head; others leave 0).
 inline constexpr int kTimelinePhases = 8;
-// For benchmarks: a device buffer of kTimelinePhases values per block of the next decode launches
+// After the phases, one more value per block: 1 + the SM it ran on (%smid), written at entry.
+inline constexpr int kTimelineSlots = kTimelinePhases + 1;
+// For benchmarks: a device buffer of kTimelineSlots values per block of the next decode launches
 // (null: off). Not thread-safe against concurrent decode calls.
 void set_decode_timeline(unsigned long long* device_buffer) noexcept;
 unsigned long long* decode_timeline() noexcept;
