@@ -100,7 +100,7 @@ __device__ inline void finalize_heads(const float* o, const float* m, const floa
 // then finalize_head(). Each head gets warps / n_heads warps ("parts"), which take interleaved
 // batches of U splits; their sums meet in `scratch` (shared memory, n_heads x parts x (D + 1)
 // floats). Partials come from other blocks of this launch: the loads bypass L1 (ld.global.cg),
-// after the caller's fence. All threads must call it.
+// ordered after them by count_split_done's acquire. All threads must call it.
 template <int D, bool Rotated>
 __device__ inline void merge_splits(int n_heads, int h0, int b, const DecodeLaunch& a, int kv_head, float* scratch) {
   constexpr int NJ = kWarpSlots<D>;
