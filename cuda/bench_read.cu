@@ -1,6 +1,7 @@
 // Reference kernels for bench_cuda (bench_read.hpp).
 #include "bench_read.hpp"
 
+#include <algorithm>
 #include <cstdint>
 
 #include "device_common.cuh"
@@ -236,7 +237,7 @@ __global__ void __launch_bounds__(kWarps * 32) tiled_read_kernel(const SplitRead
 // (its code tables and query take ~70 KB besides the stages: two 8-warp blocks per SM).
 template <int kWarps, int kStages, bool kBulk, int kMinSmem = 0>
 cudaError_t launch_tiled(const SplitReadProbe& probe, cudaStream_t stream) {
-  const int smem = kWarps * kStages * tile_bytes(probe) > kMinSmem ? kWarps * kStages * tile_bytes(probe) : kMinSmem;
+  const int smem = std::max(kWarps * kStages * tile_bytes(probe), kMinSmem);
   int device = 0, most = 0, major = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);

@@ -90,6 +90,12 @@ void run(int batch, int context) {
   static const char* kNames[] = {"entry", "query rotated", "loop start", "loop end (worker 0)", "workers joined",
                                  "finish start", "finish done", "split merge done"};
   static_assert(sizeof(kNames) / sizeof(kNames[0]) == cuda_detail::kTimelinePhases);
+  constexpr int kLoopEnd = 3;  // kNames[kLoopEnd]: "loop end (worker 0)"
+  auto print_row = [](const std::string& name, const std::vector<double>& t) {
+    std::printf("| %s | %zu | %.2f | %.2f | %.2f | %.2f |\n", name.c_str(), t.size(),
+                t.empty() ? 0.0 : *std::min_element(t.begin(), t.end()), percentile(t, 0.5), percentile(t, 0.9),
+                t.empty() ? 0.0 : *std::max_element(t.begin(), t.end()));
+  };
   std::printf("\nbatch %d, context %d: %zu blocks, event time %.1f us (time from the first block's entry, us)\n",
               batch, context, blocks, ms * 1e3);
   std::printf("| phase | blocks | min | median | p90 | max |\n| --- | --- | --- | --- | --- | --- |\n");
@@ -99,16 +105,14 @@ void run(int batch, int context) {
       const unsigned long long x = tl[b * cuda_detail::kTimelineSlots + ph];
       if (x != 0) t.push_back((x - t0) * 1e-3);
     }
-    std::printf("| %s | %zu | %.2f | %.2f | %.2f | %.2f |\n", kNames[ph], t.size(),
-                t.empty() ? 0.0 : *std::min_element(t.begin(), t.end()), percentile(t, 0.5), percentile(t, 0.9),
-                t.empty() ? 0.0 : *std::max_element(t.begin(), t.end()));
+    print_row(kNames[ph], t);
   }
   // Loop end (worker 0) by where the block ran: SMs that held one block of this launch against
   // SMs that held two or more, and by groups of 16 consecutive SM ids.
   std::map<unsigned, std::vector<double>> by_sm;
   for (std::size_t b = 0; b < blocks; ++b) {
     const unsigned long long sm = tl[b * cuda_detail::kTimelineSlots + cuda_detail::kTimelinePhases];
-    const unsigned long long end = tl[b * cuda_detail::kTimelineSlots + 3];
+    const unsigned long long end = tl[b * cuda_detail::kTimelineSlots + kLoopEnd];
     if (sm != 0 && end != 0) by_sm[unsigned(sm - 1)].push_back((end - t0) * 1e-3);
   }
   std::map<std::string, std::vector<double>> groups;
@@ -119,10 +123,7 @@ void run(int batch, int context) {
     g.insert(g.end(), ends.begin(), ends.end());
   }
   std::printf("\n| loop end (worker 0) by SM | blocks | min | median | p90 | max |\n| --- | --- | --- | --- | --- | --- |\n");
-  for (auto& [name, t] : groups)
-    std::printf("| %s | %zu | %.2f | %.2f | %.2f | %.2f |\n", name.c_str(), t.size(),
-                *std::min_element(t.begin(), t.end()), percentile(t, 0.5), percentile(t, 0.9),
-                *std::max_element(t.begin(), t.end()));
+  for (const auto& [name, t] : groups) print_row(name, t);
   cudaFree(d_tl);
   cudaFree(q);
   cudaFree(out);
