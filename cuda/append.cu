@@ -1,15 +1,22 @@
-// Quantize-on-append: one warp encodes the keys, then the values, of 32 / G consecutive tokens of
-// one KV head, a group of G lanes per vector, each lane holding 32 consecutive coordinates in
-// registers; then a one-thread kernel advances the device token counters.
+// Quantize-on-append: two encoders, then a one-thread kernel that advances the device token
+// counters.
+//   - The tensor-core encoder (f16 and bf16 inputs, head_dim 128, both formats quantized; below,
+//     "tensor-core encoder"): the rotation as an mma over 16 coordinates and butterflies over 8.
+//   - The butterfly encoder (every other case): one warp encodes the keys, then the values, of
+//     32 / G consecutive tokens of one KV head, a group of G lanes per vector, each lane holding
+//     32 consecutive coordinates in registers.
+// Both end in the same per-lane quantization (encode_rotated).
 //
-// Same bytes as encode_vector() on the CPU (quantize.hpp): the rotation runs the same butterflies
-// in the same order in float (stages of growing length; those inside a lane's 32 coordinates in
-// registers, the longer ones between lanes through shuffles), the block factor is the float of
-// 1.0 / sqrt(double(block)), the norm and the least-squares sums accumulate in double, z = r *
-// float(sqrt(d) / norm) is one float multiply and the code is the count of float boundaries <= z.
-// What can differ is the order of the double sums (lane by lane, then a shuffle tree; a loop on
-// the CPU): that moves the norm in its last double bits, and only a z within an ulp or so of a
-// boundary can land on the other side (tests count these and bound them).
+// What matches the CPU's encode_vector() (quantize.hpp): the codes are the count of float
+// boundaries <= z with z = r * float(sqrt(d) / ||r||) one float multiply, and the butterfly
+// encoder runs the CPU's butterflies in the same order in float (stages of growing length; those
+// inside a lane's 32 coordinates in registers, the longer ones between lanes through shuffles)
+// with the same block factor float(1.0 / sqrt(double(block))). What may differ: the norm and the
+// least-squares sums are float sums per lane (four chains of at most 8 terms) and a float tree
+// over the group, the CPU's a double loop (~1e-7 relative; the CPU keeps double, as the
+// reference); the tensor-core encoder's rotation adds in another order. So a z within ~1e-6 of a
+// boundary can land on the other side, and a scale moves by ~1e-7 (tests bound both: kBoundaryTie*,
+// kScaleRelative).
 //
 // Layout: a vector spans P = bit_ceil(head_dim) coordinates, G = P / 32 lanes; lane l of the group
 // holds coordinates [32 l, 32 l + 32) (fewer or none past head_dim). Hadamard blocks are powers of
@@ -20,17 +27,14 @@
 // Codes: tq2 to tq4 look z up in a code grid (launch.hpp: one bucket, one comparison); tq8
 // bisects its 255 boundaries.
 //
-// Profile (H100, run r14: a 32k-token tq4 chunk, head_dim 128, 8 KV heads, f32 input, 201 us):
-// issue-bound, 182 warp instructions per vector at 0.58 IPC with 16 warps per SM (128
-// registers), shared wavefronts at 45 % of peak (the 8-byte code buckets cost 4.6 wavefronts a
-// lookup for an ideal 2). Since then: a kernel per input type (no dead conversions), the buckets
-// split into a float and a byte table, the byte giving the level's offset directly, the
-// non-finite check read off the norm (the input is rechecked only when that is not finite), the
-// block factor and sqrt(d) without double divisions, the length-16 stage without a branch, 80
-// registers (24 warps per SM), and the inputs prefetched to L2 while the codebooks are staged.
+// History (H100, a 32k-token tq4 chunk, head_dim 128, 8 KV heads; performance-notes.md): the
+// butterfly encoder was issue-bound at ~171 warp instructions per vector (r54: f16 input 132 us,
+// 43 % of a copy). The tensor-core encoder with float sums executes ~102 (r83: f16 and bf16 95 us,
+// 60 %); the float sums took the butterfly encoder's f32 input from 177 to 165 us.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "device_common.cuh"
@@ -192,11 +196,6 @@ __device__ __forceinline__ float lds_f32(uint32_t address) {
   asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(address));
   return v;
 }
-__device__ __forceinline__ double lds_f64(uint32_t address) {
-  double v;
-  asm volatile("ld.shared.f64 %0, [%1];" : "=d"(v) : "r"(address));
-  return v;
-}
 __device__ __forceinline__ uint32_t lds_u8(uint32_t address) {
   uint32_t v;
   asm volatile("ld.shared.u8 %0, [%1];" : "=r"(v) : "r"(address));
@@ -205,7 +204,7 @@ __device__ __forceinline__ uint32_t lds_u8(uint32_t address) {
 
 // A code grid's buckets split into their two fields: 64 floats span the 32 banks twice (at most
 // two wavefronts for a warp's lookups, against 4.6 on average for the 8-byte CodeBucket array)
-// and 64 bytes fit one wavefront. The base is kept as the byte offset of its level (8 base).
+// and 64 bytes fit one wavefront. The base is kept as the byte offset of its level (4 base).
 struct GridTable {
   float bound[kCodeBuckets];
   uint8_t base_level[kCodeBuckets];
@@ -214,45 +213,42 @@ struct GridTable {
 // One format's codebook in shared memory (addresses) and its code grid (launch.hpp).
 struct CodeTables {
   uint32_t bounds;   // 2^b - 1 floats (tq8's bisection)
-  uint32_t levels;   // 2^b doubles
+  uint32_t levels;   // 2^b floats
   uint32_t grid;     // GridTable (tq2, tq3, tq4)
   float scale, offset;
 };
 
-// 8 x the count of boundaries <= z (Codebook::quantize): the code's level byte offset, which
-// addresses the level without a multiply; the packing shifts by 3 less.
+// 4 x the count of boundaries <= z (Codebook::quantize): the code's level byte offset, which
+// addresses the level without a multiply; the packing shifts by 2 less.
 template <int kBits>
 __device__ __forceinline__ uint32_t level_offset_of(float z, const CodeTables& t, float middle) {
   if constexpr (kBits <= 4) {
     const uint32_t b = code_bucket(z, t.scale, t.offset);
     const float bound = lds_f32(t.grid + offsetof(GridTable, bound) + 4 * b);
-    // set.ge gives all ones (-1) when bound <= z: one multiply-add adds 8.
-    uint32_t above;
-    asm("set.ge.u32.f32 %0, %1, %2;" : "=r"(above) : "f"(z), "f"(bound));
-    return lds_u8(t.grid + offsetof(GridTable, base_level) + b) - 8u * above;
+    uint32_t code4 = lds_u8(t.grid + offsetof(GridTable, base_level) + b);
+    // A compare and a predicated add (the ternary became a compare, a select and a multiply-add).
+    asm("{\n.reg .pred p;\nsetp.ge.f32 p, %1, %2;\n@p add.u32 %0, %0, 4;\n}" : "+r"(code4) : "f"(z), "f"(bound));
+    return code4;
   } else {
     // Bisection over the 2^b - 1 sorted boundaries; `at` is the address of boundary `code`.
     constexpr int kCodes = 1 << kBits;
     uint32_t at = t.bounds + (middle <= z ? 4 * (kCodes / 2) : 0);
 #pragma unroll
     for (int step = kCodes / 4; step > 0; step >>= 1) at += lds_f32(at + 4 * (step - 1)) <= z ? 4 * step : 0;
-    return (at - t.bounds) * 2;
+    return at - t.bounds;
   }
 }
 
 // Codes of the lane's coordinates r[j] * to_unit, packed as the row's little-endian bit stream
 // (format.hpp: code i at bits [b i, b i + b)), into kBits words: the lane's 32 codes are exactly
 // kBits 32-bit words. Coordinates past head_dim (j >= count) get code 0 and add nothing to the
-// least-squares sums zc = sum z c and cc = sum c^2.
+// least-squares sums zc = sum z c and cc = sum c^2, which the lane keeps in float (four chains of
+// at most 8 terms: see kPartialSumRoundings).
 template <int kBits>
 __device__ __forceinline__ void quantize_lane(const float (&r)[kLaneCoords], float to_unit, int count,
-                                              const CodeTables& t, uint32_t (&words)[kBits], double& zc,
-                                              double& cc) {
-  // tq4 (the common format) keeps two running sums each, even and odd j (any order of the double
-  // sums is allowed), halving the dependent DFMA chains; the other formats' paths keep one, as
-  // two make ptxas spill at the 80-register bound.
-  constexpr int kSums = kBits == 4 ? 2 : 1;
-  double zc_part[2] = {0.0, 0.0}, cc_part[2] = {0.0, 0.0};
+                                              const CodeTables& t, uint32_t (&words)[kBits], float& zc,
+                                              float& cc) {
+  float zc_part[4] = {0.0f, 0.0f, 0.0f, 0.0f}, cc_part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   const float middle = kBits > 4 ? lds_f32(t.bounds + 4 * ((1 << kBits) / 2 - 1)) : 0.0f;
 #pragma unroll
   for (int w = 0; w < kBits; ++w) words[w] = 0;
@@ -263,18 +259,18 @@ __device__ __forceinline__ void quantize_lane(const float (&r)[kLaneCoords], flo
 #pragma unroll
     for (int j = half; j < half + kLaneCoords / 2; ++j) {
       const float z = r[j] * to_unit;
-      const uint32_t code8 = level_offset_of<kBits>(z, t, middle);  // 8 code
-      const double c = lds_f64(t.levels + code8);
-      zc_part[j % kSums] += static_cast<double>(z) * c;
-      cc_part[j % kSums] += c * c;
+      const uint32_t code4 = level_offset_of<kBits>(z, t, middle);  // 4 code
+      const float c = lds_f32(t.levels + code4);
+      zc_part[j % 4] = fmaf(z, c, zc_part[j % 4]);
+      cc_part[j % 4] = fmaf(c, c, cc_part[j % 4]);
       // The codes' bits are disjoint: adding them is or-ing them, in one shift-add.
       const int bit = kBits * j, at = bit % 32;
-      words[bit / 32] += at >= 3 ? code8 << (at - 3) : code8 >> (3 - at);
-      if (at + kBits > 32) words[bit / 32 + 1] += code8 >> (35 - at);
+      words[bit / 32] += at >= 2 ? code4 << (at - 2) : code4 >> (2 - at);
+      if (at + kBits > 32) words[bit / 32 + 1] += code4 >> (34 - at);
     }
   }
-  zc = zc_part[0] + zc_part[1];
-  cc = cc_part[0] + cc_part[1];
+  zc = (zc_part[0] + zc_part[1]) + (zc_part[2] + zc_part[3]);
+  cc = (cc_part[0] + cc_part[1]) + (cc_part[2] + cc_part[3]);
 }
 
 // Stores a lane's kBits words at byte lane_offset of the row, in the widest pieces their
@@ -307,29 +303,43 @@ struct LaneVector {
   float block_factor;  // float(1 / sqrt(block)), as the CPU's block_hadamard()
   uint32_t signs;      // the lane's 32 sign bits (bit j: coordinate 32 l + j is negated)
   double sqrt_d;
+  // The stored scale is s / sqrt(d) for normalised blocks; the tensor-core rotation leaves its
+  // block unnormalised, so there s / (sqrt(d) sqrt(block)). This is the reciprocal.
+  double inv_scale_divisor;
 };
 
-// The group's squared norm of the rotated x (every lane of the warp calls it: shuffles).
+// The group's squared norm of x. Float sums (four chains of 8 per lane, then the group's tree)
+// unless a square could leave float's normal range (a sum past FLT_MAX or under 2^-80, where the
+// squares lost below 2^-126 would matter): then, rarely, the lanes of the warp sum in double.
 __device__ __forceinline__ double group_norm2(const float (&x)[kLaneCoords], int lanes) {
-  // Four running sums (any order of the double sum is allowed) shorten the dependent chain.
-  double part[4] = {0.0, 0.0, 0.0, 0.0};
+  float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-  for (int j = 0; j < kLaneCoords; ++j) part[j % 4] += static_cast<double>(x[j]) * x[j];
-  return group_sum((part[0] + part[1]) + (part[2] + part[3]), lanes);
+  for (int j = 0; j < kLaneCoords; ++j) part[j % 4] = fmaf(x[j], x[j], part[j % 4]);
+  const float sum = group_sum((part[0] + part[1]) + (part[2] + part[3]), lanes);
+  const bool in_range = sum >= 0x1p-80f && sum <= 3.0e38f;  // false for NaN
+  if (__all_sync(kFullMask, in_range)) return sum;
+  double wide[4] = {0.0, 0.0, 0.0, 0.0};
+#pragma unroll
+  for (int j = 0; j < kLaneCoords; ++j) wide[j % 4] += static_cast<double>(x[j]) * x[j];
+  const double wide_sum = group_sum((wide[0] + wide[1]) + (wide[2] + wide[3]), lanes);
+  return in_range ? sum : wide_sum;
 }
 
-// The lane's part of a rotated vector x (normalised blocks) of squared norm norm2: codes and
-// scale; stores the lane's words of the row and, from the group's lane 0, the scale, unless
-// !write. Every lane of the warp calls it (shuffles).
+// The lane's part of a rotated vector x of squared norm norm2: codes and scale; stores the lane's
+// words of the row and, from the group's lane 0, the scale, unless !write. Every lane of the warp
+// calls it (shuffles).
 template <int kBits>
 __device__ __forceinline__ void encode_lane(const float (&x)[kLaneCoords], double norm2, const LaneVector& v,
                                             bool write, bool least_squares, const CodeTables& tables, uint8_t* row,
                                             int row_bytes, float* scale) {
-  const double norm = sqrt(norm2);
-  const bool zero = norm == 0.0;  // zero vector: codes 0 and scale 0 decode to exactly 0
-  const float to_unit = static_cast<float>(v.sqrt_d / norm);  // (inf for a zero vector: codes unused)
+  // No double divisions (a called subroutine, which spilled with the tensor-core encoder's
+  // registers live): rsqrt and __drcp_rn are within an ulp of double, far below float's.
+  const double inv_norm = rsqrt(norm2);  // inf for a zero vector (codes unused), 0 for inf
+  const double norm = isinf(norm2) ? norm2 : norm2 * inv_norm;
+  const bool zero = norm2 == 0.0;  // zero vector: codes 0 and scale 0 decode to exactly 0
+  const float to_unit = static_cast<float>(v.sqrt_d * inv_norm);
   uint32_t words[kBits];
-  double zc, cc;
+  float zc, cc;
   quantize_lane<kBits>(x, to_unit, v.count, tables, words, zc, cc);
   zc = group_sum(zc, v.lanes);
   cc = group_sum(cc, v.lanes);
@@ -341,8 +351,8 @@ __device__ __forceinline__ void encode_lane(const float (&x)[kLaneCoords], doubl
   for (int at = 4 * kBits * v.lanes + 4 * v.group_lane; at < row_bytes; at += 4 * v.lanes)
     *reinterpret_cast<uint32_t*>(row + at) = 0u;
   if (v.group_lane == 0) {
-    const double s = least_squares && cc > 0 ? norm * zc / cc : norm;
-    *scale = zero ? 0.0f : static_cast<float>(s / v.sqrt_d);
+    const double s = least_squares && cc > 0.0f ? norm * static_cast<double>(zc) * __drcp_rn(cc) : norm;
+    *scale = zero ? 0.0f : static_cast<float>(s * v.inv_scale_divisor);
   }
 }
 
@@ -374,33 +384,130 @@ __device__ __forceinline__ void prefetch_lane_inputs(const AppendLaunch& a) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(static_cast<const char*>(a.v) + kElementBytes * at));
 }
 
-template <InputKind kInput>
-__global__ void __launch_bounds__(kAppendWarps * 32, kAppendBlocksPerSm) append_kernel(const AppendLaunch a, double sqrt_head_dim) {
-  // Codebooks of the key [0] and value [1] formats: levels (double, as the least-squares sums take
-  // them), the code grid (tq2 to tq4) or the boundaries (tq8).
-  __shared__ double levels[2][kMaxCodes];
-  __shared__ float bounds[2][kMaxCodes];
-  __shared__ GridTable grids[2];
-  const CacheView& cache = a.cache;
-  prefetch_lane_inputs<kInput>(a);
+// The codebooks of the key [0] and value [1] formats in shared memory: levels, the code grid
+// (tq2 to tq4) or the boundaries (tq8). The caller's barrier publishes them.
+struct SharedCodebooks {
+  float levels[2][kMaxCodes];
+  float bounds[2][kMaxCodes];
+  GridTable grids[2];
+};
+
+__device__ void stage_codebooks(const AppendLaunch& a, SharedCodebooks& books) {
   for (int which = 0; which < 2; ++which) {
-    const Format f = which ? cache.format.value : cache.format.key;
+    const Format f = which ? a.cache.format.value : a.cache.format.key;
     if (!quantized(f)) continue;
     const int n = 1 << bits_of(f);
-    const float* l = which ? cache.v_levels : cache.k_levels;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) levels[which][i] = l[i];
+    const float* l = which ? a.cache.v_levels : a.cache.k_levels;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) books.levels[which][i] = l[i];
     if (n - 1 <= kMaxGridBoundaries) {
       const CodeBucket* g = (which ? a.v_grid : a.k_grid).buckets;
       for (int i = threadIdx.x; i < kCodeBuckets; i += blockDim.x) {
         const CodeBucket bucket = g[i];
-        grids[which].bound[i] = bucket.bound;
-        grids[which].base_level[i] = static_cast<uint8_t>(8 * bucket.base);
+        books.grids[which].bound[i] = bucket.bound;
+        books.grids[which].base_level[i] = static_cast<uint8_t>(4 * bucket.base);
       }
     } else {
       const float* b = which ? a.v_boundaries : a.k_boundaries;
-      for (int i = threadIdx.x; i < n - 1; i += blockDim.x) bounds[which][i] = b[i];
+      for (int i = threadIdx.x; i < n - 1; i += blockDim.x) books.bounds[which][i] = b[i];
     }
   }
+}
+
+// Where one vector (a token's key or value of one KV head) comes from and goes to.
+struct VectorJob {
+  bool active;         // a token of the chunk that the cache keeps
+  int which;           // 0 key, 1 value
+  int seq, kv_head;
+  int64_t position;
+  const void* input;   // the lane's part of the input: `count` coordinates at element `in_at`
+  std::size_t in_at;
+  int count;
+  uint8_t* row;
+  int row_bytes;
+  float* scale;
+  unsigned group_bits;  // the lanes of the vector's group in a warp ballot
+};
+
+// Whether the group's inputs are finite (lane_finite: this lane's); a non-finite one is recorded
+// once per vector and its row left as it was. Every lane of the warp calls it.
+__device__ __forceinline__ bool group_finite(bool lane_finite, const VectorJob& job, int group_lane,
+                                             const AppendLaunch& a) {
+  const bool bad = (__ballot_sync(kFullMask, !lane_finite) & job.group_bits) != 0;
+  if (job.active && bad && group_lane == 0)
+    record_failure(a.status, kAppendNonFinite, job.seq, job.position, job.kv_head, job.which);
+  return !bad;
+}
+
+// Encodes the rotated vector x (the lane's coordinates) of `job` in format f (kBits: its bits
+// when known at compile time, 0 when not). Every output of a butterfly depends on both inputs, so
+// a non-finite input makes its whole block, and the norm, non-finite; a finite input may also
+// overflow the rotation: only then (rare) are the inputs themselves checked. Every lane of the
+// warp calls it (shuffles).
+template <InputKind kInput, int kBits = 0>
+__device__ __forceinline__ void encode_rotated(const float (&x)[kLaneCoords], const LaneVector& v, Format f,
+                                               const VectorJob& job, const SharedCodebooks& books,
+                                               const AppendLaunch& a) {
+  const double norm2 = group_norm2(x, v.lanes);
+  const bool suspect = !isfinite(norm2);
+  const bool write = (!__any_sync(kFullMask, suspect) ||
+                      group_finite(!suspect || lane_input_finite<kInput>(job.input, job.in_at, job.count), job,
+                                   v.group_lane, a)) &&
+                     job.active;
+  const CodeGrid& grid = job.which ? a.v_grid : a.k_grid;
+  const CodeTables tables{static_cast<uint32_t>(__cvta_generic_to_shared(books.bounds[job.which])),
+                          static_cast<uint32_t>(__cvta_generic_to_shared(books.levels[job.which])),
+                          static_cast<uint32_t>(__cvta_generic_to_shared(&books.grids[job.which])), grid.scale,
+                          grid.offset};
+  if constexpr (kBits != 0) {
+    encode_lane<kBits>(x, norm2, v, write, a.least_squares, tables, job.row, job.row_bytes, job.scale);
+    return;
+  }
+  switch (f) {
+    case Format::tq2: encode_lane<2>(x, norm2, v, write, a.least_squares, tables, job.row, job.row_bytes, job.scale); break;
+    case Format::tq3: encode_lane<3>(x, norm2, v, write, a.least_squares, tables, job.row, job.row_bytes, job.scale); break;
+    case Format::tq4: encode_lane<4>(x, norm2, v, write, a.least_squares, tables, job.row, job.row_bytes, job.scale); break;
+    default: encode_lane<8>(x, norm2, v, write, a.least_squares, tables, job.row, job.row_bytes, job.scale); break;
+  }
+}
+
+// Whether token t of the chunk is kept: a ring keeps only the newest `capacity` tokens of a chunk;
+// a contiguous cache, positions below capacity (the host refused an overflow on direct calls; a
+// graph replay past capacity drops the tokens and commit_tokens flags it).
+__device__ __forceinline__ bool token_kept(const AppendLaunch& a, int t, int64_t position) {
+  const CacheView& c = a.cache;
+  return t < a.n_tokens && (c.ring ? !(a.n_tokens > c.capacity && t < a.n_tokens - c.capacity) : position < c.capacity);
+}
+
+// The job of the key (which 0) or value (1) of token t: its row, its scale, the lane's inputs.
+__device__ __forceinline__ VectorJob vector_job(const AppendLaunch& a, int which, int t, int lane_first,
+                                                int lane_count, unsigned group_bits) {
+  const CacheView& c = a.cache;
+  VectorJob job;
+  job.which = which;
+  job.seq = a.seq_begin + blockIdx.z;
+  job.kv_head = blockIdx.y;
+  job.position = c.tokens[job.seq] + t;
+  job.active = token_kept(a, t, job.position);
+  job.count = job.active ? lane_count : 0;
+  job.input = which ? a.v : a.k;
+  job.in_at = ((static_cast<std::size_t>(blockIdx.z) * a.n_tokens + t) * c.kv_heads + job.kv_head) * c.head_dim +
+              lane_first;
+  const int slot = job.active ? position_slot(job.position, c.capacity, c.ring) : 0;
+  const std::size_t row = row_index(c, job.seq, job.kv_head, slot);
+  job.row_bytes = static_cast<int>(which ? c.v_row_bytes : c.k_row_bytes);
+  job.row = writable(which ? c.v_codes : c.k_codes) + row * job.row_bytes;
+  job.scale = writable(which ? c.v_scales : c.k_scales) + row;
+  job.group_bits = group_bits;
+  return job;
+}
+
+// Butterfly encoder, every input type and head dim: the rotation in registers and shuffles.
+template <InputKind kInput>
+__global__ void __launch_bounds__(kAppendWarps * 32, kAppendBlocksPerSm) append_kernel(const AppendLaunch a, double sqrt_head_dim) {
+  __shared__ SharedCodebooks books;
+  const CacheView& cache = a.cache;
+  prefetch_lane_inputs<kInput>(a);
+  stage_codebooks(a, books);
   __syncthreads();  // the only block barrier: the rest is per warp
 
   const int D = cache.head_dim;
@@ -411,58 +518,39 @@ __global__ void __launch_bounds__(kAppendWarps * 32, kAppendBlocksPerSm) append_
   v.group_lane = lane & (v.lanes - 1);
   const int group = lane >> log2_lanes;
   const int t = ((blockIdx.x * kAppendWarps + static_cast<int>(threadIdx.x >> 5)) << (5 - log2_lanes)) + group;
-  const int kv_head = blockIdx.y;
-  const int seq = a.seq_begin + blockIdx.z;
-  const int64_t position = cache.tokens[seq] + t;
-  // Ring: only the newest `capacity` tokens of a chunk survive. Contiguous: the host refused an
-  // overflow on direct calls; a graph replay past capacity drops the tokens (commit_tokens flags it).
-  const bool active = t < a.n_tokens && (cache.ring ? !(a.n_tokens > cache.capacity && t < a.n_tokens - cache.capacity)
-                                                    : position < cache.capacity);
-  if (__all_sync(kFullMask, !active)) return;  // whole warps only: the rest shuffles
-
   const int first = kLaneCoords * v.group_lane;
   v.count = min(max(D - first, 0), kLaneCoords);
+  // Bits of this lane's group in a warp ballot.
+  const unsigned group_bits = (v.lanes == 32 ? kFullMask : (1u << v.lanes) - 1u) << (group * v.lanes);
+  if (__all_sync(kFullMask, !token_kept(a, t, cache.tokens[a.seq_begin + blockIdx.z] + t)))
+    return;  // whole warps only: the rest shuffles
+
+  const int kv_head = blockIdx.y;
   // The blocks are D's set bits, largest first: the one holding `first` is bit_floor(D ^ first).
   const int log2_block = 31 - __clz(D ^ first);
   v.block = v.count > 0 ? 1 << log2_block : 0;
   v.block_factor = v.count > 0 ? block_factor_of(log2_block) : 0.0f;
   v.signs = v.count > 0 ? cache.sign_bits[static_cast<std::size_t>(kv_head) * cache.sign_words + v.group_lane] : 0u;
   v.sqrt_d = sqrt_head_dim;
-  const int slot = active ? position_slot(position, cache.capacity, cache.ring) : 0;
-  const std::size_t row = row_index(cache, seq, kv_head, slot);
-  const std::size_t in_at = ((static_cast<std::size_t>(blockIdx.z) * a.n_tokens + t) * cache.kv_heads + kv_head) * D + first;
-  // Bits of this lane's group in a warp ballot.
-  const unsigned group_bits = (v.lanes == 32 ? kFullMask : (1u << v.lanes) - 1u) << (group * v.lanes);
+  v.inv_scale_divisor = 1.0 / sqrt_head_dim;
   // Length 16 joins the lane's two halves unless its block is 16 (then the upper half is past
   // head_dim): upper = fma(lower, 1, -upper) rounds lower - upper once; with 0 it keeps the zeros.
   const float join_halves = v.block > kLaneCoords / 2 ? 1.0f : 0.0f;
 
 #pragma unroll 1
   for (int which = 0; which < 2; ++which) {
-    const bool is_value = which == 1;
-    const Format f = is_value ? cache.format.value : cache.format.key;
-    const void* input = is_value ? a.v : a.k;
-    const int row_bytes = static_cast<int>(is_value ? cache.v_row_bytes : cache.k_row_bytes);
-    uint8_t* out_row = writable(is_value ? cache.v_codes : cache.k_codes) + row * row_bytes;
-    float* out_scale = writable(is_value ? cache.v_scales : cache.k_scales) + row;
-
-    const int count = active ? v.count : 0;
+    const VectorJob job = vector_job(a, which, t, first, v.count, group_bits);
+    const Format f = which ? cache.format.value : cache.format.key;
     float x[kLaneCoords];
-    load_lane<kInput>(input, in_at, count, (reinterpret_cast<uintptr_t>(input) & 15) == 0, x);
-    // A non-finite input leaves its row as it was and is recorded.
-    auto group_finite = [&](bool lane_finite) {
-      const bool bad = (__ballot_sync(kFullMask, !lane_finite) & group_bits) != 0;
-      if (active && bad && v.group_lane == 0) record_failure(a.status, kAppendNonFinite, seq, position, kv_head, which);
-      return !bad;
-    };
+    load_lane<kInput>(job.input, job.in_at, job.count, (reinterpret_cast<uintptr_t>(job.input) & 15) == 0, x);
 
-    if (!quantized(f)) {
+    if (!quantized(f)) {  // a non-finite input leaves its row as it was and is recorded
       float probe = 0.0f;
 #pragma unroll
       for (int j = 0; j < kLaneCoords; ++j) probe = fmaf(x[j], 0.0f, probe);
-      const bool write = group_finite(!isnan(probe)) && active;
-      if (write) store_half_row(x, out_row + 2 * first, 2 * first, row_bytes);
-      if (write && v.group_lane == 0) *out_scale = 1.0f;
+      const bool write = group_finite(!isnan(probe), job, v.group_lane, a) && job.active;
+      if (write) store_half_row(x, job.row + 2 * first, 2 * first, job.row_bytes);
+      if (write && v.group_lane == 0) *job.scale = 1.0f;
       continue;
     }
 
@@ -498,26 +586,183 @@ __global__ void __launch_bounds__(kAppendWarps * 32, kAppendBlocksPerSm) append_
     }
 #pragma unroll
     for (int j = 0; j < kLaneCoords; ++j) x[j] *= v.block_factor;
+    encode_rotated<kInput>(x, v, f, job, books, a);
+  }
+}
 
-    // Every output of a butterfly depends on both inputs, so a non-finite input makes its
-    // whole block, and the norm, non-finite. A finite input may also overflow the rotation:
-    // only then (rare) are the inputs themselves checked.
-    const double norm2 = group_norm2(x, v.lanes);
-    const bool suspect = !isfinite(norm2);
-    const bool write = (!__any_sync(kFullMask, suspect) ||
-                        group_finite(!suspect || lane_input_finite<kInput>(input, in_at, count))) &&
-                       active;
+// ---- tensor-core encoder: f16 and bf16 inputs, head_dim 128, both formats quantized ----
+//
+// H_128 = H_16 (x) H_8 on coordinates i = 8 b + a (b < 16 outer, a < 8 inner): for each a, the
+// 16-point transform over b is an m16n8k16 mma pair whose rows g < 8 are 8 tokens (rows 8-15 are
+// zeros: two tokens per lane would need 64 registers of outputs), exact inputs (f16/bf16, and
+// +-1) with fp32 sums; the 8-point transform over a then runs in registers. B's columns are
+// permuted so that lane (g, t) receives b = 4t .. 4t + 3, i.e. coordinates [32 t, 32 t + 32) of
+// token g: the butterfly encoder's layout (4 lanes of 32 coordinates per vector), so the same
+// encode_rotated() follows. The signs S are folded into B (one B per a: 8 x 2 fragments, built
+// once per block in shared memory). 1/sqrt(128) is left out of the rotation and out of the scale
+// instead (z is scale-invariant).
+//
+// Each warp loops over tiles of 8 tokens (a grid of about one wave), and loads the next rows while
+// it encodes: the values while it encodes the keys, the next tile's keys while it encodes the
+// values. (One tile per warp and 16 tokens in registers, run r81: 108 warp instructions per vector
+// but issue slots 55 % busy, waiting on the loads.)
+//
+// The rotation's sums run in another order than the CPU's butterflies, so rotated coordinates may
+// differ by float ulps: as with the order of the norm's sums, only a z within ~1e-6 of a boundary
+// can get the neighbouring code (the tests bound both).
+inline constexpr int kMmaHeadDim = 128;
+inline constexpr int kMmaInner = 8;    // a: H_8, in registers
+inline constexpr int kMmaTokens = 8;   // tokens per warp tile (the mma's rows g)
+inline constexpr int kMmaWarps = 8;        // warps per block
+inline constexpr int kMmaBlocksPerSm = 2;  // 128 registers (r83: 3 blocks of 8 or 5 of 4 warps spill and are no faster)
 
-    const CodeGrid& grid = is_value ? a.v_grid : a.k_grid;
-    const CodeTables tables{static_cast<uint32_t>(__cvta_generic_to_shared(bounds[which])),
-                            static_cast<uint32_t>(__cvta_generic_to_shared(levels[which])),
-                            static_cast<uint32_t>(__cvta_generic_to_shared(&grids[which])), grid.scale, grid.offset};
-    switch (f) {
-      case Format::tq2: encode_lane<2>(x, norm2, v, write, a.least_squares, tables, out_row, row_bytes, out_scale); break;
-      case Format::tq3: encode_lane<3>(x, norm2, v, write, a.least_squares, tables, out_row, row_bytes, out_scale); break;
-      case Format::tq4: encode_lane<4>(x, norm2, v, write, a.least_squares, tables, out_row, row_bytes, out_scale); break;
-      default: encode_lane<8>(x, norm2, v, write, a.least_squares, tables, out_row, row_bytes, out_scale); break;
+bool use_tensor_core_rotation(const AppendLaunch& a) {
+  return a.input != InputKind::f32 && a.cache.head_dim == kMmaHeadDim && quantized(a.cache.format.key) &&
+         quantized(a.cache.format.value);
+}
+
+// d = a * b, m16n8k16 with f32 accumulators from zero; f16 or bf16 operands; rows 8-15 of a zero.
+template <InputKind kInput>
+__device__ __forceinline__ void mma_rotate(float (&d)[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1) {
+  if constexpr (kInput == InputKind::f16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%6,%5,%6}, {%7,%8}, "
+        "{%9,%9,%9,%9};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a0), "r"(a2), "r"(0u), "r"(b0), "r"(b1), "f"(0.0f));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%6,%5,%6}, {%7,%8}, "
+        "{%9,%9,%9,%9};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a0), "r"(a2), "r"(0u), "r"(b0), "r"(b1), "f"(0.0f));
+  }
+}
+
+// B fragments for inner index a, lane (g, t): for n tile j, column g stands for output
+// b = 4 (g >> 1) + 2 j + (g & 1); rows k = 2t, 2t + 1 (first register) and 2t + 8, 2t + 9
+// (second). Entry (k, b) = s(8 k + a) H_16(k, b), H_16(k, b) = (-1)^popcount(k & b), as the
+// input type's +-1.
+template <InputKind kInput>
+__device__ uint4 rotation_fragments(const uint32_t* signs, int a, int lane) {
+  constexpr uint32_t kOne = kInput == InputKind::f16 ? 0x3c00u : 0x3f80u;
+  const int g = lane >> 2, t = lane & 3;
+  auto entry = [&](int k, int b) {
+    const int i = 8 * k + a;
+    const uint32_t negative = (__popc(k & b) + (signs[i >> 5] >> (i & 31))) & 1u;
+    return kOne | negative << 15;
+  };
+  auto pair = [&](int k, int b) { return entry(k, b) | entry(k + 1, b) << 16; };
+  const int b0 = 4 * (g >> 1) + (g & 1), b1 = b0 + 2;
+  return make_uint4(pair(2 * t, b0), pair(2 * t + 8, b0), pair(2 * t, b1), pair(2 * t + 8, b1));
+}
+
+// Lane t's inputs of one token: elements [16 t, 16 t + 16) and [16 t + 64, 16 t + 80) of the row
+// at element `at`, as pairs p[0..7] and p[8..15]; zeros for an inactive token.
+__device__ __forceinline__ void load_mma_row(const void* input, std::size_t at, int t, bool active, bool vector_loads,
+                                             uint32_t (&p)[16]) {
+#pragma unroll
+  for (int c = 0; c < 2; ++c) {
+    const uint16_t* q = static_cast<const uint16_t*>(input) + at + 16 * t + 64 * c;
+    if (!active) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) p[8 * c + i] = 0u;
+    } else if (vector_loads) {
+      const uint4 w0 = __ldg(reinterpret_cast<const uint4*>(q));
+      const uint4 w1 = __ldg(reinterpret_cast<const uint4*>(q) + 1);
+      p[8 * c + 0] = w0.x, p[8 * c + 1] = w0.y, p[8 * c + 2] = w0.z, p[8 * c + 3] = w0.w;
+      p[8 * c + 4] = w1.x, p[8 * c + 5] = w1.y, p[8 * c + 6] = w1.z, p[8 * c + 7] = w1.w;
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) p[8 * c + i] = q[2 * i] | uint32_t{q[2 * i + 1]} << 16;
     }
+  }
+}
+
+// Rotates the warp's 8 tokens (p: the lane's inputs of token g): y gets the lane's 32 coordinates
+// [32 t, 32 t + 32) of H S x, unnormalised (times sqrt(128)).
+template <InputKind kInput>
+__device__ __forceinline__ void rotate_mma(const uint32_t (&p)[16], const uint4* fragments, int lane,
+                                           float (&y)[kLaneCoords]) {
+#pragma unroll
+  for (int a = 0; a < kMmaInner; ++a) {
+    // A(g, k) = x_g[8 k + a]: k = 2t, 2t + 1 are elements a and 8 + a of the first 16, k = 2t + 8,
+    // 2t + 9 the same of the second 16.
+    const uint32_t sel = (a & 1) ? 0x7632u : 0x5410u;
+    const uint32_t a0 = __byte_perm(p[a >> 1], p[4 + (a >> 1)], sel);
+    const uint32_t a2 = __byte_perm(p[8 + (a >> 1)], p[12 + (a >> 1)], sel);
+    const uint4 b = fragments[a * 32 + lane];
+    float c0[4], c1[4];
+    mma_rotate<kInput>(c0, a0, a2, b.x, b.y);
+    mma_rotate<kInput>(c1, a0, a2, b.z, b.w);
+    // c0: b = 4t, 4t + 1; c1: b = 4t + 2, 4t + 3 (row g; [2], [3] are the zero rows'). j = 8 (b - 4t) + a.
+    y[a] = c0[0], y[8 + a] = c0[1], y[16 + a] = c1[0], y[24 + a] = c1[1];
+  }
+  // H_8 over a (the low 3 bits of j).
+#pragma unroll
+  for (int h = 1; h < kMmaInner; h <<= 1) {
+#pragma unroll
+    for (int j = 0; j < kLaneCoords; ++j) {
+      if (j & h) continue;
+      const float lo = y[j], hi = y[j + h];
+      y[j] = lo + hi, y[j + h] = lo - hi;
+    }
+  }
+}
+
+// kKeyBits, kValueBits: the formats' bits, compiled in for the built pairs (one path each: fewer
+// instructions to fetch and registers); 0 for the formats' bits at run time.
+template <InputKind kInput, int kKeyBits, int kValueBits>
+__global__ void __launch_bounds__(kMmaWarps * 32, kMmaBlocksPerSm) append_mma_kernel(const AppendLaunch a, double sqrt_head_dim) {
+  __shared__ SharedCodebooks books;
+  __shared__ uint4 fragments[kMmaInner * 32];
+  const CacheView& cache = a.cache;
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int kv_head = blockIdx.y;
+  const int tiles = (a.n_tokens + kMmaTokens - 1) / kMmaTokens, tile_stride = gridDim.x * kMmaWarps;
+  const int64_t tokens_before = cache.tokens[a.seq_begin + blockIdx.z];
+  const auto input_row = [&](int token) {
+    return ((static_cast<std::size_t>(blockIdx.z) * a.n_tokens + token) * cache.kv_heads + kv_head) * kMmaHeadDim;
+  };
+  const bool vector_loads = ((reinterpret_cast<uintptr_t>(a.k) | reinterpret_cast<uintptr_t>(a.v)) & 15) == 0;
+  // Warp-uniform: the warp's tiles are tile, tile + tile_stride, ...
+  int tile = blockIdx.x * kMmaWarps + static_cast<int>(threadIdx.x >> 5);
+  int token = tile * kMmaTokens + g;
+  bool active = tile < tiles && token_kept(a, token, tokens_before + token);
+  // The first keys' loads go out before the block stages its tables.
+  uint32_t p[16];
+  load_mma_row(a.k, input_row(token), t, active, vector_loads, p);
+  stage_codebooks(a, books);
+  for (int i = threadIdx.x; i < kMmaInner * 32; i += kMmaWarps * 32)
+    fragments[i] = rotation_fragments<kInput>(cache.sign_bits + static_cast<std::size_t>(kv_head) * cache.sign_words,
+                                              i >> 5, lane);
+  __syncthreads();  // the only block barrier: the rest is per warp
+
+  LaneVector v;
+  v.lanes = kMmaHeadDim / kLaneCoords;
+  v.group_lane = t;
+  v.count = kLaneCoords;
+  v.block = kMmaHeadDim;
+  v.block_factor = 1.0f;
+  v.signs = 0u;
+  v.sqrt_d = sqrt_head_dim;
+  v.inv_scale_divisor = 1.0 / (sqrt_head_dim * sqrt(static_cast<double>(kMmaHeadDim)));
+  const unsigned group_bits = 0xfu << (4 * g);
+#pragma unroll 1
+  for (; tile < tiles; tile += tile_stride) {
+    float y[kLaneCoords];
+    rotate_mma<kInput>(p, fragments, lane, y);
+    load_mma_row(a.v, input_row(token), t, active, vector_loads, p);  // the values, while the keys encode
+    encode_rotated<kInput, kKeyBits>(y, v, cache.format.key,
+                                     vector_job(a, 0, token, kLaneCoords * t, kLaneCoords, group_bits), books, a);
+    rotate_mma<kInput>(p, fragments, lane, y);
+    const VectorJob values = vector_job(a, 1, token, kLaneCoords * t, kLaneCoords, group_bits);
+    // The next tile's keys, while these values encode.
+    const int next = tile + tile_stride;
+    token = next * kMmaTokens + g;
+    active = next < tiles && token_kept(a, token, tokens_before + token);
+    load_mma_row(a.k, input_row(token), t, active, vector_loads, p);
+    encode_rotated<kInput, kValueBits>(y, v, cache.format.value, values, books, a);
   }
 }
 
@@ -538,6 +783,25 @@ __global__ void commit_tokens_kernel(const AppendLaunch a) {
   }
 }
 
+template <int kKeyBits, int kValueBits>
+void launch_mma(const AppendLaunch& a, dim3 grid, double sqrt_d, cudaStream_t stream) {
+  if (a.input == InputKind::f16)
+    append_mma_kernel<InputKind::f16, kKeyBits, kValueBits><<<grid, kMmaWarps * 32, 0, stream>>>(a, sqrt_d);
+  else
+    append_mma_kernel<InputKind::bf16, kKeyBits, kValueBits><<<grid, kMmaWarps * 32, 0, stream>>>(a, sqrt_d);
+}
+
+// The quantized pairs of decode_pairs.hpp's default build get their own kernels.
+void launch_mma_for_pair(const AppendLaunch& a, dim3 grid, double sqrt_d, cudaStream_t stream) {
+  const int kb = bits_of(a.cache.format.key), vb = bits_of(a.cache.format.value);
+  if (kb == 4 && vb == 4) return launch_mma<4, 4>(a, grid, sqrt_d, stream);
+  if (kb == 3 && vb == 3) return launch_mma<3, 3>(a, grid, sqrt_d, stream);
+  if (kb == 2 && vb == 2) return launch_mma<2, 2>(a, grid, sqrt_d, stream);
+  if (kb == 8 && vb == 8) return launch_mma<8, 8>(a, grid, sqrt_d, stream);
+  if (kb == 8 && vb == 4) return launch_mma<8, 4>(a, grid, sqrt_d, stream);
+  launch_mma<0, 0>(a, grid, sqrt_d, stream);
+}
+
 }  // namespace
 
 std::size_t append_status_bytes() noexcept { return sizeof(AppendStatus); }
@@ -556,13 +820,26 @@ AppendFailure append_status_read(const void* host_record) noexcept {
 }
 
 cudaError_t launch_append(const AppendLaunch& a, cudaStream_t stream) {
-  const int tokens_per_block = kAppendWarps * 32 / lanes_per_vector(a.cache.head_dim);
-  const dim3 grid((a.n_tokens + tokens_per_block - 1) / tokens_per_block, a.cache.kv_heads, a.n_seqs);
   const double sqrt_d = std::sqrt(static_cast<double>(a.cache.head_dim));
-  switch (a.input) {
-    case InputKind::f32: append_kernel<InputKind::f32><<<grid, kAppendWarps * 32, 0, stream>>>(a, sqrt_d); break;
-    case InputKind::f16: append_kernel<InputKind::f16><<<grid, kAppendWarps * 32, 0, stream>>>(a, sqrt_d); break;
-    default: append_kernel<InputKind::bf16><<<grid, kAppendWarps * 32, 0, stream>>>(a, sqrt_d); break;
+  if (use_tensor_core_rotation(a)) {
+    // About one wave of blocks over all (KV head, sequence) pairs; each warp loops over tiles.
+    int device = 0, sms = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (err != cudaSuccess) return err;
+    const int tiles = (a.n_tokens + kMmaTokens - 1) / kMmaTokens;
+    const int one_tile_each = (tiles + kMmaWarps - 1) / kMmaWarps;
+    const int per_pair = std::max(1, sms * kMmaBlocksPerSm / (a.cache.kv_heads * a.n_seqs));
+    const dim3 grid(std::min(one_tile_each, per_pair), a.cache.kv_heads, a.n_seqs);
+    launch_mma_for_pair(a, grid, sqrt_d, stream);
+  } else {
+    const int tokens_per_block = kAppendWarps * 32 / lanes_per_vector(a.cache.head_dim);
+    const dim3 grid((a.n_tokens + tokens_per_block - 1) / tokens_per_block, a.cache.kv_heads, a.n_seqs);
+    switch (a.input) {
+      case InputKind::f32: append_kernel<InputKind::f32><<<grid, kAppendWarps * 32, 0, stream>>>(a, sqrt_d); break;
+      case InputKind::f16: append_kernel<InputKind::f16><<<grid, kAppendWarps * 32, 0, stream>>>(a, sqrt_d); break;
+      default: append_kernel<InputKind::bf16><<<grid, kAppendWarps * 32, 0, stream>>>(a, sqrt_d); break;
+    }
   }
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;

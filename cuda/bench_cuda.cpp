@@ -9,7 +9,7 @@
 // copies that no earlier launch left its bytes in L2. GB/s counts the KV bytes the step must read
 // (kv_bytes_per_position: rows + scales); % read compares with a read-only kernel's bandwidth (a
 // decode step only reads), % copy with a device-to-device copy (bytes read + written).
-// --append also times append (quantize-on-write) of a 32k-token chunk, counting bytes read (f16 or
+// --append also times append (quantize-on-write) of a 32k-token chunk, counting bytes read (f16, bf16 or
 // f32 input) plus bytes written. --floors times, instead of decode, what the card does with each
 // shape's bytes without arithmetic (the split-K skeleton of a step, bench_read.hpp).
 #include <cuda_runtime_api.h>
@@ -544,9 +544,19 @@ void run_append(const std::string& format, cuda::InputType type, int reps, doubl
     std::memcpy(f.data(), x.data(), kPatternBytes);
     tile(k, n * 4, f);
     tile(v, n * 4, f);
-  } else {
+  } else if (type == cuda::InputType::f16) {
     tile(k, n * 2, pat.halves);
     tile(v, n * 2, pat.halves);
+  } else {
+    std::vector<uint8_t> b(kPatternBytes);
+    std::mt19937 rng(4);
+    std::normal_distribution<float> normal;
+    for (std::size_t i = 0; i < kPatternBytes; i += 2) {
+      const uint16_t h = float_to_bf16(normal(rng));
+      std::memcpy(&b[i], &h, 2);
+    }
+    tile(k, n * 2, b);
+    tile(v, n * 2, b);
   }
   cudaStream_t stream;
   check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
@@ -570,7 +580,8 @@ void run_append(const std::string& format, cuda::InputType type, int reps, doubl
   const double us = median(ms) * 1e3;
   const double gbs = static_cast<double>(bytes) / (us * 1e-6) / 1e9;
   std::printf("| append %-6s | %s input | 32768 x 8 x 128 | %9.1f | %7.1f | %5.1f%% |\n", format.c_str(),
-              type == cuda::InputType::f32 ? "f32" : "f16", us, gbs, 100.0 * gbs / copy_gbs);
+              type == cuda::InputType::f32 ? "f32" : type == cuda::InputType::f16 ? "f16" : "bf16", us, gbs,
+              100.0 * gbs / copy_gbs);
   std::fflush(stdout);
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
@@ -890,7 +901,7 @@ int main(int argc, char** argv) {
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     if (!o.append) return 0;
     std::printf("\n| append | input | chunk | median us | GB/s (read + written) | %% copy |\n| --- | --- | --- | --- | --- | --- |\n");
-    for (const auto type : {cuda::InputType::f16, cuda::InputType::f32})
+    for (const auto type : {cuda::InputType::f16, cuda::InputType::bf16, cuda::InputType::f32})
       run_append("tq4", type, o.grid == "quick" ? 5 : 20, info.bw.copy_gbs);
   } catch (const tqkv::Error& e) {
     std::fprintf(stderr, "bench_cuda: %s\n", e.what());
