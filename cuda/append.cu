@@ -1,7 +1,7 @@
 // Quantize-on-append: two encoders, then a one-thread kernel that advances the device token
 // counters.
-//   - The tensor-core encoder (f16 and bf16 inputs, head_dim 128, both formats quantized; below,
-//     "tensor-core encoder"): the rotation as an mma over 16 coordinates and butterflies over 8.
+//   - The tensor-core encoder (head_dim 128, both formats quantized; f32 inputs only for the pairs
+//     with their own kernels): the rotation as an mma over 16 coordinates and butterflies over 8.
 //   - The butterfly encoder (every other case): one warp encodes the keys, then the values, of
 //     32 / G consecutive tokens of one KV head, a group of G lanes per vector, each lane holding
 //     32 consecutive coordinates in registers.
@@ -36,6 +36,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 
 #include "device_common.cuh"
 #include "launch.hpp"
@@ -590,12 +591,12 @@ __global__ void __launch_bounds__(kAppendWarps * 32, kAppendBlocksPerSm) append_
   }
 }
 
-// ---- tensor-core encoder: f16 and bf16 inputs, head_dim 128, both formats quantized ----
+// ---- tensor-core encoder: head_dim 128, both formats quantized ----
 //
 // H_128 = H_16 (x) H_8 on coordinates i = 8 b + a (b < 16 outer, a < 8 inner): for each a, the
 // 16-point transform over b is an m16n8k16 mma pair whose rows g < 8 are 8 tokens (rows 8-15 are
-// zeros: two tokens per lane would need 64 registers of outputs), exact inputs (f16/bf16, and
-// +-1) with fp32 sums; the 8-point transform over a then runs in registers. B's columns are
+// zeros: two tokens per lane would need 64 registers of outputs), exact inputs (f16/bf16, f32 as
+// three bf16 parts, and +-1) with fp32 sums; the 8-point transform over a then runs in registers. B's columns are
 // permuted so that lane (g, t) receives b = 4t .. 4t + 3, i.e. coordinates [32 t, 32 t + 32) of
 // token g: the butterfly encoder's layout (4 lanes of 32 coordinates per vector), so the same
 // encode_rotated() follows. The signs S are folded into B (one B per a: 8 x 2 fragments, built
@@ -616,36 +617,39 @@ inline constexpr int kMmaTokens = 8;   // tokens per warp tile (the mma's rows g
 inline constexpr int kMmaWarps = 8;        // warps per block
 inline constexpr int kMmaBlocksPerSm = 2;  // 128 registers (r83: 3 blocks of 8 or 5 of 4 warps spill and are no faster)
 
-bool use_tensor_core_rotation(const AppendLaunch& a) {
-  return a.input != InputKind::f32 && a.cache.head_dim == kMmaHeadDim && quantized(a.cache.format.key) &&
-         quantized(a.cache.format.value);
-}
 
-// d = a * b, m16n8k16 with f32 accumulators from zero; f16 or bf16 operands; rows 8-15 of a zero.
+// The mma's operand type: f16 for f16 inputs, bf16 for bf16 inputs and for the three bf16 parts
+// of an f32 input (below).
 template <InputKind kInput>
-__device__ __forceinline__ void mma_rotate(float (&d)[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1) {
-  if constexpr (kInput == InputKind::f16) {
+inline constexpr bool kMmaF16 = kInput == InputKind::f16;
+
+// d += a * b, m16n8k16 with f32 accumulators: a0, a2 rows g (k 2t, 2t + 1 | 2t + 8, 2t + 9), a1, a3
+// rows g + 8.
+template <bool kF16>
+__device__ __forceinline__ void mma_rotate(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                           uint32_t b0, uint32_t b1) {
+  if constexpr (kF16) {
     asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%6,%5,%6}, {%7,%8}, "
-        "{%9,%9,%9,%9};\n"
-        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-        : "r"(a0), "r"(a2), "r"(0u), "r"(b0), "r"(b1), "f"(0.0f));
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
   } else {
     asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%6,%5,%6}, {%7,%8}, "
-        "{%9,%9,%9,%9};\n"
-        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-        : "r"(a0), "r"(a2), "r"(0u), "r"(b0), "r"(b1), "f"(0.0f));
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
   }
 }
 
 // B fragments for inner index a, lane (g, t): for n tile j, column g stands for output
 // b = 4 (g >> 1) + 2 j + (g & 1); rows k = 2t, 2t + 1 (first register) and 2t + 8, 2t + 9
 // (second). Entry (k, b) = s(8 k + a) H_16(k, b), H_16(k, b) = (-1)^popcount(k & b), as the
-// input type's +-1.
-template <InputKind kInput>
+// operand type's +-1.
+template <bool kF16>
 __device__ uint4 rotation_fragments(const uint32_t* signs, int a, int lane) {
-  constexpr uint32_t kOne = kInput == InputKind::f16 ? 0x3c00u : 0x3f80u;
+  constexpr uint32_t kOne = kF16 ? 0x3c00u : 0x3f80u;
   const int g = lane >> 2, t = lane & 3;
   auto entry = [&](int k, int b) {
     const int i = 8 * k + a;
@@ -657,45 +661,82 @@ __device__ uint4 rotation_fragments(const uint32_t* signs, int a, int lane) {
   return make_uint4(pair(2 * t, b0), pair(2 * t + 8, b0), pair(2 * t, b1), pair(2 * t + 8, b1));
 }
 
+// A lane's inputs of one token, as loaded: 32 elements, as 16 pairs (f16, bf16) or 32 floats.
+template <InputKind kInput>
+inline constexpr int kRowWords = kInput == InputKind::f32 ? 32 : 16;
+
 // Lane t's inputs of one token: elements [16 t, 16 t + 16) and [16 t + 64, 16 t + 80) of the row
-// at element `at`, as pairs p[0..7] and p[8..15]; zeros for an inactive token.
+// at element `at` (words [0, W/2) and [W/2, W)); zeros for an inactive token.
+template <InputKind kInput>
 __device__ __forceinline__ void load_mma_row(const void* input, std::size_t at, int t, bool active, bool vector_loads,
-                                             uint32_t (&p)[16]) {
+                                             uint32_t (&p)[kRowWords<kInput>]) {
+  constexpr int kHalf = kRowWords<kInput> / 2;  // words per 16 elements
+  constexpr int kElementBytes = kInput == InputKind::f32 ? 4 : 2;
 #pragma unroll
   for (int c = 0; c < 2; ++c) {
-    const uint16_t* q = static_cast<const uint16_t*>(input) + at + 16 * t + 64 * c;
+    const char* q = static_cast<const char*>(input) + kElementBytes * (at + 16 * t + 64 * c);
     if (!active) {
 #pragma unroll
-      for (int i = 0; i < 8; ++i) p[8 * c + i] = 0u;
+      for (int i = 0; i < kHalf; ++i) p[kHalf * c + i] = 0u;
     } else if (vector_loads) {
-      const uint4 w0 = __ldg(reinterpret_cast<const uint4*>(q));
-      const uint4 w1 = __ldg(reinterpret_cast<const uint4*>(q) + 1);
-      p[8 * c + 0] = w0.x, p[8 * c + 1] = w0.y, p[8 * c + 2] = w0.z, p[8 * c + 3] = w0.w;
-      p[8 * c + 4] = w1.x, p[8 * c + 5] = w1.y, p[8 * c + 6] = w1.z, p[8 * c + 7] = w1.w;
-    } else {
 #pragma unroll
-      for (int i = 0; i < 8; ++i) p[8 * c + i] = q[2 * i] | uint32_t{q[2 * i + 1]} << 16;
+      for (int i = 0; i < kHalf / 4; ++i) {
+        const uint4 w = __ldg(reinterpret_cast<const uint4*>(q) + i);
+        p[kHalf * c + 4 * i] = w.x, p[kHalf * c + 4 * i + 1] = w.y, p[kHalf * c + 4 * i + 2] = w.z,
+                        p[kHalf * c + 4 * i + 3] = w.w;
+      }
+    } else if constexpr (kInput == InputKind::f32) {
+#pragma unroll
+      for (int i = 0; i < kHalf; ++i) p[kHalf * c + i] = reinterpret_cast<const uint32_t*>(q)[i];
+    } else {
+      const uint16_t* h = reinterpret_cast<const uint16_t*>(q);
+#pragma unroll
+      for (int i = 0; i < kHalf; ++i) p[kHalf * c + i] = h[2 * i] | uint32_t{h[2 * i + 1]} << 16;
     }
   }
 }
 
+// x - (x's top 16 bits): exact, the float's significand below its top 8 bits.
+__device__ __forceinline__ uint32_t below_bf16(uint32_t x) {
+  return __float_as_uint(__uint_as_float(x) - __uint_as_float(x & 0xffff0000u));
+}
+
 // Rotates the warp's 8 tokens (p: the lane's inputs of token g): y gets the lane's 32 coordinates
-// [32 t, 32 t + 32) of H S x, unnormalised (times sqrt(128)).
+// [32 t, 32 t + 32) of H S x, unnormalised (times sqrt(128)). An f32 input is the exact sum of
+// three bf16 parts of 8 significant bits each (x's top 16 bits, then those of the rest, then the
+// rest; exact for |x| above ~2^-110): the mma's rows g take the first and third parts in two
+// passes, rows g + 8 the second part, and the two rows' fp32 sums are added (r85: three passes
+// into zero rows 8-15 took 149 us for the 32k chunk).
 template <InputKind kInput>
-__device__ __forceinline__ void rotate_mma(const uint32_t (&p)[16], const uint4* fragments, int lane,
+__device__ __forceinline__ void rotate_mma(const uint32_t (&p)[kRowWords<kInput>], const uint4* fragments, int lane,
                                            float (&y)[kLaneCoords]) {
+  constexpr bool kF16 = kMmaF16<kInput>;
 #pragma unroll
   for (int a = 0; a < kMmaInner; ++a) {
     // A(g, k) = x_g[8 k + a]: k = 2t, 2t + 1 are elements a and 8 + a of the first 16, k = 2t + 8,
     // 2t + 9 the same of the second 16.
-    const uint32_t sel = (a & 1) ? 0x7632u : 0x5410u;
-    const uint32_t a0 = __byte_perm(p[a >> 1], p[4 + (a >> 1)], sel);
-    const uint32_t a2 = __byte_perm(p[8 + (a >> 1)], p[12 + (a >> 1)], sel);
     const uint4 b = fragments[a * 32 + lane];
-    float c0[4], c1[4];
-    mma_rotate<kInput>(c0, a0, a2, b.x, b.y);
-    mma_rotate<kInput>(c1, a0, a2, b.z, b.w);
-    // c0: b = 4t, 4t + 1; c1: b = 4t + 2, 4t + 3 (row g; [2], [3] are the zero rows'). j = 8 (b - 4t) + a.
+    float c0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, c1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    auto multiply = [&](uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3) {
+      mma_rotate<kF16>(c0, a0, a1, a2, a3, b.x, b.y);
+      mma_rotate<kF16>(c1, a0, a1, a2, a3, b.z, b.w);
+    };
+    if constexpr (kInput == InputKind::f32) {
+      constexpr uint32_t kTops = 0x7632u;  // the top halves of two words
+      const uint32_t e[4] = {p[a], p[8 + a], p[16 + a], p[24 + a]};
+      uint32_t rest[4], last[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) rest[i] = below_bf16(e[i]), last[i] = below_bf16(rest[i]);
+      multiply(__byte_perm(last[0], last[1], kTops), 0u, __byte_perm(last[2], last[3], kTops), 0u);
+      multiply(__byte_perm(e[0], e[1], kTops), __byte_perm(rest[0], rest[1], kTops), __byte_perm(e[2], e[3], kTops),
+               __byte_perm(rest[2], rest[3], kTops));
+      c0[0] += c0[2], c0[1] += c0[3], c1[0] += c1[2], c1[1] += c1[3];
+    } else {
+      const uint32_t sel = (a & 1) ? 0x7632u : 0x5410u;
+      multiply(__byte_perm(p[a >> 1], p[4 + (a >> 1)], sel), 0u, __byte_perm(p[8 + (a >> 1)], p[12 + (a >> 1)], sel),
+               0u);
+    }
+    // c0: b = 4t, 4t + 1; c1: b = 4t + 2, 4t + 3 (row g). j = 8 (b - 4t) + a.
     y[a] = c0[0], y[8 + a] = c0[1], y[16 + a] = c1[0], y[24 + a] = c1[1];
   }
   // H_8 over a (the low 3 bits of j).
@@ -730,11 +771,11 @@ __global__ void __launch_bounds__(kMmaWarps * 32, kMmaBlocksPerSm) append_mma_ke
   int token = tile * kMmaTokens + g;
   bool active = tile < tiles && token_kept(a, token, tokens_before + token);
   // The first keys' loads go out before the block stages its tables.
-  uint32_t p[16];
-  load_mma_row(a.k, input_row(token), t, active, vector_loads, p);
+  uint32_t p[kRowWords<kInput>];
+  load_mma_row<kInput>(a.k, input_row(token), t, active, vector_loads, p);
   stage_codebooks(a, books);
   for (int i = threadIdx.x; i < kMmaInner * 32; i += kMmaWarps * 32)
-    fragments[i] = rotation_fragments<kInput>(cache.sign_bits + static_cast<std::size_t>(kv_head) * cache.sign_words,
+    fragments[i] = rotation_fragments<kMmaF16<kInput>>(cache.sign_bits + static_cast<std::size_t>(kv_head) * cache.sign_words,
                                               i >> 5, lane);
   __syncthreads();  // the only block barrier: the rest is per warp
 
@@ -752,7 +793,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32, kMmaBlocksPerSm) append_mma_ke
   for (; tile < tiles; tile += tile_stride) {
     float y[kLaneCoords];
     rotate_mma<kInput>(p, fragments, lane, y);
-    load_mma_row(a.v, input_row(token), t, active, vector_loads, p);  // the values, while the keys encode
+    load_mma_row<kInput>(a.v, input_row(token), t, active, vector_loads, p);  // the values, while the keys encode
     encode_rotated<kInput, kKeyBits>(y, v, cache.format.key,
                                      vector_job(a, 0, token, kLaneCoords * t, kLaneCoords, group_bits), books, a);
     rotate_mma<kInput>(p, fragments, lane, y);
@@ -761,7 +802,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32, kMmaBlocksPerSm) append_mma_ke
     const int next = tile + tile_stride;
     token = next * kMmaTokens + g;
     active = next < tiles && token_kept(a, token, tokens_before + token);
-    load_mma_row(a.k, input_row(token), t, active, vector_loads, p);
+    load_mma_row<kInput>(a.k, input_row(token), t, active, vector_loads, p);
     encode_rotated<kInput, kValueBits>(y, v, cache.format.value, values, books, a);
   }
 }
@@ -783,23 +824,48 @@ __global__ void commit_tokens_kernel(const AppendLaunch a) {
   }
 }
 
+// The quantized pairs of decode_pairs.hpp's default build have their own kernels; other pairs
+// share one that switches on the formats (f16 and bf16 inputs only: with f32's three parts it
+// spills, so f32 inputs of those pairs take the butterfly encoder).
 template <int kKeyBits, int kValueBits>
 void launch_mma(const AppendLaunch& a, dim3 grid, double sqrt_d, cudaStream_t stream) {
-  if (a.input == InputKind::f16)
-    append_mma_kernel<InputKind::f16, kKeyBits, kValueBits><<<grid, kMmaWarps * 32, 0, stream>>>(a, sqrt_d);
-  else
-    append_mma_kernel<InputKind::bf16, kKeyBits, kValueBits><<<grid, kMmaWarps * 32, 0, stream>>>(a, sqrt_d);
+  constexpr int kThreads = kMmaWarps * 32;
+  if (a.input == InputKind::f16) {
+    append_mma_kernel<InputKind::f16, kKeyBits, kValueBits><<<grid, kThreads, 0, stream>>>(a, sqrt_d);
+  } else if (a.input == InputKind::bf16) {
+    append_mma_kernel<InputKind::bf16, kKeyBits, kValueBits><<<grid, kThreads, 0, stream>>>(a, sqrt_d);
+  } else if constexpr (kKeyBits != 0) {
+    append_mma_kernel<InputKind::f32, kKeyBits, kValueBits><<<grid, kThreads, 0, stream>>>(a, sqrt_d);
+  }
 }
 
-// The quantized pairs of decode_pairs.hpp's default build get their own kernels.
-void launch_mma_for_pair(const AppendLaunch& a, dim3 grid, double sqrt_d, cudaStream_t stream) {
+// (key bits, value bits) of the pairs with their own kernels.
+inline constexpr int kOwnMmaPairs[][2] = {{4, 4}, {3, 3}, {2, 2}, {8, 8}, {8, 4}};
+
+// Index of a's pair in kOwnMmaPairs, or -1.
+int own_mma_pair(const AppendLaunch& a) {
   const int kb = bits_of(a.cache.format.key), vb = bits_of(a.cache.format.value);
-  if (kb == 4 && vb == 4) return launch_mma<4, 4>(a, grid, sqrt_d, stream);
-  if (kb == 3 && vb == 3) return launch_mma<3, 3>(a, grid, sqrt_d, stream);
-  if (kb == 2 && vb == 2) return launch_mma<2, 2>(a, grid, sqrt_d, stream);
-  if (kb == 8 && vb == 8) return launch_mma<8, 8>(a, grid, sqrt_d, stream);
-  if (kb == 8 && vb == 4) return launch_mma<8, 4>(a, grid, sqrt_d, stream);
-  launch_mma<0, 0>(a, grid, sqrt_d, stream);
+  for (int i = 0; i < static_cast<int>(std::size(kOwnMmaPairs)); ++i)
+    if (kOwnMmaPairs[i][0] == kb && kOwnMmaPairs[i][1] == vb) return i;
+  return -1;
+}
+
+bool use_tensor_core_rotation(const AppendLaunch& a) {
+  return a.cache.head_dim == kMmaHeadDim && quantized(a.cache.format.key) && quantized(a.cache.format.value) &&
+         (a.input != InputKind::f32 || own_mma_pair(a) >= 0);
+}
+
+void launch_mma_for_pair(const AppendLaunch& a, dim3 grid, double sqrt_d, cudaStream_t stream) {
+  constexpr auto& P = kOwnMmaPairs;
+  switch (own_mma_pair(a)) {
+    case 0: launch_mma<P[0][0], P[0][1]>(a, grid, sqrt_d, stream); break;
+    case 1: launch_mma<P[1][0], P[1][1]>(a, grid, sqrt_d, stream); break;
+    case 2: launch_mma<P[2][0], P[2][1]>(a, grid, sqrt_d, stream); break;
+    case 3: launch_mma<P[3][0], P[3][1]>(a, grid, sqrt_d, stream); break;
+    case 4: launch_mma<P[4][0], P[4][1]>(a, grid, sqrt_d, stream); break;
+    default: launch_mma<0, 0>(a, grid, sqrt_d, stream); break;
+  }
+  static_assert(std::size(kOwnMmaPairs) == 5, "a case per pair");
 }
 
 }  // namespace

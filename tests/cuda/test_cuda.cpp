@@ -603,9 +603,9 @@ TEST_F(Cuda, AppendAwkwardChunksAndUnalignedInputs) {
   EXPECT_LE(double(stats.ties), kMaxTieFraction * double(stats.codes));
 }
 
-// The tensor-core encoder (f16 and bf16 inputs, head_dim 128, both formats quantized): every
-// built pair, chunks of 1 token, 97 (a partial warp tile of 16 tokens) and 300 (more than two
-// blocks of 128 tokens), aligned and unaligned inputs, contiguous and ring caches (the ring
+// The tensor-core encoder (head_dim 128, both formats quantized; f32 inputs as three bf16 parts):
+// every built pair and input type, chunks of 1 token, 97 (a partial warp tile of 8 tokens) and 300
+// (several tiles per warp), aligned and unaligned inputs, contiguous and ring caches (the ring
 // wraps inside the second chunk and keeps the last 64 of the third).
 TEST_F(Cuda, AppendTensorCoreRotationEveryPairAndChunk) {
   std::mt19937_64 rng(kSeed + 11);
@@ -613,7 +613,7 @@ TEST_F(Cuda, AppendTensorCoreRotationEveryPairAndChunk) {
   int trial = 0;
   for (const KvFormat f : built_pairs()) {
     if (!is_quantized(f.key) || !is_quantized(f.value)) continue;
-    for (const cuda::InputType t : {cuda::InputType::f16, cuda::InputType::bf16}) {
+    for (const cuda::InputType t : {cuda::InputType::f16, cuda::InputType::bf16, cuda::InputType::f32}) {
       const bool ring = (trial++ % 2) == 1;
       CacheConfig cfg = test::cache_config(f, 2, 128, ring ? 64 : 400, 3, ring);
       KvCache host(cfg);
