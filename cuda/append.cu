@@ -357,6 +357,24 @@ __device__ __forceinline__ void encode_lane(const float (&x)[kLaneCoords], doubl
   }
 }
 
+// The butterflies of lengths 1, 2, ... below kEnd over a lane's 32 coordinates: the lower of a
+// pair keeps a + b, the upper a - b. At length 16 (the lane's two halves) the upper is
+// fma(a, join_halves, -b): join_halves 0 keeps an upper half of zeros (a block of 16 followed by
+// coordinates past head_dim); fma(a, 1, -b) rounds as a - b.
+template <int kEnd>
+__device__ __forceinline__ void lane_butterflies(float (&x)[kLaneCoords], float join_halves = 1.0f) {
+#pragma unroll
+  for (int h = 1; h < kEnd; h <<= 1) {
+#pragma unroll
+    for (int j = 0; j < kLaneCoords; ++j) {
+      if (j & h) continue;
+      const float lo = x[j], hi = x[j + h];
+      x[j] = lo + hi;
+      x[j + h] = h == kLaneCoords / 2 ? fmaf(lo, join_halves, -hi) : lo - hi;
+    }
+  }
+}
+
 // float(1 / sqrt(double(block))) for a block of 2^k (the CPU's block factor), without double
 // arithmetic: 2^(-k/2) for even k; for odd k float(1 / sqrt(2.0)) times 2^(-(k - 1)/2), the
 // same float as scaling by a power of two is exact in double and in float.
@@ -564,16 +582,7 @@ __global__ void __launch_bounds__(kAppendWarps * 32, kAppendBlocksPerSm) append_
       x[j] = __int_as_float(__float_as_int(x[j]) ^ static_cast<int>((signs << (31 - j)) & 0x80000000u));
     // Lengths 1 to 8 stay inside every block (blocks are 16 or more); lanes past head_dim hold
     // zeros and keep them.
-#pragma unroll
-    for (int h = 1; h < kLaneCoords; h <<= 1) {
-#pragma unroll
-      for (int j = 0; j < kLaneCoords; ++j) {
-        if (j & h) continue;
-        const float lo = x[j], hi = x[j + h];
-        x[j] = lo + hi;
-        x[j + h] = h == kLaneCoords / 2 ? fmaf(lo, join_halves, -hi) : lo - hi;
-      }
-    }
+    lane_butterflies<kLaneCoords>(x, join_halves);
     for (int m = 1; m < v.lanes; m <<= 1) {
       // Partner lane l ^ m holds the other operands. The lower lane keeps a + b, the upper a - b:
       // fma(+-1, own, partner) rounds the exact own +- partner once, as the CPU's add or subtract.
@@ -615,8 +624,8 @@ inline constexpr int kMmaHeadDim = 128;
 inline constexpr int kMmaInner = 8;    // a: H_8, in registers
 inline constexpr int kMmaTokens = 8;   // tokens per warp tile (the mma's rows g)
 inline constexpr int kMmaWarps = 8;        // warps per block
-inline constexpr int kMmaBlocksPerSm = 2;  // 128 registers (r83: 3 blocks of 8 or 5 of 4 warps spill and are no faster)
-
+// 128 registers. Fewer spill: 3 blocks of 8 warps were 12 % slower (r82), 5 blocks of 4 no faster (r83).
+inline constexpr int kMmaBlocksPerSm = 2;
 
 // The mma's operand type: f16 for f16 inputs, bf16 for bf16 inputs and for the three bf16 parts
 // of an f32 input (below).
@@ -739,16 +748,7 @@ __device__ __forceinline__ void rotate_mma(const uint32_t (&p)[kRowWords<kInput>
     // c0: b = 4t, 4t + 1; c1: b = 4t + 2, 4t + 3 (row g). j = 8 (b - 4t) + a.
     y[a] = c0[0], y[8 + a] = c0[1], y[16 + a] = c1[0], y[24 + a] = c1[1];
   }
-  // H_8 over a (the low 3 bits of j).
-#pragma unroll
-  for (int h = 1; h < kMmaInner; h <<= 1) {
-#pragma unroll
-    for (int j = 0; j < kLaneCoords; ++j) {
-      if (j & h) continue;
-      const float lo = y[j], hi = y[j + h];
-      y[j] = lo + hi, y[j + h] = lo - hi;
-    }
-  }
+  lane_butterflies<kMmaInner>(y);  // H_8 over a (the low 3 bits of j)
 }
 
 // kKeyBits, kValueBits: the formats' bits, compiled in for the built pairs (one path each: fewer
@@ -774,9 +774,9 @@ __global__ void __launch_bounds__(kMmaWarps * 32, kMmaBlocksPerSm) append_mma_ke
   uint32_t p[kRowWords<kInput>];
   load_mma_row<kInput>(a.k, input_row(token), t, active, vector_loads, p);
   stage_codebooks(a, books);
+  const uint32_t* signs = cache.sign_bits + static_cast<std::size_t>(kv_head) * cache.sign_words;
   for (int i = threadIdx.x; i < kMmaInner * 32; i += kMmaWarps * 32)
-    fragments[i] = rotation_fragments<kMmaF16<kInput>>(cache.sign_bits + static_cast<std::size_t>(kv_head) * cache.sign_words,
-                                              i >> 5, lane);
+    fragments[i] = rotation_fragments<kMmaF16<kInput>>(signs, i >> 5, lane);
   __syncthreads();  // the only block barrier: the rest is per warp
 
   LaneVector v;
