@@ -30,7 +30,7 @@
 // History (H100, a 32k-token tq4 chunk, head_dim 128, 8 KV heads; performance-notes.md): the
 // butterfly encoder was issue-bound at ~171 warp instructions per vector (r54: f16 input 132 us,
 // 43 % of a copy). The tensor-core encoder with float sums executes ~102 (r83: f16 and bf16 95 us,
-// 60 %); the float sums took the butterfly encoder's f32 input from 177 to 165 us.
+// 60 %); f32 through it (r88) 145 us, 70 % of its copy time, from 177 us.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -244,7 +244,7 @@ __device__ __forceinline__ uint32_t level_offset_of(float z, const CodeTables& t
 // (format.hpp: code i at bits [b i, b i + b)), into kBits words: the lane's 32 codes are exactly
 // kBits 32-bit words. Coordinates past head_dim (j >= count) get code 0 and add nothing to the
 // least-squares sums zc = sum z c and cc = sum c^2, which the lane keeps in float (four chains of
-// at most 8 terms: see kPartialSumRoundings).
+// at most 8 terms; test_cuda's kScaleRelative gives the bound this leads to).
 template <int kBits>
 __device__ __forceinline__ void quantize_lane(const float (&r)[kLaneCoords], float to_unit, int count,
                                               const CodeTables& t, uint32_t (&words)[kBits], float& zc,
