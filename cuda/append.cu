@@ -300,9 +300,6 @@ struct LaneVector {
   int lanes;           // G: lanes of the group
   int group_lane;      // l in [0, G)
   int count;           // coordinates of the lane inside head_dim: 32, 16 or 0
-  int block;           // size of the Hadamard block holding them (0 when count is 0)
-  float block_factor;  // float(1 / sqrt(block)), as the CPU's block_hadamard()
-  uint32_t signs;      // the lane's 32 sign bits (bit j: coordinate 32 l + j is negated)
   double sqrt_d;
   // The stored scale is s / sqrt(d) for normalised blocks; the tensor-core rotation leaves its
   // block unnormalised, so there s / (sqrt(d) sqrt(block)). This is the reciprocal.
@@ -497,15 +494,16 @@ __device__ __forceinline__ bool token_kept(const AppendLaunch& a, int t, int64_t
   return t < a.n_tokens && (c.ring ? !(a.n_tokens > c.capacity && t < a.n_tokens - c.capacity) : position < c.capacity);
 }
 
-// The job of the key (which 0) or value (1) of token t: its row, its scale, the lane's inputs.
-__device__ __forceinline__ VectorJob vector_job(const AppendLaunch& a, int which, int t, int lane_first,
-                                                int lane_count, unsigned group_bits) {
+// The job of the key (which 0) or value (1) of token t of the block's sequence, which held
+// tokens_before tokens before the chunk: its row, its scale, the lane's inputs.
+__device__ __forceinline__ VectorJob vector_job(const AppendLaunch& a, int which, int t, int64_t tokens_before,
+                                                int lane_first, int lane_count, unsigned group_bits) {
   const CacheView& c = a.cache;
   VectorJob job;
   job.which = which;
   job.seq = a.seq_begin + blockIdx.z;
   job.kv_head = blockIdx.y;
-  job.position = c.tokens[job.seq] + t;
+  job.position = tokens_before + t;
   job.active = token_kept(a, t, job.position);
   job.count = job.active ? lane_count : 0;
   job.input = which ? a.v : a.k;
@@ -544,21 +542,24 @@ __global__ void __launch_bounds__(kAppendWarps * 32, kAppendBlocksPerSm) append_
   if (__all_sync(kFullMask, !token_kept(a, t, cache.tokens[a.seq_begin + blockIdx.z] + t)))
     return;  // whole warps only: the rest shuffles
 
-  const int kv_head = blockIdx.y;
-  // The blocks are D's set bits, largest first: the one holding `first` is bit_floor(D ^ first).
-  const int log2_block = 31 - __clz(D ^ first);
-  v.block = v.count > 0 ? 1 << log2_block : 0;
-  v.block_factor = v.count > 0 ? block_factor_of(log2_block) : 0.0f;
-  v.signs = v.count > 0 ? cache.sign_bits[static_cast<std::size_t>(kv_head) * cache.sign_words + v.group_lane] : 0u;
   v.sqrt_d = sqrt_head_dim;
   v.inv_scale_divisor = 1.0 / sqrt_head_dim;
+  // The rotation of the lane's coordinates. The Hadamard blocks are D's set bits, largest first:
+  // the one holding `first` is bit_floor(D ^ first); block_factor is float(1 / sqrt(block)), as
+  // the CPU's block_hadamard(); signs bit j negates coordinate first + j.
+  const int log2_block = 31 - __clz(D ^ first);
+  const int block = v.count > 0 ? 1 << log2_block : 0;
+  const float block_factor = v.count > 0 ? block_factor_of(log2_block) : 0.0f;
+  const uint32_t lane_signs =
+      v.count > 0 ? cache.sign_bits[static_cast<std::size_t>(blockIdx.y) * cache.sign_words + v.group_lane] : 0u;
   // Length 16 joins the lane's two halves unless its block is 16 (then the upper half is past
   // head_dim): upper = fma(lower, 1, -upper) rounds lower - upper once; with 0 it keeps the zeros.
-  const float join_halves = v.block > kLaneCoords / 2 ? 1.0f : 0.0f;
+  const float join_halves = block > kLaneCoords / 2 ? 1.0f : 0.0f;
 
 #pragma unroll 1
   for (int which = 0; which < 2; ++which) {
-    const VectorJob job = vector_job(a, which, t, first, v.count, group_bits);
+    // (The token count is reloaded rather than kept: a register more spills at this kernel's 80.)
+    const VectorJob job = vector_job(a, which, t, cache.tokens[a.seq_begin + blockIdx.z], first, v.count, group_bits);
     const Format f = which ? cache.format.value : cache.format.key;
     float x[kLaneCoords];
     load_lane<kInput>(job.input, job.in_at, job.count, (reinterpret_cast<uintptr_t>(job.input) & 15) == 0, x);
@@ -575,7 +576,7 @@ __global__ void __launch_bounds__(kAppendWarps * 32, kAppendBlocksPerSm) append_
 
     // r = H S x: signs, then the butterflies of length 1, 2, 4, ... (fwht_unnormalized()). The
     // empty asm keeps the 32 shifted sign masks from being hoisted out of the loop (32 registers).
-    uint32_t signs = v.signs;
+    uint32_t signs = lane_signs;
     asm("" : "+r"(signs));
 #pragma unroll
     for (int j = 0; j < kLaneCoords; ++j)
@@ -586,7 +587,7 @@ __global__ void __launch_bounds__(kAppendWarps * 32, kAppendBlocksPerSm) append_
     for (int m = 1; m < v.lanes; m <<= 1) {
       // Partner lane l ^ m holds the other operands. The lower lane keeps a + b, the upper a - b:
       // fma(+-1, own, partner) rounds the exact own +- partner once, as the CPU's add or subtract.
-      const bool on = m * kLaneCoords < v.block;
+      const bool on = m * kLaneCoords < block;
       const float own_sign = (v.group_lane & m) ? -1.0f : 1.0f;
 #pragma unroll
       for (int j = 0; j < kLaneCoords; ++j) {
@@ -595,7 +596,7 @@ __global__ void __launch_bounds__(kAppendWarps * 32, kAppendBlocksPerSm) append_
       }
     }
 #pragma unroll
-    for (int j = 0; j < kLaneCoords; ++j) x[j] *= v.block_factor;
+    for (int j = 0; j < kLaneCoords; ++j) x[j] *= block_factor;
     encode_rotated<kInput>(x, v, f, job, books, a);
   }
 }
@@ -605,10 +606,10 @@ __global__ void __launch_bounds__(kAppendWarps * 32, kAppendBlocksPerSm) append_
 // H_128 = H_16 (x) H_8 on coordinates i = 8 b + a (b < 16 outer, a < 8 inner): for each a, the
 // 16-point transform over b is an m16n8k16 mma pair whose rows g < 8 are 8 tokens (rows 8-15 are
 // zeros: two tokens per lane would need 64 registers of outputs), exact inputs (f16/bf16, f32 as
-// three bf16 parts, and +-1) with fp32 sums; the 8-point transform over a then runs in registers. B's columns are
-// permuted so that lane (g, t) receives b = 4t .. 4t + 3, i.e. coordinates [32 t, 32 t + 32) of
-// token g: the butterfly encoder's layout (4 lanes of 32 coordinates per vector), so the same
-// encode_rotated() follows. The signs S are folded into B (one B per a: 8 x 2 fragments, built
+// three bf16 parts, and +-1) with fp32 sums; the 8-point transform over a then runs in registers.
+// B's columns are permuted so that lane (g, t) receives b = 4t .. 4t + 3, i.e. coordinates
+// [32 t, 32 t + 32) of token g: the butterfly encoder's layout (4 lanes of 32 coordinates per
+// vector), so the same encode_rotated() follows. The signs S are folded into B (one B per a: 8 x 2 fragments, built
 // once per block in shared memory). 1/sqrt(128) is left out of the rotation and out of the scale
 // instead (z is scale-invariant).
 //
@@ -783,9 +784,6 @@ __global__ void __launch_bounds__(kMmaWarps * 32, kMmaBlocksPerSm) append_mma_ke
   v.lanes = kMmaHeadDim / kLaneCoords;
   v.group_lane = t;
   v.count = kLaneCoords;
-  v.block = kMmaHeadDim;
-  v.block_factor = 1.0f;
-  v.signs = 0u;
   v.sqrt_d = sqrt_head_dim;
   v.inv_scale_divisor = 1.0 / (sqrt_head_dim * sqrt(static_cast<double>(kMmaHeadDim)));
   const unsigned group_bits = 0xfu << (4 * g);
@@ -795,9 +793,9 @@ __global__ void __launch_bounds__(kMmaWarps * 32, kMmaBlocksPerSm) append_mma_ke
     rotate_mma<kInput>(p, fragments, lane, y);
     load_mma_row<kInput>(a.v, input_row(token), t, active, vector_loads, p);  // the values, while the keys encode
     encode_rotated<kInput, kKeyBits>(y, v, cache.format.key,
-                                     vector_job(a, 0, token, kLaneCoords * t, kLaneCoords, group_bits), books, a);
+                                     vector_job(a, 0, token, tokens_before, kLaneCoords * t, kLaneCoords, group_bits), books, a);
     rotate_mma<kInput>(p, fragments, lane, y);
-    const VectorJob values = vector_job(a, 1, token, kLaneCoords * t, kLaneCoords, group_bits);
+    const VectorJob values = vector_job(a, 1, token, tokens_before, kLaneCoords * t, kLaneCoords, group_bits);
     // The next tile's keys, while these values encode.
     const int next = tile + tile_stride;
     token = next * kMmaTokens + g;
