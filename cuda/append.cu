@@ -24,8 +24,8 @@
 // coordinates of a block of 16 and 16 past head_dim: a lane's butterflies of length h run while h
 // is below its block's size, and a partner lane is then in the same block.
 //
-// Codes: tq2 to tq4 look z up in a code grid (launch.hpp: one bucket, one comparison); tq8
-// bisects its 255 boundaries.
+// Codes: tq2 to tq4 look z up in a code grid (launch.hpp: one bucket, one shared load, one
+// comparison); tq8 bisects its 255 boundaries.
 //
 // History (H100, a 32k-token tq4 chunk, head_dim 128, 8 KV heads; performance-notes.md): the
 // butterfly encoder was issue-bound at ~171 warp instructions per vector (r54: f16 input 132 us,
@@ -197,36 +197,65 @@ __device__ __forceinline__ float lds_f32(uint32_t address) {
   asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(address));
   return v;
 }
-__device__ __forceinline__ uint32_t lds_u8(uint32_t address) {
+__device__ __forceinline__ uint32_t lds_u32(uint32_t address) {
   uint32_t v;
-  asm volatile("ld.shared.u8 %0, [%1];" : "=r"(v) : "r"(address));
+  asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(address));
   return v;
 }
 
-// A code grid's buckets split into their two fields: 64 floats span the 32 banks twice (at most
-// two wavefronts for a warp's lookups, against 4.6 on average for the 8-byte CodeBucket array)
-// and 64 bytes fit one wavefront. The base is kept as the byte offset of its level (4 base).
-struct GridTable {
-  float bound[kCodeBuckets];
-  uint8_t base_level[kCodeBuckets];
+// A code grid in shared memory, in one of two layouts; each bucket holds its boundary and 4 x the
+// code below it (the byte offset of its level, which the packing shifts by 2 less).
+// - Pairs (grid_pairs: f16/bf16 inputs, formats compiled in): an 8-byte {bound, code4} entry per bucket, one load for both, stored
+//   kGridCopies times, copy k for the lanes l with l % 16 = k: the 16 lanes of an 8-byte load's
+//   phase hit 16 different bank pairs whatever their buckets (the 2 wavefronts a warp's 256 bytes
+//   need).
+// - Columns (the other kernels): bound[b][l] and code4[b][l] for lane l, two 4-byte loads at one address
+//   and never a bank conflict.
+// r54-r92 kept the 64 bounds and the 64 bases once each: two loads at two addresses, and ~2.1 M
+// bank conflicts per 6.8 M shared loads in the f16 kernel (ncu r95).
+struct alignas(8) GridEntry {
+  float bound;
+  uint32_t code4;
 };
+inline constexpr int kGridCopies = 16;
+struct GridColumns {
+  float bound[kCodeBuckets][32];
+  uint32_t code4[kCodeBuckets][32];
+};
+union GridTable {
+  GridEntry pairs[kCodeBuckets * kGridCopies];
+  GridColumns columns;
+};
+// Bytes from one bucket to the next, in both layouts.
+inline constexpr uint32_t kGridBucketBytes = 128;
+static_assert(kGridCopies * sizeof(GridEntry) == kGridBucketBytes && 32 * 4 == kGridBucketBytes);
+
+// The grid layout (GridTable) of the kernels encoding f16/bf16 inputs in formats known at compile
+// time (kBits != 0); the f32 kernels, the tensor-core kernel that switches on the formats and the
+// butterfly kernel spilled 12-32 bytes with the pairs' per-lane copy offset, and take columns.
+constexpr bool grid_pairs(InputKind input, int bits) { return input != InputKind::f32 && bits != 0; }
 
 // One format's codebook in shared memory (addresses) and its code grid (launch.hpp).
 struct CodeTables {
   uint32_t bounds;   // 2^b - 1 floats (tq8's bisection)
   uint32_t levels;   // 2^b floats
-  uint32_t grid;     // GridTable (tq2, tq3, tq4)
+  uint32_t grid;     // the GridTable (tq2, tq3, tq4) plus this lane's offset in it
   float scale, offset;
 };
 
-// 4 x the count of boundaries <= z (Codebook::quantize): the code's level byte offset, which
-// addresses the level without a multiply; the packing shifts by 2 less.
-template <int kBits>
+// 4 x the count of boundaries <= z (Codebook::quantize), from the grid's pairs or its columns.
+template <int kBits, bool kPairLoad>
 __device__ __forceinline__ uint32_t level_offset_of(float z, const CodeTables& t, float middle) {
   if constexpr (kBits <= 4) {
-    const uint32_t b = code_bucket(z, t.scale, t.offset);
-    const float bound = lds_f32(t.grid + offsetof(GridTable, bound) + 4 * b);
-    uint32_t code4 = lds_u8(t.grid + offsetof(GridTable, base_level) + b);
+    const uint32_t at = t.grid + code_bucket(z, t.scale, t.offset) * kGridBucketBytes;
+    float bound;
+    uint32_t code4;
+    if constexpr (kPairLoad) {
+      asm volatile("ld.shared.v2.b32 {%0, %1}, [%2];" : "=f"(bound), "=r"(code4) : "r"(at));
+    } else {
+      bound = lds_f32(at + offsetof(GridColumns, bound));
+      code4 = lds_u32(at + offsetof(GridColumns, code4));
+    }
     // A compare and a predicated add (the ternary became a compare, a select and a multiply-add).
     asm("{\n.reg .pred p;\nsetp.ge.f32 p, %1, %2;\n@p add.u32 %0, %0, 4;\n}" : "+r"(code4) : "f"(z), "f"(bound));
     return code4;
@@ -245,7 +274,7 @@ __device__ __forceinline__ uint32_t level_offset_of(float z, const CodeTables& t
 // kBits 32-bit words. Coordinates past head_dim (j >= count) get code 0 and add nothing to the
 // least-squares sums zc = sum z c and cc = sum c^2, which the lane keeps in float (four chains of
 // at most 8 terms; test_cuda's kScaleRelative gives the bound this leads to).
-template <int kBits>
+template <int kBits, bool kPairLoad>
 __device__ __forceinline__ void quantize_lane(const float (&r)[kLaneCoords], float to_unit, int count,
                                               const CodeTables& t, uint32_t (&words)[kBits], float& zc,
                                               float& cc) {
@@ -260,7 +289,7 @@ __device__ __forceinline__ void quantize_lane(const float (&r)[kLaneCoords], flo
 #pragma unroll
     for (int j = half; j < half + kLaneCoords / 2; ++j) {
       const float z = r[j] * to_unit;
-      const uint32_t code4 = level_offset_of<kBits>(z, t, middle);  // 4 code
+      const uint32_t code4 = level_offset_of<kBits, kPairLoad>(z, t, middle);  // 4 code
       const float c = lds_f32(t.levels + code4);
       zc_part[j % 4] = fmaf(z, c, zc_part[j % 4]);
       cc_part[j % 4] = fmaf(c, c, cc_part[j % 4]);
@@ -326,7 +355,7 @@ __device__ __forceinline__ double group_norm2(const float (&x)[kLaneCoords], int
 // The lane's part of a rotated vector x of squared norm norm2: codes and scale; stores the lane's
 // words of the row and, from the group's lane 0, the scale, unless !write. Every lane of the warp
 // calls it (shuffles).
-template <int kBits>
+template <int kBits, bool kPairLoad>
 __device__ __forceinline__ void encode_lane(const float (&x)[kLaneCoords], double norm2, const LaneVector& v,
                                             bool write, bool least_squares, const CodeTables& tables, uint8_t* row,
                                             int row_bytes, float* scale) {
@@ -338,7 +367,7 @@ __device__ __forceinline__ void encode_lane(const float (&x)[kLaneCoords], doubl
   const float to_unit = static_cast<float>(v.sqrt_d * inv_norm);
   uint32_t words[kBits];
   float zc, cc;
-  quantize_lane<kBits>(x, to_unit, v.count, tables, words, zc, cc);
+  quantize_lane<kBits, kPairLoad>(x, to_unit, v.count, tables, words, zc, cc);
   zc = group_sum(zc, v.lanes);
   cc = group_sum(cc, v.lanes);
   if (!write) return;
@@ -405,10 +434,11 @@ __device__ __forceinline__ void prefetch_lane_inputs(const AppendLaunch& a) {
 struct SharedCodebooks {
   float levels[2][kMaxCodes];
   float bounds[2][kMaxCodes];
-  GridTable grids[2];
+  GridTable grids[2];  // pairs or columns: kPairLoad of the kernel's encode_rotated()
 };
 
-__device__ void stage_codebooks(const AppendLaunch& a, SharedCodebooks& books) {
+// pairs: the grids' layout (GridTable) for encode_rotated()'s kPairLoad.
+__device__ void stage_codebooks(const AppendLaunch& a, SharedCodebooks& books, bool pairs) {
   for (int which = 0; which < 2; ++which) {
     const Format f = which ? a.cache.format.value : a.cache.format.key;
     if (!quantized(f)) continue;
@@ -417,10 +447,15 @@ __device__ void stage_codebooks(const AppendLaunch& a, SharedCodebooks& books) {
     for (int i = threadIdx.x; i < n; i += blockDim.x) books.levels[which][i] = l[i];
     if (n - 1 <= kMaxGridBoundaries) {
       const CodeBucket* g = (which ? a.v_grid : a.k_grid).buckets;
-      for (int i = threadIdx.x; i < kCodeBuckets; i += blockDim.x) {
-        const CodeBucket bucket = g[i];
-        books.grids[which].bound[i] = bucket.bound;
-        books.grids[which].base_level[i] = static_cast<uint8_t>(4 * bucket.base);
+      const int copies = pairs ? kGridCopies : 32;
+      for (int i = threadIdx.x; i < kCodeBuckets * copies; i += blockDim.x) {
+        const CodeBucket bucket = g[i / copies];
+        if (pairs) {
+          books.grids[which].pairs[i] = GridEntry{bucket.bound, 4 * bucket.base};
+        } else {
+          books.grids[which].columns.bound[i / 32][i % 32] = bucket.bound;
+          books.grids[which].columns.code4[i / 32][i % 32] = 4 * bucket.base;
+        }
       }
     } else {
       const float* b = which ? a.v_boundaries : a.k_boundaries;
@@ -470,19 +505,22 @@ __device__ __forceinline__ void encode_rotated(const float (&x)[kLaneCoords], co
                                    v.group_lane, a)) &&
                      job.active;
   const CodeGrid& grid = job.which ? a.v_grid : a.k_grid;
+  constexpr bool kPairLoad = grid_pairs(kInput, kBits);
+  const uint32_t lane_offset = kPairLoad ? threadIdx.x % kGridCopies * sizeof(GridEntry) : threadIdx.x % 32 * 4;
   const CodeTables tables{static_cast<uint32_t>(__cvta_generic_to_shared(books.bounds[job.which])),
                           static_cast<uint32_t>(__cvta_generic_to_shared(books.levels[job.which])),
-                          static_cast<uint32_t>(__cvta_generic_to_shared(&books.grids[job.which])), grid.scale,
+                          static_cast<uint32_t>(__cvta_generic_to_shared(&books.grids[job.which])) + lane_offset,
+                          grid.scale,
                           grid.offset};
   if constexpr (kBits != 0) {
-    encode_lane<kBits>(x, norm2, v, write, a.least_squares, tables, job.row, job.row_bytes, job.scale);
+    encode_lane<kBits, kPairLoad>(x, norm2, v, write, a.least_squares, tables, job.row, job.row_bytes, job.scale);
     return;
   }
   switch (f) {
-    case Format::tq2: encode_lane<2>(x, norm2, v, write, a.least_squares, tables, job.row, job.row_bytes, job.scale); break;
-    case Format::tq3: encode_lane<3>(x, norm2, v, write, a.least_squares, tables, job.row, job.row_bytes, job.scale); break;
-    case Format::tq4: encode_lane<4>(x, norm2, v, write, a.least_squares, tables, job.row, job.row_bytes, job.scale); break;
-    default: encode_lane<8>(x, norm2, v, write, a.least_squares, tables, job.row, job.row_bytes, job.scale); break;
+    case Format::tq2: encode_lane<2, kPairLoad>(x, norm2, v, write, a.least_squares, tables, job.row, job.row_bytes, job.scale); break;
+    case Format::tq3: encode_lane<3, kPairLoad>(x, norm2, v, write, a.least_squares, tables, job.row, job.row_bytes, job.scale); break;
+    case Format::tq4: encode_lane<4, kPairLoad>(x, norm2, v, write, a.least_squares, tables, job.row, job.row_bytes, job.scale); break;
+    default: encode_lane<8, kPairLoad>(x, norm2, v, write, a.least_squares, tables, job.row, job.row_bytes, job.scale); break;
   }
 }
 
@@ -524,7 +562,7 @@ __global__ void __launch_bounds__(kAppendWarps * 32, kAppendBlocksPerSm) append_
   __shared__ SharedCodebooks books;
   const CacheView& cache = a.cache;
   prefetch_lane_inputs<kInput>(a);
-  stage_codebooks(a, books);
+  stage_codebooks(a, books, grid_pairs(kInput, 0));
   __syncthreads();  // the only block barrier: the rest is per warp
 
   const int D = cache.head_dim;
@@ -756,6 +794,7 @@ __device__ __forceinline__ void rotate_mma(const uint32_t (&p)[kRowWords<kInput>
 // instructions to fetch and registers); 0 for the formats' bits at run time.
 template <InputKind kInput, int kKeyBits, int kValueBits>
 __global__ void __launch_bounds__(kMmaWarps * 32, kMmaBlocksPerSm) append_mma_kernel(const AppendLaunch a, double sqrt_head_dim) {
+  static_assert((kKeyBits == 0) == (kValueBits == 0), "both formats compiled in, or neither");
   __shared__ SharedCodebooks books;
   __shared__ uint4 fragments[kMmaInner * 32];
   const CacheView& cache = a.cache;
@@ -774,7 +813,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32, kMmaBlocksPerSm) append_mma_ke
   // The first keys' loads go out before the block stages its tables.
   uint32_t p[kRowWords<kInput>];
   load_mma_row<kInput>(a.k, input_row(token), t, active, vector_loads, p);
-  stage_codebooks(a, books);
+  stage_codebooks(a, books, grid_pairs(kInput, kValueBits));
   const uint32_t* signs = cache.sign_bits + static_cast<std::size_t>(kv_head) * cache.sign_words;
   for (int i = threadIdx.x; i < kMmaInner * 32; i += kMmaWarps * 32)
     fragments[i] = rotation_fragments<kMmaF16<kInput>>(signs, i >> 5, lane);
