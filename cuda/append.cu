@@ -38,6 +38,7 @@
 #include <algorithm>
 #include <cmath>
 #include <iterator>
+#include <type_traits>
 
 #include "device_common.cuh"
 #include "launch.hpp"
@@ -206,12 +207,12 @@ __device__ __forceinline__ uint32_t lds_u32(uint32_t address) {
 
 // A code grid in shared memory, in one of two layouts; each bucket holds its boundary and 4 x the
 // code below it (the byte offset of its level, which the packing shifts by 2 less).
-// - Pairs (grid_pairs: f16/bf16 inputs, formats compiled in): an 8-byte {bound, code4} entry per bucket, one load for both, stored
-//   kGridCopies times, copy k for the lanes l with l % 16 = k: the 16 lanes of an 8-byte load's
-//   phase hit 16 different bank pairs whatever their buckets (the 2 wavefronts a warp's 256 bytes
-//   need).
-// - Columns (the other kernels): bound[b][l] and code4[b][l] for lane l, two 4-byte loads at one address
-//   and never a bank conflict.
+// - Pairs (grid_pairs: f16/bf16 inputs, formats compiled in): an 8-byte {bound, code4} entry per
+//   bucket, one load for both, stored kGridCopies times, copy k for the lanes l with l % 16 = k:
+//   the 16 lanes of an 8-byte load's phase hit 16 different bank pairs whatever their buckets
+//   (the 2 wavefronts a warp's 256 bytes need).
+// - Columns (the other kernels): bound[b][l] and code4[b][l] for lane l, two 4-byte loads at one
+//   address and never a bank conflict.
 // r54-r92 kept the 64 bounds and the 64 bases once each: two loads at two addresses, and ~2.1 M
 // bank conflicts per 6.8 M shared loads in the f16 kernel (ncu r95).
 struct alignas(8) GridEntry {
@@ -438,8 +439,9 @@ struct SharedCodebooks {
   GridTable grids[2];  // pairs or columns: kPairLoad of the kernel's encode_rotated()
 };
 
-// pairs: the grids' layout (GridTable) for encode_rotated()'s kPairLoad.
-__device__ void stage_codebooks(const AppendLaunch& a, SharedCodebooks& books, bool pairs) {
+// kPairs: the grids' layout (GridTable), encode_rotated()'s kPairLoad.
+template <bool kPairs>
+__device__ void stage_codebooks(const AppendLaunch& a, SharedCodebooks& books) {
   for (int which = 0; which < 2; ++which) {
     const Format f = which ? a.cache.format.value : a.cache.format.key;
     if (!quantized(f)) continue;
@@ -448,10 +450,10 @@ __device__ void stage_codebooks(const AppendLaunch& a, SharedCodebooks& books, b
     for (int i = threadIdx.x; i < n; i += blockDim.x) books.levels[which][i] = l[i];
     if (n - 1 <= kMaxGridBoundaries) {
       const CodeBucket* g = (which ? a.v_grid : a.k_grid).buckets;
-      const int copies = pairs ? kGridCopies : 32;
-      for (int i = threadIdx.x; i < kCodeBuckets * copies; i += blockDim.x) {
-        const CodeBucket bucket = g[i / copies];
-        if (pairs) {
+      constexpr int kCopies = kPairs ? kGridCopies : 32;
+      for (int i = threadIdx.x; i < kCodeBuckets * kCopies; i += blockDim.x) {
+        const CodeBucket bucket = g[i / kCopies];
+        if constexpr (kPairs) {
           books.grids[which].pairs[i] = GridEntry{bucket.bound, 4 * bucket.base};
         } else {
           books.grids[which].columns.bound[i / 32][i % 32] = bucket.bound;
@@ -513,15 +515,19 @@ __device__ __forceinline__ void encode_rotated(const float (&x)[kLaneCoords], co
                           static_cast<uint32_t>(__cvta_generic_to_shared(&books.grids[job.which])) + lane_offset,
                           grid.scale,
                           grid.offset};
+  auto encode = [&](auto bits) {
+    encode_lane<decltype(bits)::value, kPairLoad>(x, norm2, v, write, a.least_squares, tables, job.row,
+                                                  job.row_bytes, job.scale);
+  };
   if constexpr (kBits != 0) {
-    encode_lane<kBits, kPairLoad>(x, norm2, v, write, a.least_squares, tables, job.row, job.row_bytes, job.scale);
-    return;
-  }
-  switch (f) {
-    case Format::tq2: encode_lane<2, kPairLoad>(x, norm2, v, write, a.least_squares, tables, job.row, job.row_bytes, job.scale); break;
-    case Format::tq3: encode_lane<3, kPairLoad>(x, norm2, v, write, a.least_squares, tables, job.row, job.row_bytes, job.scale); break;
-    case Format::tq4: encode_lane<4, kPairLoad>(x, norm2, v, write, a.least_squares, tables, job.row, job.row_bytes, job.scale); break;
-    default: encode_lane<8, kPairLoad>(x, norm2, v, write, a.least_squares, tables, job.row, job.row_bytes, job.scale); break;
+    encode(std::integral_constant<int, kBits>{});
+  } else {
+    switch (f) {
+      case Format::tq2: encode(std::integral_constant<int, 2>{}); break;
+      case Format::tq3: encode(std::integral_constant<int, 3>{}); break;
+      case Format::tq4: encode(std::integral_constant<int, 4>{}); break;
+      default: encode(std::integral_constant<int, 8>{}); break;
+    }
   }
 }
 
@@ -563,7 +569,7 @@ __global__ void __launch_bounds__(kAppendWarps * 32, kAppendBlocksPerSm) append_
   __shared__ SharedCodebooks books;
   const CacheView& cache = a.cache;
   prefetch_lane_inputs<kInput>(a);
-  stage_codebooks(a, books, grid_pairs(kInput, 0));
+  stage_codebooks<grid_pairs(kInput, 0)>(a, books);
   __syncthreads();  // the only block barrier: the rest is per warp
 
   const int D = cache.head_dim;
@@ -814,7 +820,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32, kMmaBlocksPerSm) append_mma_ke
   // The first keys' loads go out before the block stages its tables.
   uint32_t p[kRowWords<kInput>];
   load_mma_row<kInput>(a.k, input_row(token), t, active, vector_loads, p);
-  stage_codebooks(a, books, grid_pairs(kInput, kValueBits));
+  stage_codebooks<grid_pairs(kInput, kValueBits)>(a, books);
   const uint32_t* signs = cache.sign_bits + static_cast<std::size_t>(kv_head) * cache.sign_words;
   for (int i = threadIdx.x; i < kMmaInner * 32; i += kMmaWarps * 32)
     fragments[i] = rotation_fragments<kMmaF16<kInput>>(signs, i >> 5, lane);
@@ -927,9 +933,8 @@ cudaError_t launch_append(const AppendLaunch& a, cudaStream_t stream) {
   const double sqrt_d = std::sqrt(static_cast<double>(a.cache.head_dim));
   if (use_tensor_core_rotation(a)) {
     // About one wave of blocks over all (KV head, sequence) pairs; each warp loops over tiles.
-    int device = 0, sms = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    int sms = 0;
+    const cudaError_t err = current_sm_count(&sms);
     if (err != cudaSuccess) return err;
     const int tiles = (a.n_tokens + kMmaTokens - 1) / kMmaTokens;
     const int one_tile_each = (tiles + kMmaWarps - 1) / kMmaWarps;

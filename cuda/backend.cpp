@@ -47,10 +47,8 @@ constexpr std::size_t kInitialWorkspaceBytes = std::size_t{32} << 20;
 constexpr std::size_t kWorkspaceAlignment = 256;
 
 int sm_count() {
-  int device = 0, count = 0;
-  check_cuda(cudaGetDevice(&device), "decode_attention: cudaGetDevice");
-  check_cuda(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device),
-             "decode_attention: cudaDeviceGetAttribute");
+  int count = 0;
+  check_cuda(current_sm_count(&count), "decode_attention: the device's SM count");
   return count;
 }
 

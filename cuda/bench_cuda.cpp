@@ -518,6 +518,24 @@ void run(const Shape& s, const Plan& plan, const DevicePattern& pattern, std::ve
   cudaStreamDestroy(stream);
 }
 
+const char* input_name(cuda::InputType type) {
+  return type == cuda::InputType::f32 ? "f32" : type == cuda::InputType::f16 ? "f16" : "bf16";
+}
+
+// kPatternBytes of standard normal append inputs in `type`'s encoding.
+std::vector<uint8_t> append_input_pattern(cuda::InputType type) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal;
+  std::vector<uint8_t> bytes(kPatternBytes);
+  const std::size_t size = type == cuda::InputType::f32 ? 4 : 2;
+  for (std::size_t i = 0; i < kPatternBytes; i += size) {
+    const float x = normal(rng);
+    const uint16_t h = type == cuda::InputType::f16 ? float_to_half(x) : float_to_bf16(x);
+    std::memcpy(&bytes[i], size == 4 ? static_cast<const void*>(&x) : &h, size);
+  }
+  return bytes;
+}
+
 // Append of one 32k-token chunk to one sequence (8 KV heads, d = 128): bytes read (K and V
 // inputs) plus bytes written (codes and scales), over the median time of one append call.
 void run_append(const std::string& format, cuda::InputType type, int reps, double copy_gbs) {
@@ -534,30 +552,9 @@ void run_append(const std::string& format, cuda::InputType type, int reps, doubl
   void *k = nullptr, *v = nullptr;
   check(cudaMalloc(&k, n * in_bytes), "malloc k");
   check(cudaMalloc(&v, n * in_bytes), "malloc v");
-  const Pattern pat = make_pattern(0xa99e);
-  if (type == cuda::InputType::f32) {
-    std::vector<uint8_t> f(kPatternBytes);
-    std::mt19937 rng(3);
-    std::normal_distribution<float> normal;
-    std::vector<float> x(kPatternBytes / 4);
-    for (auto& e : x) e = normal(rng);
-    std::memcpy(f.data(), x.data(), kPatternBytes);
-    tile(k, n * 4, f);
-    tile(v, n * 4, f);
-  } else if (type == cuda::InputType::f16) {
-    tile(k, n * 2, pat.halves);
-    tile(v, n * 2, pat.halves);
-  } else {
-    std::vector<uint8_t> b(kPatternBytes);
-    std::mt19937 rng(4);
-    std::normal_distribution<float> normal;
-    for (std::size_t i = 0; i < kPatternBytes; i += 2) {
-      const uint16_t h = float_to_bf16(normal(rng));
-      std::memcpy(&b[i], &h, 2);
-    }
-    tile(k, n * 2, b);
-    tile(v, n * 2, b);
-  }
+  const std::vector<uint8_t> inputs = append_input_pattern(type);
+  tile(k, n * in_bytes, inputs);
+  tile(v, n * in_bytes, inputs);
   cudaStream_t stream;
   check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
   const std::size_t written = std::size_t(kTokens) * kHeads * kv_bytes_per_position(cfg.format, kDim);
@@ -580,8 +577,7 @@ void run_append(const std::string& format, cuda::InputType type, int reps, doubl
   const double us = median(ms) * 1e3;
   const double gbs = static_cast<double>(bytes) / (us * 1e-6) / 1e9;
   std::printf("| append %-6s | %s input | 32768 x 8 x 128 | %9.1f | %7.1f | %5.1f%% |\n", format.c_str(),
-              type == cuda::InputType::f32 ? "f32" : type == cuda::InputType::f16 ? "f16" : "bf16", us, gbs,
-              100.0 * gbs / copy_gbs);
+              input_name(type), us, gbs, 100.0 * gbs / copy_gbs);
   std::fflush(stdout);
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);

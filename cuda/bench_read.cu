@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "device_common.cuh"
+#include "launch.hpp"
 
 namespace tqkv::bench {
 namespace {
@@ -254,9 +255,8 @@ cudaError_t launch_tiled(const SplitReadProbe& probe, cudaStream_t stream) {
 }  // namespace
 
 cudaError_t launch_read_all(const void* data, std::size_t bytes, unsigned* sink, cudaStream_t stream) {
-  int device = 0, sms = 0, per_sm = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  int sms = 0, per_sm = 0;
+  cudaError_t err = cuda_detail::current_sm_count(&sms);
   if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, read_all_kernel, kThreads, 0);
   if (err != cudaSuccess) return err;
   read_all_kernel<<<sms * per_sm, kThreads, 0, stream>>>(static_cast<const uint4*>(data), bytes / 16, sink);

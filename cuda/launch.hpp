@@ -17,6 +17,13 @@
 
 namespace tqkv::cuda_detail {
 
+// SMs of the current device: the launchers size their grids by it.
+inline cudaError_t current_sm_count(int* sms) {
+  int device = 0;
+  const cudaError_t err = cudaGetDevice(&device);
+  return err != cudaSuccess ? err : cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
+}
+
 // Query heads one decode block serves (the register tile of the group). A larger GQA group is
 // split into ceil(group / kMaxHeadsPerBlock) blocks per KV head, each reading the KV bytes once.
 inline constexpr int kMaxHeadsPerBlock = 8;
