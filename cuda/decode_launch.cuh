@@ -46,9 +46,19 @@ struct DecodeInstance {
   static cudaError_t launch(const DecodeLaunch& a, cudaStream_t stream) {
     cudaError_t err = prepare();
     if (err != cudaSuccess) return err;
-    const dim3 grid(a.splits, a.cache.kv_heads * a.head_chunks, a.cache.batch);
-    kernel()<<<grid, threads(), smem(), stream>>>(a);  // splits merge in-kernel (finish_decode_block)
-    return cudaGetLastError();
+    // Splits merge in-kernel (finish_decode_block). With a.programmatic the launch may overlap the
+    // previous kernel's tail (device_common.cuh: wait_for_previous_grid).
+    cudaLaunchAttribute attr{};
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(a.splits, a.cache.kv_heads * a.head_chunks, a.cache.batch);
+    config.blockDim = dim3(threads());
+    config.dynamicSmemBytes = smem();
+    config.stream = stream;
+    config.attrs = &attr;
+    config.numAttrs = a.programmatic ? 1 : 0;
+    return cudaLaunchKernelEx(&config, kernel(), a);
   }
   static cudaError_t blocks_per_sm(int* blocks) {
     cudaError_t err = prepare();

@@ -359,6 +359,7 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   const int b = blockIdx.z;
 
   // This split's positions (as decode_kernel), in 16-position tiles dealt round-robin to workers.
+  wait_for_previous_grid();  // everything below reads the cache, the query or the workspace
   const SplitPositions positions = split_positions(a, b, split, T);
   const int64_t begin = positions.begin;
   const int n_pos = positions.count;
@@ -815,6 +816,7 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
       }
   }
   cp_async_wait<0>();
+  allow_next_grid();  // the next step's blocks may take free SMs during this one's merge
   timeline_mark(a, 3);
   l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
   l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);

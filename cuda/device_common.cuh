@@ -125,6 +125,22 @@ __device__ __forceinline__ void cp_async4_zfill(void* smem, const void* gmem, bo
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 4 : 0));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+// Programmatic dependent launch (sm_90; no-ops before). A kernel launched with
+// cudaLaunchAttributeProgrammaticStreamSerialization may start while the previous kernel on the
+// stream finishes; wait_for_previous_grid() returns once that kernel has completed and its writes
+// are visible, so nothing before it may read what a previous kernel writes or write what it
+// reads. allow_next_grid() lets the next such kernel start its blocks early (they wait likewise).
+__device__ __forceinline__ void wait_for_previous_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void allow_next_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
