@@ -315,12 +315,6 @@ void decode_attention(const CacheView& c, const float* q, void* out, const Decod
   launch.group = p.q_heads / c.kv_heads;
   launch.head_chunks = head_chunks(c, p);
   launch.splits = resolve_splits(c, p);
-  // A programmatic dependent launch overlaps this step's start with the previous kernel's tail (r109:
-  // graph steps at batch 1 0.8-1.6 us shorter; the kernel waits for that kernel before any dependent
-  // read). Hopper and later only.
-  int cc_major = 0;
-  check_cuda(current_cc_major(&cc_major), "decode_attention: the device's compute capability");
-  launch.programmatic = cc_major >= 9;
   launch.out_type = p.out_type;
   launch.timeline = decode_timeline();
   launch.k_lambda = levels_lambda(c.format.key, c.k_levels, stream);

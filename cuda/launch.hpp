@@ -24,13 +24,6 @@ inline cudaError_t current_sm_count(int* sms) {
   return err != cudaSuccess ? err : cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
 }
 
-// Compute capability (major) of the current device.
-inline cudaError_t current_cc_major(int* major) {
-  int device = 0;
-  const cudaError_t err = cudaGetDevice(&device);
-  return err != cudaSuccess ? err : cudaDeviceGetAttribute(major, cudaDevAttrComputeCapabilityMajor, device);
-}
-
 // Query heads one decode block serves (the register tile of the group). A larger GQA group is
 // split into ceil(group / kMaxHeadsPerBlock) blocks per KV head, each reading the KV bytes once.
 inline constexpr int kMaxHeadsPerBlock = 8;
@@ -56,8 +49,6 @@ struct DecodeLaunch {
   int head_chunks = 0;            // ceil(group / kMaxHeadsPerBlock)
   int splits = 1;
   OutputType out_type = OutputType::f32;
-  // Launch as a programmatic dependent of the previous kernel on the stream (sm_90 and up).
-  bool programmatic = false;
   // Factors the tensor-core kernel multiplies the tq2/tq3/tq4 levels by before rounding them to
   // fp16 (see code_level_lambda); 1 elsewhere.
   float k_lambda = 1.0f;
