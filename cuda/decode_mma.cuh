@@ -358,8 +358,9 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   const int h0 = kv_head * a.group + first_in_group;
   const int b = blockIdx.z;
 
-  // This split's positions (as decode_kernel), in 16-position tiles dealt round-robin to workers.
   wait_for_previous_grid();  // everything below reads the cache, the query or the workspace
+
+  // This split's positions (as decode_kernel), in 16-position tiles dealt round-robin to workers.
   const SplitPositions positions = split_positions(a, b, split, T);
   const int64_t begin = positions.begin;
   const int n_pos = positions.count;
