@@ -19,7 +19,7 @@ struct KernelSetup {
   std::atomic<uint64_t> done{0}, programmatic{0};  // bit per device
 };
 template <typename Kernel>
-cudaError_t prepare_kernel(Kernel kernel, int smem_bytes, KernelSetup& setup, bool* programmatic) {
+cudaError_t prepare_kernel(Kernel kernel, int smem_bytes, KernelSetup& setup, bool* programmatic = nullptr) {
   int device = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
@@ -33,7 +33,7 @@ cudaError_t prepare_kernel(Kernel kernel, int smem_bytes, KernelSetup& setup, bo
     if (attr.ptxVersion >= 90) setup.programmatic.fetch_or(bit, std::memory_order_relaxed);
     setup.done.fetch_or(bit, std::memory_order_release);
   }
-  *programmatic = (setup.programmatic.load(std::memory_order_relaxed) & bit) != 0;
+  if (programmatic != nullptr) *programmatic = (setup.programmatic.load(std::memory_order_relaxed) & bit) != 0;
   return cudaSuccess;
 }
 
@@ -53,7 +53,7 @@ struct DecodeInstance {
   static constexpr int threads() { return kWarps * 32; }
   static constexpr int smem() { return Shape::kSmemBytes; }
   static auto kernel() { return decode_mma_kernel<KF, VF, D, kWarps, kStages, PACKED_LO>; }
-  static cudaError_t prepare(bool* programmatic) {
+  static cudaError_t prepare(bool* programmatic = nullptr) {
     static KernelSetup setup;
     return prepare_kernel(kernel(), smem(), setup, programmatic);
   }
@@ -76,8 +76,7 @@ struct DecodeInstance {
     return cudaLaunchKernelEx(&config, kernel(), a);
   }
   static cudaError_t blocks_per_sm(int* blocks) {
-    bool programmatic = false;
-    cudaError_t err = prepare(&programmatic);
+    cudaError_t err = prepare();
     if (err != cudaSuccess) return err;
     return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks, kernel(), threads(), smem());
   }
