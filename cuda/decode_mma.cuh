@@ -12,10 +12,12 @@
 // - Values: O[16 coords x 8 heads] += V^T[16 coords x 16 positions] * P^T, where P^T is the
 //   score accumulator of two 8-position blocks taken as is (its layout is the B fragment), split
 //   into fp16 hi + lo (two mmas). The value scale is folded into P, the key scale into S.
-// - Codes become fp16 through a shared-memory table, one 32-bit load per pair of codes (tq2,
-//   tq3, tq4) or per code (tq8, as hi + lo halves). Each table row is replicated for the 32
-//   lanes, so lookups never conflict on banks. Levels are multiplied by lambda (found on the
-//   host) so that their fp16 rounding errors are ~5x smaller; the result is divided by lambda.
+// - Codes become fp16 through a shared-memory table, one 32-bit load per pair of codes (tq3,
+//   tq4) or per code (tq8, as hi + lo halves), one 64-bit load (two pairs) per byte of four
+//   codes (tq2). Each table row is replicated for the 32 lanes (16 for 64-bit entries: a load's
+//   phase), so lookups never conflict on banks. Levels are
+//   multiplied by lambda (found on the host) so that their fp16 rounding errors are ~5x smaller;
+//   the result is divided by lambda.
 #pragma once
 
 #include <type_traits>
@@ -29,13 +31,16 @@ constexpr int lowest_bit(int x) { return x & -x; }
 constexpr int cmin(int a, int b) { return a < b ? a : b; }
 constexpr int cmax(int a, int b) { return a > b ? a : b; }
 
-// Table rows: one per pair of codes (tq2, tq3, tq4), one per code (tq8), none for f16.
-constexpr bool pair_table(Format f) { return f == Format::tq2 || f == Format::tq3 || f == Format::tq4; }
+// Table rows: one per byte of four codes (tq2: a 64-bit entry, two fp16 pairs), one per pair of
+// codes (tq3, tq4), one per code (tq8), none for f16.
+constexpr bool quad_table(Format f) { return f == Format::tq2; }
+constexpr bool pair_table(Format f) { return f == Format::tq3 || f == Format::tq4; }
 constexpr int table_rows(Format f) {
-  return f == Format::f16 ? 0 : pair_table(f) ? 1 << (2 * bits_of(f)) : 1 << bits_of(f);
+  return f == Format::f16 ? 0 : quad_table(f) ? 256 : pair_table(f) ? 1 << (2 * bits_of(f)) : 1 << bits_of(f);
 }
-inline constexpr int kTableRowBytes = 256;  // [K entry x 32 lanes][V entry x 32 lanes]
-inline constexpr int kTableV = 128;         // byte offset of the V entries in a row
+// [K entry x 32 lanes][V entry x 32 lanes], or for a 64-bit entry x 16 lanes (lane % 16).
+inline constexpr int kTableRowBytes = 256;
+inline constexpr int kTableV = 128;  // byte offset of the V entries in a row
 
 // Width of the shared loads that load_bits() issues for NB bits at an ALIGN-bit boundary.
 constexpr int load_width(int nb, int align) {
@@ -273,22 +278,13 @@ template <int K>
 __device__ __forceinline__ uint32_t table_at_byte(const uint8_t* table, uint32_t x, uint32_t lane4) {
   return *reinterpret_cast<const uint32_t*>(table + __byte_perm(x, lane4, 0x5504 | (K << 4)));
 }
-// tq2: a pair of 2-bit codes is a nibble. Splitting each word into its even and odd nibbles, each
-// in the low half of a byte, costs three operations per 8 pairs and lets one PRMT build every
-// lookup's offset (table_at_nibble), as for tq4's bytes, instead of a shift and a LOP3.
-template <int N>
-__device__ __forceinline__ void split_nibbles(const uint32_t (&w)[N], uint32_t (&even)[N], uint32_t (&odd)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) even[i] = w[i] & 0x0f0f0f0fu, odd[i] = (w[i] >> 4) & 0x0f0f0f0fu;
+// tq2: the 64-bit entry indexed by byte K of x; lane8 = 8 (lane % 16), so that the 16 lanes of a
+// load's phase read 16 different bank pairs. One PRMT and one load give two fp16 pairs, where a
+// table of code pairs took a split of the words into nibbles, two PRMTs and two loads.
+template <int K>
+__device__ __forceinline__ uint2 quad_at_byte(const uint8_t* table, uint32_t x, uint32_t lane8) {
+  return *reinterpret_cast<const uint2*>(table + __byte_perm(x, lane8, 0x5504 | (K << 4)));
 }
-// Entry whose row is the nibble at bit POS (a multiple of 4) of the words split_nibbles() split.
-template <int POS, int N>
-__device__ __forceinline__ uint32_t table_at_nibble(const uint8_t* table, const uint32_t (&even)[N],
-                                                    const uint32_t (&odd)[N], uint32_t lane4) {
-  constexpr int word = POS / 32, nibble = POS % 32 / 4;
-  return table_at_byte<nibble / 2>(table, nibble % 2 ? odd[word] : even[word], lane4);
-}
-
 // Table entry for `row`: a pair of lambda-scaled fp16 levels, or (tq8) one level as hi + lo.
 template <Format F>
 __device__ __forceinline__ uint32_t table_entry(const float* levels, int row, float lambda) {
@@ -300,6 +296,25 @@ __device__ __forceinline__ uint32_t table_entry(const float* levels, int row, fl
     const __half h = __float2half_rn(levels[row]);
     const __half l = __float2half_rn(levels[row] - __half2float(h));
     return half2_bits(__halves2half2(h, l));
+  }
+}
+
+// 16 bytes of table row `row` (of the key table if KEY): its entry, 4 lane copies, or 2 of a
+// 64-bit entry. A pair table's entry is a pair of lambda-scaled fp16 levels, (tq8) one level as
+// hi + lo. A tq2 byte of codes c0..c3 (2 bits each, c0 lowest) holds, for keys, one lane's four
+// consecutive coordinates: the entry is the mma's B pair (c0, c1), (c2, c3). For values it holds
+// the codes of coordinates (2j, 2j + 1) of two positions a (c0, c1) and b (c2, c3): the entry is the
+// A rows (a's 2j, b's 2j), (a's 2j + 1, b's 2j + 1).
+template <Format F, bool KEY>
+__device__ __forceinline__ uint4 table_quad(const float* levels, int row, float lambda) {
+  if constexpr (quad_table(F)) {
+    auto l = [&](int shift) { return lambda * levels[(row >> shift) & 3]; };
+    const uint32_t lo = half2_bits(KEY ? __floats2half2_rn(l(0), l(2)) : __floats2half2_rn(l(0), l(4)));
+    const uint32_t hi = half2_bits(KEY ? __floats2half2_rn(l(4), l(6)) : __floats2half2_rn(l(2), l(6)));
+    return make_uint4(lo, hi, lo, hi);
+  } else {
+    const uint32_t v = table_entry<F>(levels, row, lambda);
+    return make_uint4(v, v, v, v);
   }
 }
 
@@ -347,6 +362,7 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
   const uint32_t lane4 = static_cast<uint32_t>(lane) * 4;
+  const uint32_t lane8 = static_cast<uint32_t>(lane & 15) * 8;  // tq2's 64-bit entries
   const int worker = warp / S::kWpt, wi = warp % S::kWpt;
   const int split = blockIdx.x;
   const int kv_head = blockIdx.y / a.head_chunks;
@@ -496,23 +512,22 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   }
   __syncthreads();
   timeline_mark(a, 1);
-  // Tables: each thread computes one entry (a row's key or value half) once and writes its 32
-  // lane copies as 8 16-byte stores, starting at part `lane` so that the 8 lanes of a store
-  // phase hit 8 different bank groups.
+  // Tables: each thread computes one entry (a row's key or value half) once and writes its lane
+  // copies as 8 16-byte stores, starting at part `lane` so that the 8 lanes of a store phase hit
+  // 8 different bank groups.
   if constexpr (S::kTableBytes > 0) {
     constexpr int rows = S::kTableBytes / kTableRowBytes;
     for (int e = tid; e < 2 * rows; e += S::kThreads) {
       const int r = e >> 1, col = e & 1;
-      uint32_t v = 0;
+      uint4 quad = make_uint4(0u, 0u, 0u, 0u);
       if (col == 0) {
         if constexpr (quantized(KF))
-          if (r < table_rows(KF)) v = table_entry<KF>(levels_s, r, a.k_lambda);
+          if (r < table_rows(KF)) quad = table_quad<KF, true>(levels_s, r, a.k_lambda);
       } else {
         if constexpr (quantized(VF))
-          if (r < table_rows(VF)) v = table_entry<VF>(levels_s + 256, r, a.v_lambda);
+          if (r < table_rows(VF)) quad = table_quad<VF, false>(levels_s + 256, r, a.v_lambda);
       }
       uint8_t* dst = smem + S::kOffTable + r * kTableRowBytes + col * kTableV;
-      const uint4 quad = make_uint4(v, v, v, v);
 #pragma unroll
       for (int p = 0; p < 8; ++p) *reinterpret_cast<uint4*>(dst + ((p + lane) & 7) * 16) = quad;
     }
@@ -593,14 +608,12 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
       const int pos = t * S::kLaneBitsK + static_cast<int>(FIRST) * S::kKStepBits;
       load_bits<nb, S::kAlignK>(krow0, pos, w0);
       load_bits<nb, S::kAlignK>(krow1, pos, w1);
-      BitWords<nb> even0 = {}, odd0 = {}, even1 = {}, odd1 = {};  // tq2 only
-      if constexpr (KF == Format::tq2) split_nibbles(w0, even0, odd0), split_nibbles(w1, even1, odd1);
       static_for<steps>([&](auto SL) {
         constexpr int sl = decltype(SL)::value;
         uint4 qa;
         if constexpr (std::is_integral_v<decltype(FIRST)>) qa = q_at(FIRST + sl);
         else qa = q_at(std::integral_constant<int, decltype(FIRST)::value + sl>{});
-        auto one = [&](const auto& w, const auto& even, const auto& odd, float (&acc)[4]) {
+        auto one = [&](const auto& w, float (&acc)[4]) {
           if constexpr (KF == Format::f16) {
             mma_f16(acc, qa.x, qa.y, qa.z, qa.w, w[2 * sl], w[2 * sl + 1]);
           } else if constexpr (KF == Format::tq4) {
@@ -614,10 +627,9 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
             const uint32_t e2 = table_at_byte<2>(ktable, x, lane4), e3 = table_at_byte<3>(ktable, x, lane4);
             mma_f16(acc, qa.x, qa.y, qa.z, qa.w, __byte_perm(e0, e1, 0x5410), __byte_perm(e2, e3, 0x5410));
             mma_f16(acc, qa.x, qa.y, qa.z, qa.w, __byte_perm(e0, e1, 0x7632), __byte_perm(e2, e3, 0x7632));
-          } else if constexpr (KF == Format::tq2) {
-            const uint32_t b0 = table_at_nibble<sl * 8>(ktable, even, odd, lane4);
-            const uint32_t b1 = table_at_nibble<sl * 8 + 4>(ktable, even, odd, lane4);
-            mma_f16(acc, qa.x, qa.y, qa.z, qa.w, b0, b1);
+          } else if constexpr (KF == Format::tq2) {  // byte sl: the step's 4 codes
+            const uint2 b = quad_at_byte<sl % 4>(ktable, w[sl / 4], lane8);
+            mma_f16(acc, qa.x, qa.y, qa.z, qa.w, b.x, b.y);
           } else {
             constexpr int pb = 2 * S::kKB;  // a pair of codes indexes the table
             const uint32_t b0 = table_at_bits<sl * S::kKStepBits, pb>(ktable, w, lane4);
@@ -626,11 +638,11 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
           }
         };
         if constexpr (S::kScoreChains == 1 || sl % 2 == 0) {
-          one(w0, even0, odd0, s0);
-          one(w1, even1, odd1, s1);
+          one(w0, s0);
+          one(w1, s1);
         } else {
-          one(w0, even0, odd0, s0_odd);
-          one(w1, even1, odd1, s1_odd);
+          one(w0, s0_odd);
+          one(w1, s1_odd);
         }
       });
     };
@@ -739,19 +751,13 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     load_bits<S::kLaneBitsV, S::kAlignV>(vbase + (2 * t + 8) * S::kStrideV, vpos, vc);
     load_bits<S::kLaneBitsV, S::kAlignV>(vbase + (2 * t + 9) * S::kStrideV, vpos, vd);
     const uint8_t* vtable = table + kTableV;
-    // tq2/tq3 values: the rows of a0..a3 pair a code of row a (or c) with the same coordinate's
-    // code of row b (or d). Interleaving the two rows' bitstreams word by word builds all of them
-    // at once: field j of xab = (a's code of coordinate 2j, b's), of yab the same for 2j + 1.
-    constexpr bool kPairedV = VF == Format::tq2 || VF == Format::tq3;
+    // tq3 values: the rows of a0..a3 pair a code of row a (or c) with the same coordinate's code
+    // of row b (or d). Interleaving the two rows' bitstreams word by word builds all of them at
+    // once: field j of xab = (a's code of coordinate 2j, b's), of yab the same for 2j + 1.
     BitWords<S::kLaneBitsV> xab, yab, xcd, ycd;
-    if constexpr (kPairedV) {
+    if constexpr (VF == Format::tq3) {
       interleave_codes<S::kVB>(va, vb, xab, yab);
       interleave_codes<S::kVB>(vc, vd, xcd, ycd);
-    }
-    BitWords<S::kLaneBitsV> xab_e = {}, xab_o = {}, yab_e = {}, yab_o = {}, xcd_e = {}, xcd_o = {}, ycd_e = {}, ycd_o = {};
-    if constexpr (VF == Format::tq2) {  // tq2 only
-      split_nibbles(xab, xab_e, xab_o), split_nibbles(yab, yab_e, yab_o);
-      split_nibbles(xcd, xcd_e, xcd_o), split_nibbles(ycd, ycd_e, ycd_o);
     }
     static_for<S::kMTiles>([&](auto J) {
       constexpr int j = decltype(J)::value;
@@ -787,13 +793,17 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
         mma_f16(o[j], h0, h1, h2, h3, ph0, ph1);
         if constexpr (!PACKED_LO) mma_f16(o[j], h0, h1, h2, h3, pl0, pl1);
         mma_f16(o[j], l0, l1, l2, l3, ph0, ph1);
-      } else if constexpr (VF == Format::tq2) {  // field j of xab etc. is nibble j
-        const uint32_t a0 = table_at_nibble<4 * j>(vtable, xab_e, xab_o, lane4);
-        const uint32_t a1 = table_at_nibble<4 * j>(vtable, yab_e, yab_o, lane4);
-        const uint32_t a2 = table_at_nibble<4 * j>(vtable, xcd_e, xcd_o, lane4);
-        const uint32_t a3 = table_at_nibble<4 * j>(vtable, ycd_e, ycd_o, lane4);
-        mma_f16(o[j], a0, a1, a2, a3, ph0, ph1);
-        if constexpr (!PACKED_LO) mma_f16(o[j], a0, a1, a2, a3, pl0, pl1);
+      } else if constexpr (VF == Format::tq2) {
+        // Nibble j of a row holds coordinates 2j, 2j + 1; byte j%8/2 of ab = (a's nibble j, b's),
+        // from the even or the odd nibbles: the table row of (a0, a1).
+        constexpr int wd = j / 8, by = j % 8 / 2;
+        const uint32_t ab = j % 2 ? ((va[wd] >> 4) & 0x0f0f0f0fu) | (vb[wd] & 0xf0f0f0f0u)
+                                  : (va[wd] & 0x0f0f0f0fu) | ((vb[wd] << 4) & 0xf0f0f0f0u);
+        const uint32_t cd = j % 2 ? ((vc[wd] >> 4) & 0x0f0f0f0fu) | (vd[wd] & 0xf0f0f0f0u)
+                                  : (vc[wd] & 0x0f0f0f0fu) | ((vd[wd] << 4) & 0xf0f0f0f0u);
+        const uint2 a01 = quad_at_byte<by>(vtable, ab, lane8), a23 = quad_at_byte<by>(vtable, cd, lane8);
+        mma_f16(o[j], a01.x, a01.y, a23.x, a23.y, ph0, ph1);
+        if constexpr (!PACKED_LO) mma_f16(o[j], a01.x, a01.y, a23.x, a23.y, pl0, pl1);
       } else {
         // Field j of xab / yab (2 kb bits) is the table row of a0 / a1 (built before the loop).
         constexpr int f = 2 * S::kVB;
