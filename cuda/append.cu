@@ -42,6 +42,7 @@
 
 #include "device_common.cuh"
 #include "launch.hpp"
+#include "programmatic_launch.cuh"
 
 namespace tqkv::cuda_detail {
 namespace {
@@ -433,36 +434,59 @@ __device__ __forceinline__ void prefetch_lane_inputs(const AppendLaunch& a) {
 
 // The codebooks of the key [0] and value [1] formats in shared memory: levels, the code grid
 // (tq2 to tq4) or the boundaries (tq8). The caller's barrier publishes them.
-struct SharedCodebooks {
+struct alignas(16) SharedCodebooks {  // 16: stage_codebooks stores 16 bytes at a time
   float levels[2][kMaxCodes];
   float bounds[2][kMaxCodes];
   GridTable grids[2];  // pairs or columns: kPairLoad of the kernel's encode_rotated()
 };
 
-// kPairs: the grids' layout (GridTable), encode_rotated()'s kPairLoad.
+// kPairs: the grids' layout (GridTable), encode_rotated()'s kPairLoad. Every thread issues all of
+// its loads (at most one level and one bucket or boundary per side) before its stores: as loops of
+// load-then-store iterations, a one-token append (a decode step) waited for L2 once per
+// iteration. Four threads store each bucket's copies, 32 bytes or 64 (columns) each.
 template <bool kPairs>
 __device__ void stage_codebooks(const AppendLaunch& a, SharedCodebooks& books) {
+  static_assert(kAppendWarps * 32 >= kMaxCodes && 4 * kCodeBuckets <= kMaxCodes,
+                "a thread per level, boundary and quarter bucket (blocks of at least kMaxCodes threads)");
+  const int i = threadIdx.x;
+  float level[2] = {0.0f, 0.0f}, bound[2] = {0.0f, 0.0f};
+  CodeBucket bucket[2] = {};
+#pragma unroll
   for (int which = 0; which < 2; ++which) {
     const Format f = which ? a.cache.format.value : a.cache.format.key;
     if (!quantized(f)) continue;
     const int n = 1 << bits_of(f);
-    const float* l = which ? a.cache.v_levels : a.cache.k_levels;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) books.levels[which][i] = l[i];
+    if (i < n) level[which] = (which ? a.cache.v_levels : a.cache.k_levels)[i];
     if (n - 1 <= kMaxGridBoundaries) {
-      const CodeBucket* g = (which ? a.v_grid : a.k_grid).buckets;
-      constexpr int kCopies = kPairs ? kGridCopies : 32;
-      for (int i = threadIdx.x; i < kCodeBuckets * kCopies; i += blockDim.x) {
-        const CodeBucket bucket = g[i / kCopies];
-        if constexpr (kPairs) {
-          books.grids[which].pairs[i] = GridEntry{bucket.bound, 4 * bucket.base};
-        } else {
-          books.grids[which].columns.bound[i / 32][i % 32] = bucket.bound;
-          books.grids[which].columns.code4[i / 32][i % 32] = 4 * bucket.base;
-        }
+      if (i < 4 * kCodeBuckets) bucket[which] = (which ? a.v_grid : a.k_grid).buckets[i >> 2];
+    } else if (i < n - 1) {
+      bound[which] = (which ? a.v_boundaries : a.k_boundaries)[i];
+    }
+  }
+#pragma unroll
+  for (int which = 0; which < 2; ++which) {
+    const Format f = which ? a.cache.format.value : a.cache.format.key;
+    if (!quantized(f)) continue;
+    const int n = 1 << bits_of(f);
+    if (i < n) books.levels[which][i] = level[which];
+    if (n - 1 <= kMaxGridBoundaries) {
+      if (i >= 4 * kCodeBuckets) continue;
+      const int b = i >> 2, part = i & 3;
+      const float bd = bucket[which].bound;
+      const uint32_t c4 = 4 * bucket[which].base;
+      if constexpr (kPairs) {  // copies 4 part .. 4 part + 3 of bucket b
+        const uint4 two = make_uint4(__float_as_uint(bd), c4, __float_as_uint(bd), c4);
+        auto* at = reinterpret_cast<uint4*>(&books.grids[which].pairs[b * kGridCopies + 4 * part]);
+        at[0] = two, at[1] = two;
+      } else {  // lanes 8 part .. 8 part + 7 of bucket b
+        const uint4 bounds = make_uint4(__float_as_uint(bd), __float_as_uint(bd), __float_as_uint(bd), __float_as_uint(bd));
+        const uint4 codes = make_uint4(c4, c4, c4, c4);
+        auto* bat = reinterpret_cast<uint4*>(&books.grids[which].columns.bound[b][8 * part]);
+        auto* cat = reinterpret_cast<uint4*>(&books.grids[which].columns.code4[b][8 * part]);
+        bat[0] = bounds, bat[1] = bounds, cat[0] = codes, cat[1] = codes;
       }
-    } else {
-      const float* b = which ? a.v_boundaries : a.k_boundaries;
-      for (int i = threadIdx.x; i < n - 1; i += blockDim.x) books.bounds[which][i] = b[i];
+    } else if (i < n - 1) {
+      books.bounds[which][i] = bound[which];
     }
   }
 }
@@ -568,6 +592,8 @@ template <InputKind kInput>
 __global__ void __launch_bounds__(kAppendWarps * 32, kAppendBlocksPerSm) append_kernel(const AppendLaunch a, double sqrt_head_dim) {
   __shared__ SharedCodebooks books;
   const CacheView& cache = a.cache;
+  wait_for_previous_grid();  // a programmatic dependent: the kernel before writes the inputs
+  allow_next_grid();         // the counter commit may be scheduled; it waits for this grid
   prefetch_lane_inputs<kInput>(a);
   stage_codebooks<grid_pairs(kInput, 0)>(a, books);
   __syncthreads();  // the only block barrier: the rest is per warp
@@ -670,6 +696,7 @@ inline constexpr int kMmaHeadDim = 128;
 inline constexpr int kMmaInner = 8;    // a: H_8, in registers
 inline constexpr int kMmaTokens = 8;   // tokens per warp tile (the mma's rows g)
 inline constexpr int kMmaWarps = 8;        // warps per block
+static_assert(kMmaWarps * 32 >= kMaxCodes, "stage_codebooks: a thread per level and boundary");
 // 128 registers. Fewer spill: 3 blocks of 8 warps were 12 % slower (r82), 5 blocks of 4 no faster (r83).
 inline constexpr int kMmaBlocksPerSm = 2;
 
@@ -805,6 +832,8 @@ __global__ void __launch_bounds__(kMmaWarps * 32, kMmaBlocksPerSm) append_mma_ke
   __shared__ SharedCodebooks books;
   __shared__ uint4 fragments[kMmaInner * 32];
   const CacheView& cache = a.cache;
+  wait_for_previous_grid();  // a programmatic dependent: the kernel before writes the inputs
+  allow_next_grid();         // the counter commit may be scheduled; it waits for this grid
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int kv_head = blockIdx.y;
   const int tiles = (a.n_tokens + kMmaTokens - 1) / kMmaTokens, tile_stride = gridDim.x * kMmaWarps;
@@ -853,34 +882,49 @@ __global__ void __launch_bounds__(kMmaWarps * 32, kMmaBlocksPerSm) append_mma_ke
 
 // Advances the counters after the rows are written (stream order), so that a graph replay
 // appends at the position left by the previous replay. A contiguous cache saturates at capacity
-// and records the overflow rather than exposing positions it never stored.
+// and records the overflow rather than exposing positions it never stored. A thread per sequence.
+// Launched as a programmatic dependent of the append kernel (sm_90 code): its blocks may start
+// once every append block has passed its own wait for the kernel before (which may be the previous
+// commit), so the counters are final then (the append only reads them). It reads them from L2
+// before its wait, which it needs only before it writes. The next kernel (a decode) may start
+// likewise.
 __global__ void commit_tokens_kernel(const AppendLaunch a) {
+  const int s = blockIdx.x * blockDim.x + threadIdx.x;
   int64_t* tokens = writable(a.cache.tokens);
-  for (int s = threadIdx.x; s < a.n_seqs; s += blockDim.x) {
-    const int seq = a.seq_begin + s;
-    const int64_t before = tokens[seq];
-    int64_t after = before + a.n_tokens;
-    if (!a.cache.ring && after > a.cache.capacity) {
-      record_failure(a.status, kAppendOverflow, seq, after, -1, 0);
-      after = a.cache.capacity;
-    }
-    tokens[seq] = after;
+  const int64_t before = s < a.n_seqs ? __ldcg(tokens + a.seq_begin + s) : 0;
+  wait_for_previous_grid();
+  allow_next_grid();
+  if (s >= a.n_seqs) return;
+  int64_t after = before + a.n_tokens;
+  if (!a.cache.ring && after > a.cache.capacity) {
+    record_failure(a.status, kAppendOverflow, a.seq_begin + s, after, -1, 0);
+    after = a.cache.capacity;
   }
+  tokens[a.seq_begin + s] = after;
+}
+
+// Launches one append kernel (threads per block, no dynamic shared memory) as a programmatic
+// dependent of the previous kernel on the stream (programmatic_launch.cuh): its blocks wait for
+// that kernel, which writes the inputs (and a commit the counters), before they read anything.
+template <auto Kernel>
+cudaError_t launch_append_kernel(const AppendLaunch& a, dim3 grid, int threads, double sqrt_d, cudaStream_t stream) {
+  static KernelSetup setup;
+  return launch_programmatic(Kernel, grid, dim3(threads), 0, stream, setup, a, sqrt_d);
 }
 
 // The quantized pairs of decode_pairs.hpp's default build have their own kernels; other pairs
 // share one that switches on the formats (f16 and bf16 inputs only: with f32's three parts it
 // spills, so f32 inputs of those pairs take the butterfly encoder).
 template <int kKeyBits, int kValueBits>
-void launch_mma(const AppendLaunch& a, dim3 grid, double sqrt_d, cudaStream_t stream) {
+cudaError_t launch_mma(const AppendLaunch& a, dim3 grid, double sqrt_d, cudaStream_t stream) {
   constexpr int kThreads = kMmaWarps * 32;
-  if (a.input == InputKind::f16) {
-    append_mma_kernel<InputKind::f16, kKeyBits, kValueBits><<<grid, kThreads, 0, stream>>>(a, sqrt_d);
-  } else if (a.input == InputKind::bf16) {
-    append_mma_kernel<InputKind::bf16, kKeyBits, kValueBits><<<grid, kThreads, 0, stream>>>(a, sqrt_d);
-  } else if constexpr (kKeyBits != 0) {
-    append_mma_kernel<InputKind::f32, kKeyBits, kValueBits><<<grid, kThreads, 0, stream>>>(a, sqrt_d);
-  }
+  if (a.input == InputKind::f16)
+    return launch_append_kernel<append_mma_kernel<InputKind::f16, kKeyBits, kValueBits>>(a, grid, kThreads, sqrt_d, stream);
+  if (a.input == InputKind::bf16)
+    return launch_append_kernel<append_mma_kernel<InputKind::bf16, kKeyBits, kValueBits>>(a, grid, kThreads, sqrt_d, stream);
+  if constexpr (kKeyBits != 0)
+    return launch_append_kernel<append_mma_kernel<InputKind::f32, kKeyBits, kValueBits>>(a, grid, kThreads, sqrt_d, stream);
+  return cudaErrorInvalidValue;  // unreachable: use_tensor_core_rotation() sends f32 of other pairs to the butterflies
 }
 
 // (key bits, value bits) of the pairs with their own kernels.
@@ -899,17 +943,17 @@ bool use_tensor_core_rotation(const AppendLaunch& a) {
          (a.input != InputKind::f32 || own_mma_pair(a) >= 0);
 }
 
-void launch_mma_for_pair(const AppendLaunch& a, dim3 grid, double sqrt_d, cudaStream_t stream) {
+cudaError_t launch_mma_for_pair(const AppendLaunch& a, dim3 grid, double sqrt_d, cudaStream_t stream) {
   constexpr auto& P = kOwnMmaPairs;
-  switch (own_mma_pair(a)) {
-    case 0: launch_mma<P[0][0], P[0][1]>(a, grid, sqrt_d, stream); break;
-    case 1: launch_mma<P[1][0], P[1][1]>(a, grid, sqrt_d, stream); break;
-    case 2: launch_mma<P[2][0], P[2][1]>(a, grid, sqrt_d, stream); break;
-    case 3: launch_mma<P[3][0], P[3][1]>(a, grid, sqrt_d, stream); break;
-    case 4: launch_mma<P[4][0], P[4][1]>(a, grid, sqrt_d, stream); break;
-    default: launch_mma<0, 0>(a, grid, sqrt_d, stream); break;
-  }
   static_assert(std::size(kOwnMmaPairs) == 5, "a case per pair");
+  switch (own_mma_pair(a)) {
+    case 0: return launch_mma<P[0][0], P[0][1]>(a, grid, sqrt_d, stream);
+    case 1: return launch_mma<P[1][0], P[1][1]>(a, grid, sqrt_d, stream);
+    case 2: return launch_mma<P[2][0], P[2][1]>(a, grid, sqrt_d, stream);
+    case 3: return launch_mma<P[3][0], P[3][1]>(a, grid, sqrt_d, stream);
+    case 4: return launch_mma<P[4][0], P[4][1]>(a, grid, sqrt_d, stream);
+    default: return launch_mma<0, 0>(a, grid, sqrt_d, stream);
+  }
 }
 
 }  // namespace
@@ -931,29 +975,32 @@ AppendFailure append_status_read(const void* host_record) noexcept {
 
 cudaError_t launch_append(const AppendLaunch& a, cudaStream_t stream) {
   const double sqrt_d = std::sqrt(static_cast<double>(a.cache.head_dim));
+  cudaError_t err = cudaSuccess;
   if (use_tensor_core_rotation(a)) {
     // About one wave of blocks over all (KV head, sequence) pairs; each warp loops over tiles.
     int sms = 0;
-    const cudaError_t err = current_sm_count(&sms);
+    err = current_sm_count(&sms);
     if (err != cudaSuccess) return err;
     const int tiles = (a.n_tokens + kMmaTokens - 1) / kMmaTokens;
     const int one_tile_each = (tiles + kMmaWarps - 1) / kMmaWarps;
     const int per_pair = std::max(1, sms * kMmaBlocksPerSm / (a.cache.kv_heads * a.n_seqs));
     const dim3 grid(std::min(one_tile_each, per_pair), a.cache.kv_heads, a.n_seqs);
-    launch_mma_for_pair(a, grid, sqrt_d, stream);
+    err = launch_mma_for_pair(a, grid, sqrt_d, stream);
   } else {
     const int tokens_per_block = kAppendWarps * 32 / lanes_per_vector(a.cache.head_dim);
     const dim3 grid((a.n_tokens + tokens_per_block - 1) / tokens_per_block, a.cache.kv_heads, a.n_seqs);
+    constexpr int kThreads = kAppendWarps * 32;
     switch (a.input) {
-      case InputKind::f32: append_kernel<InputKind::f32><<<grid, kAppendWarps * 32, 0, stream>>>(a, sqrt_d); break;
-      case InputKind::f16: append_kernel<InputKind::f16><<<grid, kAppendWarps * 32, 0, stream>>>(a, sqrt_d); break;
-      default: append_kernel<InputKind::bf16><<<grid, kAppendWarps * 32, 0, stream>>>(a, sqrt_d); break;
+      case InputKind::f32: err = launch_append_kernel<append_kernel<InputKind::f32>>(a, grid, kThreads, sqrt_d, stream); break;
+      case InputKind::f16: err = launch_append_kernel<append_kernel<InputKind::f16>>(a, grid, kThreads, sqrt_d, stream); break;
+      default: err = launch_append_kernel<append_kernel<InputKind::bf16>>(a, grid, kThreads, sqrt_d, stream); break;
     }
   }
-  cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  commit_tokens_kernel<<<1, 128, 0, stream>>>(a);
-  return cudaGetLastError();
+  static KernelSetup commit_setup;
+  constexpr int kCommitThreads = 128;
+  return launch_programmatic(commit_tokens_kernel, dim3((a.n_seqs + kCommitThreads - 1) / kCommitThreads),
+                             dim3(kCommitThreads), 0, stream, commit_setup, a);
 }
 
 }  // namespace tqkv::cuda_detail

@@ -10,7 +10,7 @@
 // (kv_bytes_per_position: rows + scales); % read compares with a read-only kernel's bandwidth (a
 // decode step only reads), % copy with a device-to-device copy (bytes read + written).
 // --append also times append (quantize-on-write) of a 32k-token chunk, counting bytes read (f16, bf16 or
-// f32 input) plus bytes written. --floors times, instead of decode, what the card does with each
+// f32 input) plus bytes written, and a decode step (append_step + decode, run_step). --floors times, instead of decode, what the card does with each
 // shape's bytes without arithmetic (the split-K skeleton of a step, bench_read.hpp).
 #include <cuda_runtime_api.h>
 
@@ -48,7 +48,8 @@ constexpr const char* kUsage =
     "  --reps     single launches per row at most (big shapes get fewer, down to 10); default 200\n"
     "  --copies   rotating cache copies (1 = warm L2); default: enough for a cold L2\n"
     "  --splits   splits of each sequence's positions (DecodeParams::splits); default: the automatic choice\n"
-    "  --append   also time append of a 32k-token chunk (--extras: the same)\n"
+    "  --append   also time append of a 32k-token chunk, and a decode step (append_step + decode) on a\n"
+    "             ring cache against decode alone (--extras: the same)\n"
     "  --floors   instead of decode rows: the launch floor and, per shape, the split-K skeleton of a step\n"
     "             (the same bytes, partials and merge, no arithmetic) at every split count\n"
     "  --plan     print the rows, copies, repetitions and an estimate of the run time; run nothing\n"
@@ -586,6 +587,61 @@ void run_append(const std::string& format, cuda::InputType type, int reps, doubl
   cudaStreamDestroy(stream);
 }
 
+// A decode step of one layer as an engine runs it: append_step (one f16 token per sequence, its
+// quantization and the counter commit) then decode_attention, against decode_attention alone, on a
+// ring cache of `context` positions filled by appends (32/8 heads, d = 128). Graph replays of
+// kGraphSteps steps; the cache stays in L2 when it fits (b1 4k: 4.5 MB), as a layer's would not.
+void run_step(const std::string& format, int batch, int context) {
+  constexpr int kHeads = 8, kQHeads = 32, kDim = 128, kReplays = 50;
+  CacheConfig cfg;
+  cfg.batch = batch;
+  cfg.kv_heads = kHeads;
+  cfg.head_dim = kDim;
+  cfg.capacity = context;
+  cfg.ring = true;
+  cfg.format = parse_kv_format(format);
+  cuda::DeviceKvCache cache(cfg);
+  const std::size_t n = std::size_t(context) * kHeads * kDim;
+  void *k = nullptr, *v = nullptr;
+  check(cudaMalloc(&k, n * 2), "malloc k");
+  check(cudaMalloc(&v, n * 2), "malloc v");
+  const std::vector<uint8_t> inputs = append_input_pattern(cuda::InputType::f16);
+  tile(k, n * 2, inputs);
+  tile(v, n * 2, inputs);
+  cudaStream_t stream;
+  check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
+  for (int b = 0; b < batch; ++b) cache.append(b, k, v, context, cuda::InputType::f16, stream);
+  const std::size_t n_q = std::size_t(batch) * kQHeads * kDim;
+  float *q = nullptr, *out = nullptr;
+  check(cudaMalloc(reinterpret_cast<void**>(&q), n_q * 4), "malloc q");
+  check(cudaMalloc(reinterpret_cast<void**>(&out), n_q * 4), "malloc out");
+  check(cudaMemsetAsync(q, 0, n_q * 4, stream), "q");
+  DecodeParams p;
+  p.q_heads = kQHeads;
+  p.splits = g_splits;
+  const ExecContext ctx{Backend::cuda, stream};
+  Plan plan;
+  plan.copies = kGraphSteps;  // one graph
+  plan.graph_replays = kReplays;
+  auto decode = [&](std::size_t) { cuda_backend::decode_attention(cache.view(), q, out, p, ctx); };
+  auto step = [&](std::size_t) {
+    cache.append_step(k, v, cuda::InputType::f16, stream);
+    cuda_backend::decode_attention(cache.view(), q, out, p, ctx);
+  };
+  const double decode_us = graph_us_per_step(stream, plan, decode);
+  const double step_us = graph_us_per_step(stream, plan, step);
+  check(cudaStreamSynchronize(stream), "step");
+  cache.check_appends(stream);
+  std::printf("| %-6s | %5d | %7d | %9.1f | %9.1f | %6.1f |\n", format.c_str(), batch, context, decode_us, step_us,
+              step_us - decode_us);
+  std::fflush(stdout);
+  cudaFree(q);
+  cudaFree(out);
+  cudaFree(k);
+  cudaFree(v);
+  cudaStreamDestroy(stream);
+}
+
 std::vector<std::string> split_list(const std::string& list) {
   std::vector<std::string> out;
   for (std::size_t pos = 0; pos != std::string::npos;) {
@@ -899,6 +955,10 @@ int main(int argc, char** argv) {
     std::printf("\n| append | input | chunk | median us | GB/s (read + written) | %% copy |\n| --- | --- | --- | --- | --- | --- |\n");
     for (const auto type : {cuda::InputType::f16, cuda::InputType::bf16, cuda::InputType::f32})
       run_append("tq4", type, o.grid == "quick" ? 5 : 20, info.bw.copy_gbs);
+    std::printf("\n| decode step | batch | context | decode graph us/step | append_step + decode graph us/step | append us |\n"
+                "| --- | --- | --- | --- | --- | --- |\n");
+    for (const auto& [b, ctx_len] : {std::pair{1, 4096}, {8, 4096}, {1, 16384}})
+      run_step("tq4", b, ctx_len);
   } catch (const tqkv::Error& e) {
     std::fprintf(stderr, "bench_cuda: %s\n", e.what());
     return 1;

@@ -1,41 +1,12 @@
 // Launchers of the decode kernel (decode_mma.cuh) of one format pair, for every built head dim.
 #pragma once
 
-#include <atomic>
-#include <cstdint>
-
 #include "decode_common.cuh"
 #include "decode_mma.cuh"
 #include "launch.hpp"
+#include "programmatic_launch.cuh"
 
 namespace tqkv::cuda_detail {
-
-// Per device and kernel, once: the opt-in to more than 48 KB of dynamic shared memory, and whether
-// the kernel may be launched as a programmatic dependent. Only code built for sm_90 or later
-// (ptxVersion >= 90) carries the wait for the previous kernel (device_common.cuh:
-// wait_for_previous_grid); older code, also when JIT-compiled for a newer card, has none and so
-// must not start early.
-struct KernelSetup {
-  std::atomic<uint64_t> done{0}, programmatic{0};  // bit per device
-};
-template <typename Kernel>
-cudaError_t prepare_kernel(Kernel kernel, int smem_bytes, KernelSetup& setup, bool* programmatic = nullptr) {
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  const uint64_t bit = uint64_t{1} << (device & 63);
-  if (!(setup.done.load(std::memory_order_acquire) & bit)) {
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
-    if (err != cudaSuccess) return err;
-    cudaFuncAttributes attr{};
-    err = cudaFuncGetAttributes(&attr, kernel);
-    if (err != cudaSuccess) return err;
-    if (attr.ptxVersion >= 90) setup.programmatic.fetch_or(bit, std::memory_order_relaxed);
-    setup.done.fetch_or(bit, std::memory_order_release);
-  }
-  if (programmatic != nullptr) *programmatic = (setup.programmatic.load(std::memory_order_relaxed) & bit) != 0;
-  return cudaSuccess;
-}
 
 // Whether a format pair and head dim has a PACKED_LO kernel (decode_mma_kernel), used for groups of
 // at most 4 query heads. r73, against the same kernel without it (tq4/tq3/tq2/k8v4, 32/8 and 16/8
@@ -53,30 +24,18 @@ struct DecodeInstance {
   static constexpr int threads() { return kWarps * 32; }
   static constexpr int smem() { return Shape::kSmemBytes; }
   static auto kernel() { return decode_mma_kernel<KF, VF, D, kWarps, kStages, PACKED_LO>; }
-  static cudaError_t prepare(bool* programmatic = nullptr) {
-    static KernelSetup setup;
-    return prepare_kernel(kernel(), smem(), setup, programmatic);
+  static KernelSetup& setup() {
+    static KernelSetup once;
+    return once;
   }
   static cudaError_t launch(const DecodeLaunch& a, cudaStream_t stream) {
-    bool programmatic = false;
-    cudaError_t err = prepare(&programmatic);
-    if (err != cudaSuccess) return err;
     // Splits merge in-kernel (finish_decode_block). A programmatic dependent launch overlaps this
     // step's start with the previous kernel's end (r109: batch-1 graph steps 0.8-1.6 us shorter).
-    cudaLaunchAttribute attr{};
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(a.splits, a.cache.kv_heads * a.head_chunks, a.cache.batch);
-    config.blockDim = dim3(threads());
-    config.dynamicSmemBytes = smem();
-    config.stream = stream;
-    config.attrs = &attr;
-    config.numAttrs = programmatic ? 1 : 0;
-    return cudaLaunchKernelEx(&config, kernel(), a);
+    return launch_programmatic(kernel(), dim3(a.splits, a.cache.kv_heads * a.head_chunks, a.cache.batch), dim3(threads()),
+                               smem(), stream, setup(), a);
   }
   static cudaError_t blocks_per_sm(int* blocks) {
-    cudaError_t err = prepare();
+    cudaError_t err = prepare_kernel(kernel(), smem(), setup());
     if (err != cudaSuccess) return err;
     return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks, kernel(), threads(), smem());
   }

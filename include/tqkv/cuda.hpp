@@ -8,6 +8,14 @@
 // stream: a CUDA graph that captured an append appends at the current position on every replay.
 // The host keeps a mirror of the counters for argument checks; it follows direct calls, not graph
 // replays (sync_tokens() refreshes it).
+//
+// On Hopper (sm_90) and later both append kernels are programmatic dependent launches, as decode
+// (attention.hpp): each may start while the kernel before it on the stream finishes and waits for
+// that kernel's completion before it reads the inputs or writes the cache. The counter kernel
+// reads the counters before that wait, which holds as long as every kernel between the previous
+// append and this one waits for its predecessor before it completes (a kernel launched without
+// the programmatic attribute always does). A decode step's append (append_step, one token) then
+// costs 6.6 us over the decode alone at batch 1, 4k (r122, H100; 8.6 us with plain launches, r120).
 #pragma once
 
 #include <cstddef>
