@@ -537,44 +537,58 @@ std::vector<uint8_t> append_input_pattern(cuda::InputType type) {
   return bytes;
 }
 
+// What the append rows share: a cache of 8 KV heads at d = 128, device inputs of `tokens` tokens
+// per key and value in `type`'s encoding (the standard normal pattern), and a stream.
+struct AppendSetup {
+  static constexpr int kHeads = 8, kDim = 128;
+  AppendSetup(const std::string& format, int batch, int capacity, bool ring, int tokens, cuda::InputType type)
+      : cache(CacheConfig{.batch = batch, .kv_heads = kHeads, .head_dim = kDim, .capacity = capacity,
+                          .format = parse_kv_format(format), .ring = ring}),
+        input_bytes(std::size_t(tokens) * kHeads * kDim * (type == cuda::InputType::f32 ? 4 : 2)) {
+    check(cudaMalloc(&k, input_bytes), "malloc k");
+    check(cudaMalloc(&v, input_bytes), "malloc v");
+    const std::vector<uint8_t> inputs = append_input_pattern(type);
+    tile(k, input_bytes, inputs);
+    tile(v, input_bytes, inputs);
+    check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
+  }
+  ~AppendSetup() {
+    cudaFree(k);
+    cudaFree(v);
+    cudaStreamDestroy(stream);
+  }
+  AppendSetup(const AppendSetup&) = delete;
+  AppendSetup& operator=(const AppendSetup&) = delete;
+
+  cuda::DeviceKvCache cache;
+  std::size_t input_bytes;
+  void *k = nullptr, *v = nullptr;
+  cudaStream_t stream = nullptr;
+};
+
 // Append of one 32k-token chunk to one sequence (8 KV heads, d = 128): bytes read (K and V
 // inputs) plus bytes written (codes and scales), over the median time of one append call.
 void run_append(const std::string& format, cuda::InputType type, int reps, double copy_gbs) {
-  constexpr int kTokens = 32768, kHeads = 8, kDim = 128;
-  CacheConfig cfg;
-  cfg.batch = 1;
-  cfg.kv_heads = kHeads;
-  cfg.head_dim = kDim;
-  cfg.capacity = kTokens;
-  cfg.format = parse_kv_format(format);
-  cuda::DeviceKvCache cache(cfg);
-  const std::size_t n = std::size_t(kTokens) * kHeads * kDim;
-  const std::size_t in_bytes = type == cuda::InputType::f32 ? 4 : 2;
-  void *k = nullptr, *v = nullptr;
-  check(cudaMalloc(&k, n * in_bytes), "malloc k");
-  check(cudaMalloc(&v, n * in_bytes), "malloc v");
-  const std::vector<uint8_t> inputs = append_input_pattern(type);
-  tile(k, n * in_bytes, inputs);
-  tile(v, n * in_bytes, inputs);
-  cudaStream_t stream;
-  check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
-  const std::size_t written = std::size_t(kTokens) * kHeads * kv_bytes_per_position(cfg.format, kDim);
-  const std::size_t bytes = 2 * n * in_bytes + written;
+  constexpr int kTokens = 32768;
+  AppendSetup a(format, 1, kTokens, false, kTokens, type);
+  const std::size_t written =
+      std::size_t(kTokens) * AppendSetup::kHeads * kv_bytes_per_position(parse_kv_format(format), AppendSetup::kDim);
+  const std::size_t bytes = 2 * a.input_bytes + written;
   std::vector<float> ms;
   cudaEvent_t e0, e1;
   cudaEventCreate(&e0);
   cudaEventCreate(&e1);
   for (int i = 0; i < reps + 2; ++i) {
-    cache.reset(0, stream);
-    cudaEventRecord(e0, stream);
-    cache.append(0, k, v, kTokens, type, stream);
-    cudaEventRecord(e1, stream);
+    a.cache.reset(0, a.stream);
+    cudaEventRecord(e0, a.stream);
+    a.cache.append(0, a.k, a.v, kTokens, type, a.stream);
+    cudaEventRecord(e1, a.stream);
     check(cudaEventSynchronize(e1), "append");
     float t = 0;
     cudaEventElapsedTime(&t, e0, e1);
     if (i >= 2) ms.push_back(t);
   }
-  cache.check_appends(stream);
+  a.cache.check_appends(a.stream);
   const double us = median(ms) * 1e3;
   const double gbs = static_cast<double>(bytes) / (us * 1e-6) / 1e9;
   std::printf("| append %-6s | %s input | 32768 x 8 x 128 | %9.1f | %7.1f | %5.1f%% |\n", format.c_str(),
@@ -582,9 +596,6 @@ void run_append(const std::string& format, cuda::InputType type, int reps, doubl
   std::fflush(stdout);
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
-  cudaFree(k);
-  cudaFree(v);
-  cudaStreamDestroy(stream);
 }
 
 // A decode step of one layer as an engine runs it: append_step (one f16 token per sequence, its
@@ -592,54 +603,35 @@ void run_append(const std::string& format, cuda::InputType type, int reps, doubl
 // ring cache of `context` positions filled by appends (32/8 heads, d = 128). Graph replays of
 // kGraphSteps steps; the cache stays in L2 when it fits (b1 4k: 4.5 MB), as a layer's would not.
 void run_step(const std::string& format, int batch, int context) {
-  constexpr int kHeads = 8, kQHeads = 32, kDim = 128, kReplays = 50;
-  CacheConfig cfg;
-  cfg.batch = batch;
-  cfg.kv_heads = kHeads;
-  cfg.head_dim = kDim;
-  cfg.capacity = context;
-  cfg.ring = true;
-  cfg.format = parse_kv_format(format);
-  cuda::DeviceKvCache cache(cfg);
-  const std::size_t n = std::size_t(context) * kHeads * kDim;
-  void *k = nullptr, *v = nullptr;
-  check(cudaMalloc(&k, n * 2), "malloc k");
-  check(cudaMalloc(&v, n * 2), "malloc v");
-  const std::vector<uint8_t> inputs = append_input_pattern(cuda::InputType::f16);
-  tile(k, n * 2, inputs);
-  tile(v, n * 2, inputs);
-  cudaStream_t stream;
-  check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
-  for (int b = 0; b < batch; ++b) cache.append(b, k, v, context, cuda::InputType::f16, stream);
-  const std::size_t n_q = std::size_t(batch) * kQHeads * kDim;
+  constexpr int kQHeads = 32, kReplays = 50;
+  AppendSetup a(format, batch, context, true, context, cuda::InputType::f16);
+  for (int b = 0; b < batch; ++b) a.cache.append(b, a.k, a.v, context, cuda::InputType::f16, a.stream);
+  const std::size_t n_q = std::size_t(batch) * kQHeads * AppendSetup::kDim;
   float *q = nullptr, *out = nullptr;
   check(cudaMalloc(reinterpret_cast<void**>(&q), n_q * 4), "malloc q");
   check(cudaMalloc(reinterpret_cast<void**>(&out), n_q * 4), "malloc out");
-  check(cudaMemsetAsync(q, 0, n_q * 4, stream), "q");
+  check(cudaMemsetAsync(q, 0, n_q * 4, a.stream), "q");
   DecodeParams p;
   p.q_heads = kQHeads;
   p.splits = g_splits;
-  const ExecContext ctx{Backend::cuda, stream};
+  const ExecContext ctx{Backend::cuda, a.stream};
   Plan plan;
   plan.copies = kGraphSteps;  // one graph
   plan.graph_replays = kReplays;
-  auto decode = [&](std::size_t) { cuda_backend::decode_attention(cache.view(), q, out, p, ctx); };
+  auto decode = [&](std::size_t) { cuda_backend::decode_attention(a.cache.view(), q, out, p, ctx); };
   auto step = [&](std::size_t) {
-    cache.append_step(k, v, cuda::InputType::f16, stream);
-    cuda_backend::decode_attention(cache.view(), q, out, p, ctx);
+    a.cache.append_step(a.k, a.v, cuda::InputType::f16, a.stream);
+    cuda_backend::decode_attention(a.cache.view(), q, out, p, ctx);
   };
-  const double decode_us = graph_us_per_step(stream, plan, decode);
-  const double step_us = graph_us_per_step(stream, plan, step);
-  check(cudaStreamSynchronize(stream), "step");
-  cache.check_appends(stream);
+  const double decode_us = graph_us_per_step(a.stream, plan, decode);
+  const double step_us = graph_us_per_step(a.stream, plan, step);
+  check(cudaStreamSynchronize(a.stream), "step");
+  a.cache.check_appends(a.stream);
   std::printf("| %-6s | %5d | %7d | %9.1f | %9.1f | %6.1f |\n", format.c_str(), batch, context, decode_us, step_us,
               step_us - decode_us);
   std::fflush(stdout);
   cudaFree(q);
   cudaFree(out);
-  cudaFree(k);
-  cudaFree(v);
-  cudaStreamDestroy(stream);
 }
 
 std::vector<std::string> split_list(const std::string& list) {
