@@ -826,7 +826,7 @@ __device__ __forceinline__ void rotate_mma(const uint32_t (&p)[kRowWords<kInput>
 
 // kKeyBits, kValueBits: the formats' bits, compiled in for the built pairs (one path each: fewer
 // instructions to fetch and registers); 0 for the formats' bits at run time.
-template <InputKind kInput, int kKeyBits, int kValueBits>
+template <InputKind kInput, int kKeyBits, int kValueBits, bool kSidesApart>
 __global__ void __launch_bounds__(kMmaWarps * 32, kMmaBlocksPerSm) append_mma_kernel(const AppendLaunch a, double sqrt_head_dim) {
   static_assert((kKeyBits == 0) == (kValueBits == 0), "both formats compiled in, or neither");
   __shared__ SharedCodebooks books;
@@ -842,13 +842,19 @@ __global__ void __launch_bounds__(kMmaWarps * 32, kMmaBlocksPerSm) append_mma_ke
     return ((static_cast<std::size_t>(blockIdx.z) * a.n_tokens + token) * cache.kv_heads + kv_head) * kMmaHeadDim;
   };
   const bool vector_loads = ((reinterpret_cast<uintptr_t>(a.k) | reinterpret_cast<uintptr_t>(a.v)) & 15) == 0;
-  // Warp-uniform: the warp's tiles are tile, tile + tile_stride, ...
-  int tile = blockIdx.x * kMmaWarps + static_cast<int>(threadIdx.x >> 5);
+  // kSidesApart (a short chunk, e.g. a decode step's token; the launcher gives every tile two warps):
+  // an even warp takes a tile's keys and the odd warp after it the same tile's values, so that the
+  // two encodes run side by side. Otherwise each warp takes keys and values of its tiles
+  // (warp-uniform: tile, tile + tile_stride, ...). Its own kernel: the loop's kernels spilled with
+  // this path beside them.
+  const int warp = static_cast<int>(threadIdx.x >> 5);
+  const int side = kSidesApart ? warp & 1 : 0;  // 1: this warp encodes values only
+  int tile = kSidesApart ? blockIdx.x * (kMmaWarps / 2) + (warp >> 1) : blockIdx.x * kMmaWarps + warp;
   int token = tile * kMmaTokens + g;
   bool active = tile < tiles && token_kept(a, token, tokens_before + token);
-  // The first keys' loads go out before the block stages its tables.
+  // The first inputs' loads go out before the block stages its tables.
   uint32_t p[kRowWords<kInput>];
-  load_mma_row<kInput>(a.k, input_row(token), t, active, vector_loads, p);
+  load_mma_row<kInput>(side ? a.v : a.k, input_row(token), t, active, vector_loads, p);
   stage_codebooks<grid_pairs(kInput, kValueBits)>(a, books);
   const uint32_t* signs = cache.sign_bits + static_cast<std::size_t>(kv_head) * cache.sign_words;
   for (int i = threadIdx.x; i < kMmaInner * 32; i += kMmaWarps * 32)
@@ -862,21 +868,35 @@ __global__ void __launch_bounds__(kMmaWarps * 32, kMmaBlocksPerSm) append_mma_ke
   v.sqrt_d = sqrt_head_dim;
   v.inv_scale_divisor = 1.0 / (sqrt_head_dim * sqrt(static_cast<double>(kMmaHeadDim)));
   const unsigned group_bits = 0xfu << (4 * g);
-#pragma unroll 1
-  for (; tile < tiles; tile += tile_stride) {
+  if constexpr (kSidesApart) {
+    if (tile >= tiles) return;
     float y[kLaneCoords];
     rotate_mma<kInput>(p, fragments, lane, y);
-    load_mma_row<kInput>(a.v, input_row(token), t, active, vector_loads, p);  // the values, while the keys encode
-    encode_rotated<kInput, kKeyBits>(y, v, cache.format.key,
-                                     vector_job(a, 0, token, tokens_before, kLaneCoords * t, kLaneCoords, group_bits), books, a);
-    rotate_mma<kInput>(p, fragments, lane, y);
-    const VectorJob values = vector_job(a, 1, token, tokens_before, kLaneCoords * t, kLaneCoords, group_bits);
-    // The next tile's keys, while these values encode.
-    const int next = tile + tile_stride;
-    token = next * kMmaTokens + g;
-    active = next < tiles && token_kept(a, token, tokens_before + token);
-    load_mma_row<kInput>(a.k, input_row(token), t, active, vector_loads, p);
-    encode_rotated<kInput, kValueBits>(y, v, cache.format.value, values, books, a);
+    const VectorJob job = vector_job(a, side, token, tokens_before, kLaneCoords * t, kLaneCoords, group_bits);
+    if constexpr (kKeyBits == kValueBits) {
+      encode_rotated<kInput, kKeyBits>(y, v, side ? cache.format.value : cache.format.key, job, books, a);
+    } else if (side) {
+      encode_rotated<kInput, kValueBits>(y, v, cache.format.value, job, books, a);
+    } else {
+      encode_rotated<kInput, kKeyBits>(y, v, cache.format.key, job, books, a);
+    }
+  } else {
+#pragma unroll 1
+    for (; tile < tiles; tile += tile_stride) {
+      float y[kLaneCoords];
+      rotate_mma<kInput>(p, fragments, lane, y);
+      load_mma_row<kInput>(a.v, input_row(token), t, active, vector_loads, p);  // the values, while the keys encode
+      encode_rotated<kInput, kKeyBits>(y, v, cache.format.key,
+                                       vector_job(a, 0, token, tokens_before, kLaneCoords * t, kLaneCoords, group_bits), books, a);
+      rotate_mma<kInput>(p, fragments, lane, y);
+      const VectorJob values = vector_job(a, 1, token, tokens_before, kLaneCoords * t, kLaneCoords, group_bits);
+      // The next tile's keys, while these values encode.
+      const int next = tile + tile_stride;
+      token = next * kMmaTokens + g;
+      active = next < tiles && token_kept(a, token, tokens_before + token);
+      load_mma_row<kInput>(a.k, input_row(token), t, active, vector_loads, p);
+      encode_rotated<kInput, kValueBits>(y, v, cache.format.value, values, books, a);
+    }
   }
 }
 
@@ -915,16 +935,22 @@ cudaError_t launch_append_kernel(const AppendLaunch& a, dim3 grid, int threads, 
 // The quantized pairs of decode_pairs.hpp's default build have their own kernels; other pairs
 // share one that switches on the formats (f16 and bf16 inputs only: with f32's three parts it
 // spills, so f32 inputs of those pairs take the butterfly encoder).
-template <int kKeyBits, int kValueBits>
+template <int kKeyBits, int kValueBits, bool kSidesApart>
 cudaError_t launch_mma(const AppendLaunch& a, dim3 grid, double sqrt_d, cudaStream_t stream) {
   constexpr int kThreads = kMmaWarps * 32;
+  constexpr int kb = kKeyBits, vb = kValueBits;
   if (a.input == InputKind::f16)
-    return launch_append_kernel<append_mma_kernel<InputKind::f16, kKeyBits, kValueBits>>(a, grid, kThreads, sqrt_d, stream);
+    return launch_append_kernel<append_mma_kernel<InputKind::f16, kb, vb, kSidesApart>>(a, grid, kThreads, sqrt_d, stream);
   if (a.input == InputKind::bf16)
-    return launch_append_kernel<append_mma_kernel<InputKind::bf16, kKeyBits, kValueBits>>(a, grid, kThreads, sqrt_d, stream);
+    return launch_append_kernel<append_mma_kernel<InputKind::bf16, kb, vb, kSidesApart>>(a, grid, kThreads, sqrt_d, stream);
   if constexpr (kKeyBits != 0)
-    return launch_append_kernel<append_mma_kernel<InputKind::f32, kKeyBits, kValueBits>>(a, grid, kThreads, sqrt_d, stream);
+    return launch_append_kernel<append_mma_kernel<InputKind::f32, kb, vb, kSidesApart>>(a, grid, kThreads, sqrt_d, stream);
   return cudaErrorInvalidValue;  // unreachable: use_tensor_core_rotation() sends f32 of other pairs to the butterflies
+}
+template <int kKeyBits, int kValueBits>
+cudaError_t launch_mma(const AppendLaunch& a, dim3 grid, bool sides_apart, double sqrt_d, cudaStream_t stream) {
+  return sides_apart ? launch_mma<kKeyBits, kValueBits, true>(a, grid, sqrt_d, stream)
+                     : launch_mma<kKeyBits, kValueBits, false>(a, grid, sqrt_d, stream);
 }
 
 // (key bits, value bits) of the pairs with their own kernels.
@@ -943,16 +969,16 @@ bool use_tensor_core_rotation(const AppendLaunch& a) {
          (a.input != InputKind::f32 || own_mma_pair(a) >= 0);
 }
 
-cudaError_t launch_mma_for_pair(const AppendLaunch& a, dim3 grid, double sqrt_d, cudaStream_t stream) {
+cudaError_t launch_mma_for_pair(const AppendLaunch& a, dim3 grid, bool sides_apart, double sqrt_d, cudaStream_t stream) {
   constexpr auto& P = kOwnMmaPairs;
   static_assert(std::size(kOwnMmaPairs) == 5, "a case per pair");
   switch (own_mma_pair(a)) {
-    case 0: return launch_mma<P[0][0], P[0][1]>(a, grid, sqrt_d, stream);
-    case 1: return launch_mma<P[1][0], P[1][1]>(a, grid, sqrt_d, stream);
-    case 2: return launch_mma<P[2][0], P[2][1]>(a, grid, sqrt_d, stream);
-    case 3: return launch_mma<P[3][0], P[3][1]>(a, grid, sqrt_d, stream);
-    case 4: return launch_mma<P[4][0], P[4][1]>(a, grid, sqrt_d, stream);
-    default: return launch_mma<0, 0>(a, grid, sqrt_d, stream);
+    case 0: return launch_mma<P[0][0], P[0][1]>(a, grid, sides_apart, sqrt_d, stream);
+    case 1: return launch_mma<P[1][0], P[1][1]>(a, grid, sides_apart, sqrt_d, stream);
+    case 2: return launch_mma<P[2][0], P[2][1]>(a, grid, sides_apart, sqrt_d, stream);
+    case 3: return launch_mma<P[3][0], P[3][1]>(a, grid, sides_apart, sqrt_d, stream);
+    case 4: return launch_mma<P[4][0], P[4][1]>(a, grid, sides_apart, sqrt_d, stream);
+    default: return launch_mma<0, 0>(a, grid, sides_apart, sqrt_d, stream);
   }
 }
 
@@ -973,19 +999,38 @@ AppendFailure append_status_read(const void* host_record) noexcept {
   return f;
 }
 
+namespace {
+// Blocks per (KV head, sequence) pair in about one wave of the tensor-core append.
+cudaError_t mma_blocks_per_pair(int kv_heads, int n_seqs, int* blocks) {
+  int sms = 0;
+  const cudaError_t err = current_sm_count(&sms);
+  *blocks = std::max(1, sms * kMmaBlocksPerSm / (kv_heads * n_seqs));
+  return err;
+}
+}  // namespace
+
+cudaError_t append_sides_apart_max_tokens(int kv_heads, int n_seqs, int* tokens) {
+  int per_pair = 0;
+  const cudaError_t err = mma_blocks_per_pair(kv_heads, n_seqs, &per_pair);
+  *tokens = per_pair * (kMmaWarps / 2) * kMmaTokens;
+  return err;
+}
+
 cudaError_t launch_append(const AppendLaunch& a, cudaStream_t stream) {
   const double sqrt_d = std::sqrt(static_cast<double>(a.cache.head_dim));
   cudaError_t err = cudaSuccess;
   if (use_tensor_core_rotation(a)) {
-    // About one wave of blocks over all (KV head, sequence) pairs; each warp loops over tiles.
-    int sms = 0;
-    err = current_sm_count(&sms);
+    // About one wave of blocks over all (KV head, sequence) pairs; each warp loops over tiles, or
+    // (kSidesApart) two warps take each tile when that fits the wave.
+    int per_pair = 0;
+    err = mma_blocks_per_pair(a.cache.kv_heads, a.n_seqs, &per_pair);
     if (err != cudaSuccess) return err;
     const int tiles = (a.n_tokens + kMmaTokens - 1) / kMmaTokens;
     const int one_tile_each = (tiles + kMmaWarps - 1) / kMmaWarps;
-    const int per_pair = std::max(1, sms * kMmaBlocksPerSm / (a.cache.kv_heads * a.n_seqs));
-    const dim3 grid(std::min(one_tile_each, per_pair), a.cache.kv_heads, a.n_seqs);
-    err = launch_mma_for_pair(a, grid, sqrt_d, stream);
+    const int two_warps_each = (tiles + kMmaWarps / 2 - 1) / (kMmaWarps / 2);
+    const bool sides_apart = two_warps_each <= per_pair;
+    const dim3 grid(sides_apart ? two_warps_each : std::min(one_tile_each, per_pair), a.cache.kv_heads, a.n_seqs);
+    err = launch_mma_for_pair(a, grid, sides_apart, sqrt_d, stream);
   } else {
     const int tokens_per_block = kAppendWarps * 32 / lanes_per_vector(a.cache.head_dim);
     const dim3 grid((a.n_tokens + tokens_per_block - 1) / tokens_per_block, a.cache.kv_heads, a.n_seqs);

@@ -15,9 +15,8 @@
 // - Codes become fp16 through a shared-memory table, one 32-bit load per pair of codes (tq3,
 //   tq4) or per code (tq8, as hi + lo halves), one 64-bit load (two pairs) per byte of four
 //   codes (tq2). Each table row is replicated for the 32 lanes (16 for 64-bit entries: a load's
-//   phase), so lookups never conflict on banks. Levels are
-//   multiplied by lambda (found on the host) so that their fp16 rounding errors are ~5x smaller;
-//   the result is divided by lambda.
+//   phase), so lookups never conflict on banks. Levels are multiplied by lambda (found on the
+//   host) so that their fp16 rounding errors are ~5x smaller; the result is divided by lambda.
 #pragma once
 
 #include <type_traits>

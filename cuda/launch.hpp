@@ -148,6 +148,10 @@ struct AppendLaunch {
 
 cudaError_t launch_append(const AppendLaunch& launch, cudaStream_t stream);
 
+// The longest chunk (tokens per sequence) that the tensor-core append (head_dim 128) encodes with
+// each tile's keys and values on two warps of one wave of blocks; longer chunks loop over tiles.
+cudaError_t append_sides_apart_max_tokens(int kv_heads, int n_seqs, int* tokens);
+
 // Bytes of the device-side append status record.
 std::size_t append_status_bytes() noexcept;
 // The first append failure recorded on the device since the record was last cleared.

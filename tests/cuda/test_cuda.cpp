@@ -618,7 +618,13 @@ TEST_F(Cuda, AppendTensorCoreRotationEveryPairAndChunk) {
       CacheConfig cfg = test::cache_config(f, 2, 128, ring ? 64 : 400, 3, ring);
       KvCache host(cfg);
       cuda::DeviceKvCache dev(cfg);
-      for (const auto& [seq, n] : {std::pair{1, 1}, std::pair{1, 97}, std::pair{0, ring ? 300 : 97}}) {
+      // Short chunks put a tile's keys and values on two warps; a ring also takes one long enough
+      // for the kernel that loops over tiles (its newest 64 tokens are kept).
+      int sides_apart_max = 0;
+      ASSERT_EQ(cuda_detail::append_sides_apart_max_tokens(cfg.kv_heads, 1, &sides_apart_max), cudaSuccess);
+      std::vector<std::pair<int, int>> chunks = {{1, 1}, {1, 97}, {0, ring ? 300 : 97}};
+      if (ring) chunks.push_back({2, sides_apart_max + 9});
+      for (const auto& [seq, n] : chunks) {
         const std::size_t count = std::size_t(n) * cfg.kv_heads;
         auto k = as_input(random_vectors(rng, count, cfg.head_dim), t);
         const auto v = as_input(random_vectors(rng, count, cfg.head_dim), t);
