@@ -451,11 +451,12 @@ __device__ void stage_codebooks(const AppendLaunch& a, SharedCodebooks& books) {
   const int i = threadIdx.x;
   float level[2] = {0.0f, 0.0f}, bound[2] = {0.0f, 0.0f};
   CodeBucket bucket[2] = {};
+  int codes[2] = {0, 0};  // of the key and value formats; 0 for an f16 side
 #pragma unroll
   for (int which = 0; which < 2; ++which) {
     const Format f = which ? a.cache.format.value : a.cache.format.key;
     if (!quantized(f)) continue;
-    const int n = 1 << bits_of(f);
+    const int n = codes[which] = 1 << bits_of(f);
     if (i < n) level[which] = (which ? a.cache.v_levels : a.cache.k_levels)[i];
     if (n - 1 <= kMaxGridBoundaries) {
       if (i < 4 * kCodeBuckets) bucket[which] = (which ? a.v_grid : a.k_grid).buckets[i >> 2];
@@ -465,9 +466,8 @@ __device__ void stage_codebooks(const AppendLaunch& a, SharedCodebooks& books) {
   }
 #pragma unroll
   for (int which = 0; which < 2; ++which) {
-    const Format f = which ? a.cache.format.value : a.cache.format.key;
-    if (!quantized(f)) continue;
-    const int n = 1 << bits_of(f);
+    const int n = codes[which];
+    if (n == 0) continue;
     if (i < n) books.levels[which][i] = level[which];
     if (n - 1 <= kMaxGridBoundaries) {
       if (i >= 4 * kCodeBuckets) continue;

@@ -611,17 +611,18 @@ TEST_F(Cuda, AppendTensorCoreRotationEveryPairAndChunk) {
   std::mt19937_64 rng(kSeed + 11);
   AppendStats stats;
   int trial = 0;
+  constexpr int kKvHeads = 2;
+  // Short chunks put a tile's keys and values on two warps; a ring also takes one long enough for
+  // the kernel that loops over tiles (its newest 64 tokens are kept).
+  int sides_apart_max = 0;
+  ASSERT_EQ(cuda_detail::append_sides_apart_max_tokens(kKvHeads, 1, &sides_apart_max), cudaSuccess);
   for (const KvFormat f : built_pairs()) {
     if (!is_quantized(f.key) || !is_quantized(f.value)) continue;
     for (const cuda::InputType t : {cuda::InputType::f16, cuda::InputType::bf16, cuda::InputType::f32}) {
       const bool ring = (trial++ % 2) == 1;
-      CacheConfig cfg = test::cache_config(f, 2, 128, ring ? 64 : 400, 3, ring);
+      CacheConfig cfg = test::cache_config(f, kKvHeads, 128, ring ? 64 : 400, 3, ring);
       KvCache host(cfg);
       cuda::DeviceKvCache dev(cfg);
-      // Short chunks put a tile's keys and values on two warps; a ring also takes one long enough
-      // for the kernel that loops over tiles (its newest 64 tokens are kept).
-      int sides_apart_max = 0;
-      ASSERT_EQ(cuda_detail::append_sides_apart_max_tokens(cfg.kv_heads, 1, &sides_apart_max), cudaSuccess);
       std::vector<std::pair<int, int>> chunks = {{1, 1}, {1, 97}, {0, ring ? 300 : 97}};
       if (ring) chunks.push_back({2, sides_apart_max + 9});
       for (const auto& [seq, n] : chunks) {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # r112: the programmatic launch decided per kernel from its code (ptxVersion >= 90) instead of the device's
 # compute capability; tests, sanitizers, and batch-1/8 times against bb8653a's binary (no programmatic launch), 2x.
+# r114 ran this script as review114.sh (only these header lines differed), against the same old binary.
 # usage: pdl2.sh OUTDIR RUN
 set -u
 OUT=$1; R=$2

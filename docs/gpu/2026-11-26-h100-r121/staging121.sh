@@ -2,6 +2,8 @@
 # r121: the append stages its codebooks with every load issued before the stores (new) against r120's binary (base: the
 # commit as a programmatic dependent, staging as load-then-store loops): tests, sanitizers on the append tests,
 # bench_cuda --append (32k chunk and the decode step: append_step + decode) alternated 3x.
+# r122 (pdl122.sh), r125 (sides125.sh) and r126 (fold126.sh) ran this script under their own names, differing only
+# in these header lines; "base" and "new" were the binaries their rows in docs/gpu/README.md name.
 # usage: staging121.sh OUTDIR RUN
 set -u
 OUT=$1; R=$2
