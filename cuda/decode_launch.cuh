@@ -9,11 +9,14 @@
 namespace tqkv::cuda_detail {
 
 // Whether a format pair and head dim has a PACKED_LO kernel (decode_mma_kernel), used for groups of
-// at most 4 query heads. r73, against the same kernel without it (tq4/tq3/tq2/k8v4, 32/8 and 16/8
-// heads): tq3 and tq2 at d = 128 3-8 % faster at batch 8 and 32, 2-4 % slower at batch 1, 4k; tq4
-// and k8v4 within 1-2 % either way; tq3/tq2 at d = 256 9 % slower. So only tq2/tq3 keys up to 128
-// (r74, against the previous release: tq3/tq2 at batch 8/32 3-7 % faster, tq3 batch 1 4k +0.7 us).
-constexpr bool has_packed_lo(Format kf, int d) { return (kf == Format::tq2 || kf == Format::tq3) && d <= 128; }
+// at most 4 query heads: transposed scores (keys as the mma's rows, the query's hi and lo parts as
+// its columns) and values with the weights' lo halves in columns 4-7; half the mmas of the other
+// kernel and half its softmax work. r129/r130, against dd1cdb1 (packed values only, tq2/tq3), d = 128,
+// 32/8 heads, graph steps: tq3 -7 to -10 % at batch 8/32, tq2 -4 to -6 %, k8v4 -5 % at b32 (steadier
+// too), tq4 -1 to -2 %. Up to d = 128 (q in registers); not tq8 values at d = 96 (ptxas spilled 8 B).
+constexpr bool has_packed_lo(Format kf, Format vf, int d) {
+  return kf != Format::f16 && d <= 128 && !(vf == Format::tq8 && d == 96);
+}
 
 // One kernel instance: its function, threads and shared memory.
 template <Format KF, Format VF, int D, bool PACKED_LO = false>
@@ -60,7 +63,7 @@ template <Format KF, Format VF>
 cudaError_t launch_decode_pair(const DecodeLaunch& a, cudaStream_t stream) {
   return with_decode_dim<KF, VF>(a.cache.head_dim, [&](auto inst) {
     constexpr int D = decltype(inst)::Shape::kD;
-    if constexpr (has_packed_lo(KF, D)) {
+    if constexpr (has_packed_lo(KF, VF, D)) {
       if (a.group <= 4) return DecodeInstance<KF, VF, D, true>::launch(a, stream);
     }
     return decltype(inst)::launch(a, stream);

@@ -7,7 +7,8 @@
 //   stages, with its own online softmax; no block-wide barrier until the final merge.
 // - Scores, per 8 positions: S^T[16 x 8] = A[16 x d] * K^T. A holds the query heads (rows 0-7, in
 //   fp16) and their rounding residues (rows 8-15), so one mma gives hi and lo parts of the fp32
-//   query: their sum carries ~22 bits. The coordinate order inside each k step is permuted so
+//   query: their sum carries ~22 bits. Groups of at most 4 heads use the transposed form
+//   (PACKED_LO below): one mma per 16 positions. The coordinate order inside each k step is permuted so
 //   that every lane reads one contiguous quarter of a key row.
 // - Values: O[16 coords x 8 heads] += V^T[16 coords x 16 positions] * P^T, where P^T is the
 //   score accumulator of two 8-position blocks taken as is (its layout is the B fragment), split
@@ -338,10 +339,15 @@ constexpr int mma_min_blocks() {
   return D <= 128 ? 16 / WARPS : 1;  // 128 registers at d <= 128 (2 blocks of 8 warps per SM)
 }
 
-// PACKED_LO: at most 4 query heads per block (the launcher checks), so the value mma's B columns
-// 4-7 (heads 4-7, unused) carry the lo halves of heads 0-3's weights and one mma per m tile takes
-// hi and lo together; columns h and h + 4 are added after the loop (decode_launch.cuh says where
-// the launcher uses it).
+// PACKED_LO: at most 4 query heads per block (the launcher checks; decode_launch.cuh says where it
+// is used), so half of each mma's 8 head columns or 16 head rows would be idle. Instead:
+// - scores are transposed: S[16 positions x 8] += K[16 x 16] * Q^T, with the keys of positions g and
+//   8 + g as A (the same fp16 pairs that are B in the other layout) and column 2h / 2h + 1 holding
+//   head h's hi / lo query parts; one mma per k step covers the tile's 16 positions, not two;
+// - lane (g, t) then has head t's scores at positions g and 8 + g: half the softmax work;
+// - the value mma's B columns 4-7 carry the lo halves of heads 0-3's weights, so one mma per m tile
+//   takes hi and lo together; columns h and h + 4 are added after the loop. The weights reach
+//   the B layout (head by column g) through 4 shuffles per tile.
 template <Format KF, Format VF, int D, int WARPS, int STAGES, bool PACKED_LO>
 __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, STAGES>()))
     decode_mma_kernel(const DecodeLaunch a) {
@@ -545,27 +551,34 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   for (int idx = tid; idx < S::kKSteps * 32; idx += S::kThreads) {
     const int s = idx >> 5, ln = idx & 31, gg = ln >> 2, tt = ln & 3;
     const int c0 = tt * (D / 4) + 4 * s;
+    const int qh = PACKED_LO ? gg >> 1 : gg;  // PACKED_LO: column gg is head gg / 2, hi or (odd) lo
     float x[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (gg < n_heads)
+    if (qh < n_heads)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) x[e] = ldexpf(q_s[gg * D + c0 + e], q_exp);
+      for (int e = 0; e < 4; ++e) x[e] = ldexpf(q_s[qh * D + c0 + e], q_exp);
     uint4 f;
     split_half2(x[0], x[1], f.x, f.y);
     split_half2(x[2], x[3], f.z, f.w);
-    qfrag[idx] = f;  // a0 = hi(c0, c0+1), a1 = lo, a2 = hi(c0+2, c0+3), a3 = lo
+    if constexpr (PACKED_LO)  // B: b0 = (c0, c0+1), b1 = (c0+2, c0+3) of column gg
+      reinterpret_cast<uint2*>(qfrag)[idx] = gg & 1 ? make_uint2(f.y, f.w) : make_uint2(f.x, f.z);
+    else
+      qfrag[idx] = f;  // A: a0 = hi(c0, c0+1), a1 = lo, a2 = hi(c0+2, c0+3), a3 = lo
   }
   __syncthreads();
 
-  uint4 qreg[S::kQInRegisters ? S::kKSteps : 1];
+  static_assert(!PACKED_LO || (S::kQInRegisters && S::kScoreChains == 1 && !S::kSplitKeys),
+                "the transposed scores keep q in registers, one chain, one warp per tile");
+  using QFrag = std::conditional_t<PACKED_LO, uint2, uint4>;
+  QFrag qreg[S::kQInRegisters ? S::kKSteps : 1];
   if constexpr (S::kQInRegisters) {
 #pragma unroll
-    for (int s = 0; s < S::kKSteps; ++s) qreg[s] = qfrag[s * 32 + lane];
+    for (int s = 0; s < S::kKSteps; ++s) qreg[s] = reinterpret_cast<const QFrag*>(qfrag)[s * 32 + lane];
   }
   // Fragment of k step s: a compile-time index (std::integral_constant) when q is in registers,
   // any int otherwise.
-  auto q_at = [&](auto s) -> uint4 {
+  auto q_at = [&](auto s) -> QFrag {
     if constexpr (S::kQInRegisters) return qreg[decltype(s)::value];
-    else return qfrag[static_cast<int>(s) * 32 + lane];
+    else return reinterpret_cast<const QFrag*>(qfrag)[static_cast<int>(s) * 32 + lane];
   };
   // Score = acc * k_scale * k_mul (undoes 2^q_exp and lambda), in log2 units for exp2.
   const float k_mul = ldexpf(1.0f, -q_exp) / a.k_lambda;
@@ -609,39 +622,52 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
       load_bits<nb, S::kAlignK>(krow1, pos, w1);
       static_for<steps>([&](auto SL) {
         constexpr int sl = decltype(SL)::value;
-        uint4 qa;
+        QFrag qa;
         if constexpr (std::is_integral_v<decltype(FIRST)>) qa = q_at(FIRST + sl);
         else qa = q_at(std::integral_constant<int, decltype(FIRST)::value + sl>{});
-        auto one = [&](const auto& w, float (&acc)[4]) {
+        // The row's fp16 pairs of this step: (c0, c1), (c2, c3); tq8 also their lo halves.
+        struct KeyPairs {
+          uint32_t p01, p23, lo01 = 0, lo23 = 0;
+        };
+        auto key_pairs = [&](const auto& w) -> KeyPairs {
           if constexpr (KF == Format::f16) {
-            mma_f16(acc, qa.x, qa.y, qa.z, qa.w, w[2 * sl], w[2 * sl + 1]);
+            return {w[2 * sl], w[2 * sl + 1]};
           } else if constexpr (KF == Format::tq4) {
             const uint32_t x = w[sl / 2];
-            const uint32_t b0 = table_at_byte<(sl % 2) * 2>(ktable, x, lane4);
-            const uint32_t b1 = table_at_byte<(sl % 2) * 2 + 1>(ktable, x, lane4);
-            mma_f16(acc, qa.x, qa.y, qa.z, qa.w, b0, b1);
+            return {table_at_byte<(sl % 2) * 2>(ktable, x, lane4), table_at_byte<(sl % 2) * 2 + 1>(ktable, x, lane4)};
           } else if constexpr (KF == Format::tq8) {
             const uint32_t x = w[sl];
             const uint32_t e0 = table_at_byte<0>(ktable, x, lane4), e1 = table_at_byte<1>(ktable, x, lane4);
             const uint32_t e2 = table_at_byte<2>(ktable, x, lane4), e3 = table_at_byte<3>(ktable, x, lane4);
-            mma_f16(acc, qa.x, qa.y, qa.z, qa.w, __byte_perm(e0, e1, 0x5410), __byte_perm(e2, e3, 0x5410));
-            mma_f16(acc, qa.x, qa.y, qa.z, qa.w, __byte_perm(e0, e1, 0x7632), __byte_perm(e2, e3, 0x7632));
+            return {__byte_perm(e0, e1, 0x5410), __byte_perm(e2, e3, 0x5410), __byte_perm(e0, e1, 0x7632),
+                    __byte_perm(e2, e3, 0x7632)};
           } else if constexpr (KF == Format::tq2) {  // byte sl: the step's 4 codes
             const uint2 b = quad_at_byte<sl % 4>(ktable, w[sl / 4], lane8);
-            mma_f16(acc, qa.x, qa.y, qa.z, qa.w, b.x, b.y);
+            return {b.x, b.y};
           } else {
             constexpr int pb = 2 * S::kKB;  // a pair of codes indexes the table
-            const uint32_t b0 = table_at_bits<sl * S::kKStepBits, pb>(ktable, w, lane4);
-            const uint32_t b1 = table_at_bits<sl * S::kKStepBits + pb, pb>(ktable, w, lane4);
-            mma_f16(acc, qa.x, qa.y, qa.z, qa.w, b0, b1);
+            return {table_at_bits<sl * S::kKStepBits, pb>(ktable, w, lane4),
+                    table_at_bits<sl * S::kKStepBits + pb, pb>(ktable, w, lane4)};
           }
         };
-        if constexpr (S::kScoreChains == 1 || sl % 2 == 0) {
-          one(w0, s0);
-          one(w1, s1);
+        if constexpr (PACKED_LO) {
+          // Transposed: S[16 positions x 8 columns] += K[rows g, 8 + g] * Q^T, one mma for both blocks.
+          const KeyPairs r0 = key_pairs(w0), r1 = key_pairs(w1);
+          mma_f16(s0, r0.p01, r1.p01, r0.p23, r1.p23, qa.x, qa.y);
+          if constexpr (KF == Format::tq8) mma_f16(s0, r0.lo01, r1.lo01, r0.lo23, r1.lo23, qa.x, qa.y);
         } else {
-          one(w0, s0_odd);
-          one(w1, s1_odd);
+          auto one = [&](const auto& w, float (&acc)[4]) {
+            const KeyPairs r = key_pairs(w);
+            mma_f16(acc, qa.x, qa.y, qa.z, qa.w, r.p01, r.p23);
+            if constexpr (KF == Format::tq8) mma_f16(acc, qa.x, qa.y, qa.z, qa.w, r.lo01, r.lo23);
+          };
+          if constexpr (S::kScoreChains == 1 || sl % 2 == 0) {
+            one(w0, s0);
+            one(w1, s1);
+          } else {
+            one(w0, s0_odd);
+            one(w1, s1_odd);
+          }
         }
       });
     };
@@ -658,45 +684,61 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
       });
     }
 
-    // Online softmax for head g over positions 2t, 2t+1 (block 0) and 8+2t, 9+2t (block 1).
+    // Online softmax. Lane (g, t) holds head g at positions 2t, 2t+1 (block 0) and 8+2t, 9+2t
+    // (block 1); PACKED_LO: head t at positions g and 8 + g (columns 2t, 2t+1 = its hi and lo parts).
+    constexpr int NX = PACKED_LO ? 2 : 4;
     const float* sc = reinterpret_cast<const float*>(st + S::kStageScales);
     if constexpr (S::kScoreChains == 2) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) s0[e] += s0_odd[e], s1[e] += s1_odd[e];
     }
-    float x[4] = {s0[0] + s0[2], s0[1] + s0[3], s1[0] + s1[2], s1[1] + s1[3]};
-    if constexpr (S::kSplitKeys) {  // every warp sums the parts in the same order: equal scores
-      float4* scratch = reinterpret_cast<float4*>(smem + S::kOffKeyScratch) + worker * S::kWpt * 32;
-      scratch[wi * 32 + lane] = make_float4(x[0], x[1], x[2], x[3]);
-      worker_sync();
-      float4 sum = scratch[lane];
+    float x[NX];
+    int pos[NX];
+    float ks[NX], vs[NX];
+    if constexpr (PACKED_LO) {
+      x[0] = s0[0] + s0[1], x[1] = s0[2] + s0[3];
+      pos[0] = g, pos[1] = 8 + g;
 #pragma unroll
-      for (int w = 1; w < S::kWpt; ++w) {
-        const float4 part = scratch[w * 32 + lane];
-        sum.x += part.x, sum.y += part.y, sum.z += part.z, sum.w += part.w;
+      for (int k = 0; k < 2; ++k) {
+        ks[k] = quantized(KF) ? sc[pos[k]] : 1.0f;
+        vs[k] = quantized(VF) ? sc[T + pos[k]] : 1.0f;
       }
-      x[0] = sum.x, x[1] = sum.y, x[2] = sum.z, x[3] = sum.w;
-    }
-    const int pos[4] = {2 * t, 2 * t + 1, 8 + 2 * t, 9 + 2 * t};
-    float2 ks0 = make_float2(1.0f, 1.0f), ks1 = ks0, vs0 = ks0, vs1 = ks0;
-    if constexpr (quantized(KF)) {
-      ks0 = *reinterpret_cast<const float2*>(sc + 2 * t);
-      ks1 = *reinterpret_cast<const float2*>(sc + 8 + 2 * t);
-    }
-    if constexpr (quantized(VF)) {
-      vs0 = *reinterpret_cast<const float2*>(sc + T + 2 * t);
-      vs1 = *reinterpret_cast<const float2*>(sc + T + 8 + 2 * t);
-    }
-    const float ks[4] = {ks0.x, ks0.y, ks1.x, ks1.y}, vs[4] = {vs0.x, vs0.y, vs1.x, vs1.y};
+    } else {
+      x[0] = s0[0] + s0[2], x[1] = s0[1] + s0[3], x[2] = s1[0] + s1[2], x[3] = s1[1] + s1[3];
+      if constexpr (S::kSplitKeys) {  // every warp sums the parts in the same order: equal scores
+        float4* scratch = reinterpret_cast<float4*>(smem + S::kOffKeyScratch) + worker * S::kWpt * 32;
+        scratch[wi * 32 + lane] = make_float4(x[0], x[1], x[2], x[3]);
+        worker_sync();
+        float4 sum = scratch[lane];
 #pragma unroll
-    for (int k = 0; k < 4; ++k) x[k] *= ks[k] * k_mul;
+        for (int w = 1; w < S::kWpt; ++w) {
+          const float4 part = scratch[w * 32 + lane];
+          sum.x += part.x, sum.y += part.y, sum.z += part.z, sum.w += part.w;
+        }
+        x[0] = sum.x, x[1] = sum.y, x[2] = sum.z, x[3] = sum.w;
+      }
+      pos[0] = 2 * t, pos[1] = 2 * t + 1, pos[2] = 8 + 2 * t, pos[3] = 9 + 2 * t;
+      float2 ks0 = make_float2(1.0f, 1.0f), ks1 = ks0, vs0 = ks0, vs1 = ks0;
+      if constexpr (quantized(KF)) {
+        ks0 = *reinterpret_cast<const float2*>(sc + 2 * t);
+        ks1 = *reinterpret_cast<const float2*>(sc + 8 + 2 * t);
+      }
+      if constexpr (quantized(VF)) {
+        vs0 = *reinterpret_cast<const float2*>(sc + T + 2 * t);
+        vs1 = *reinterpret_cast<const float2*>(sc + T + 8 + 2 * t);
+      }
+      ks[0] = ks0.x, ks[1] = ks0.y, ks[2] = ks1.x, ks[3] = ks1.y;
+      vs[0] = vs0.x, vs[1] = vs0.y, vs[2] = vs1.x, vs[3] = vs1.y;
+    }
+#pragma unroll
+    for (int k = 0; k < NX; ++k) x[k] *= ks[k] * k_mul;
     if (a.softcap > 0.0f) {  // one uniform branch per tile, not one per logit
 #pragma unroll
-      for (int k = 0; k < 4; ++k) x[k] = a.softcap * tanhf(x[k] / a.softcap);
+      for (int k = 0; k < NX; ++k) x[k] = a.softcap * tanhf(x[k] / a.softcap);
     }
     float lane_max = -INFINITY;
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
+    for (int k = 0; k < NX; ++k) {
       x[k] = pos[k] < n ? x[k] * kLog2e : -INFINITY;
       lane_max = fmaxf(lane_max, x[k]);
     }
@@ -707,8 +749,15 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     float alpha = 1.0f;
     const bool grew = __any_sync(0xffffffffu, lane_max > m_run);
     if (grew) {
-      float tile_max = fmaxf(lane_max, __shfl_xor_sync(0xffffffffu, lane_max, 1));
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+      float tile_max = lane_max;
+      if constexpr (PACKED_LO) {  // over the lanes of head t: g
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 4));
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 8));
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 16));
+      } else {  // over the lanes of head g: t
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+      }
       const float m_new = fmaxf(m_run, tile_max);
       // While nothing is visible yet (m_new = -inf) subtract 0 instead: exp2(-inf) = 0 then gives
       // p = 0 for masked positions and alpha = 0 for the empty (all-zero) state, with no NaN and
@@ -717,28 +766,41 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
       m_run = m_new;
     }
     const float m_use = m_run == -INFINITY ? 0.0f : m_run;
-    float p[4], psum = 0.0f;
+    float p[NX], psum = 0.0f;
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
+    for (int k = 0; k < NX; ++k) {
       p[k] = fast_exp2(x[k] - m_use);
       psum += p[k];
     }
     l_run = l_run * alpha + psum;
     if (grew) {
       // Output fragments hold columns 2t and 2t+1: heads 2t and 2t+1, whose alphas live in lanes
-      // 8t and 8t+4, or (PACKED_LO) heads 2t mod 4 and 2t+1 mod 4.
-      const int src = PACKED_LO ? 8 * (t & 1) : 8 * t;
-      const float a0 = __shfl_sync(0xffffffffu, alpha, src);
-      const float a1 = __shfl_sync(0xffffffffu, alpha, src + 4);
+      // 8t and 8t+4, or (PACKED_LO) heads 2t mod 4 and 2t+1 mod 4, in lanes 2t mod 4 and 2t+1 mod 4.
+      const int src0 = PACKED_LO ? (2 * t) & 3 : 8 * t, src1 = PACKED_LO ? (2 * t + 1) & 3 : 8 * t + 4;
+      const float a0 = __shfl_sync(0xffffffffu, alpha, src0);
+      const float a1 = __shfl_sync(0xffffffffu, alpha, src1);
 #pragma unroll
       for (int j = 0; j < S::kMTiles; ++j) o[j][0] *= a0, o[j][1] *= a1, o[j][2] *= a0, o[j][3] *= a1;
     }
-    uint32_t ph0, pl0, ph1, pl1;  // B fragments of P^T (positions 2t, 2t+1 | 8+2t, 9+2t; head g)
-    split_half2(p[0] * vs[0], p[1] * vs[1], ph0, pl0);
-    split_half2(p[2] * vs[2], p[3] * vs[3], ph1, pl1);
-    if constexpr (PACKED_LO) {  // lanes 16-31 (columns 4-7) take the lo halves of lanes 0-15
-      const uint32_t lo0 = __shfl_xor_sync(0xffffffffu, pl0, 16), lo1 = __shfl_xor_sync(0xffffffffu, pl1, 16);
-      if (g >= 4) ph0 = lo0, ph1 = lo1;
+    // B fragments of P^T: positions 2t, 2t+1 (ph0) and 8+2t, 9+2t (ph1) of column g, split into
+    // fp16 hi + lo (pl0, pl1) for a second mma; PACKED_LO: column g is head g mod 4's hi (g < 4)
+    // or lo part, so one mma takes both.
+    uint32_t ph0, pl0, ph1, pl1;
+    if constexpr (PACKED_LO) {
+      // Head t's weights at positions g and 8 + g go to the lanes of column t (hi) and 4 + t (lo):
+      // lane (g, t) takes them from lanes (2t, g mod 4) and (2t + 1, g mod 4).
+      uint32_t hi, lo;
+      split_half2(p[0] * vs[0], p[1] * vs[1], hi, lo);
+      const int src = 8 * t + (g & 3);
+      const uint32_t h_even = __shfl_sync(0xffffffffu, hi, src), l_even = __shfl_sync(0xffffffffu, lo, src);
+      const uint32_t h_odd = __shfl_sync(0xffffffffu, hi, src + 4), l_odd = __shfl_sync(0xffffffffu, lo, src + 4);
+      const uint32_t even = g < 4 ? h_even : l_even, odd = g < 4 ? h_odd : l_odd;  // (position, position + 8)
+      ph0 = __byte_perm(even, odd, 0x5410);
+      ph1 = __byte_perm(even, odd, 0x7632);
+      pl0 = pl1 = 0u;
+    } else {
+      split_half2(p[0] * vs[0], p[1] * vs[1], ph0, pl0);
+      split_half2(p[2] * vs[2], p[3] * vs[3], ph1, pl1);
     }
 
     // Values: rows 2t, 2t+1, 2t+8, 2t+9; the lane's 2 coordinates per m tile.
@@ -828,8 +890,14 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   cp_async_wait<0>();
   allow_next_grid();  // the next step's blocks may take free SMs during this one's merge
   timeline_mark(a, 3);
-  l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
-  l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
+  if constexpr (PACKED_LO) {  // head t's sum over the lanes g
+    l_run += __shfl_xor_sync(0xffffffffu, l_run, 4);
+    l_run += __shfl_xor_sync(0xffffffffu, l_run, 8);
+    l_run += __shfl_xor_sync(0xffffffffu, l_run, 16);
+  } else {  // head g's sum over the lanes t
+    l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
+    l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
+  }
   __syncthreads();  // every worker is done with the stages and tables: reuse them for the merge
   timeline_mark(a, 4);
 
@@ -837,7 +905,12 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   // output by its worker's weight exp2(m_w - max_w m) before storing it, so the sum over workers
   // needs no exponentials per coordinate.
   float* wm = reinterpret_cast<float*>(smem + S::kOffMerge) + worker * S::kMergeFloats;
-  if (wi == 0 && t == 0) {
+  if constexpr (PACKED_LO) {  // heads 0-3 from lanes t of g = 0; heads 4-7 are empty (weight 0)
+    if (wi == 0 && g < 2) {
+      wm[4 * g + t] = g == 0 ? m_run : -INFINITY;
+      wm[G + 4 * g + t] = g == 0 ? l_run : 0.0f;
+    }
+  } else if (wi == 0 && t == 0) {
     wm[g] = m_run;
     wm[G + g] = l_run;
   }
