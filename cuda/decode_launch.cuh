@@ -11,11 +11,16 @@ namespace tqkv::cuda_detail {
 // Whether a format pair and head dim has a PACKED_LO kernel (decode_mma_kernel), used for groups of
 // at most 4 query heads: transposed scores (keys as the mma's rows, the query's hi and lo parts as
 // its columns) and values with the weights' lo halves in columns 4-7; half the mmas of the other
-// kernel and half its softmax work. r129/r130, against dd1cdb1 (packed values only, tq2/tq3), d = 128,
-// 32/8 heads, graph steps: tq3 -7 to -10 % at batch 8/32, tq2 -4 to -6 %, k8v4 -5 % at b32 (steadier
-// too), tq4 -1 to -2 %. Up to d = 128 (q in registers); not tq8 values at d = 96 (ptxas spilled 8 B).
+// kernel and half its softmax work. Graph steps per decode step:
+// - d <= 128 (r129/r130, 32/8 heads, against dd1cdb1, where only tq2/tq3 keys had this kernel, with
+//   packed values but scores as for any group): tq3 -7 to -10 % at batch 8/32, tq2 -4 to -6 %,
+//   k8v4 -5 % at batch 32 (steadier too), tq4 -1 to -2 %;
+// - d = 256 (r132; 32/8, 16/8 and 32/32 heads, against the kernel for any group): tq2 -7 to -17 %,
+//   tq4 -2 to -7 %; tq3 mixed (-16 to +8 %), so not tq3; not tq8 keys (two warps per tile there).
+// Not tq8 values at d = 96 (ptxas spilled 8 B).
 constexpr bool has_packed_lo(Format kf, Format vf, int d) {
-  return kf != Format::f16 && d <= 128 && !(vf == Format::tq8 && d == 96);
+  if (kf == Format::f16 || (vf == Format::tq8 && d == 96)) return false;
+  return d <= 128 || (d == 256 && (kf == Format::tq2 || kf == Format::tq4));
 }
 
 // One kernel instance: its function, threads and shared memory.

@@ -566,8 +566,7 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   }
   __syncthreads();
 
-  static_assert(!PACKED_LO || (S::kQInRegisters && S::kScoreChains == 1 && !S::kSplitKeys),
-                "the transposed scores keep q in registers, one chain, one warp per tile");
+  static_assert(!PACKED_LO || !S::kSplitKeys, "the transposed scores take one warp per tile");
   using QFrag = std::conditional_t<PACKED_LO, uint2, uint4>;
   QFrag qreg[S::kQInRegisters ? S::kKSteps : 1];
   if constexpr (S::kQInRegisters) {
@@ -653,8 +652,9 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
         if constexpr (PACKED_LO) {
           // Transposed: S[16 positions x 8 columns] += K[rows g, 8 + g] * Q^T, one mma for both blocks.
           const KeyPairs r0 = key_pairs(w0), r1 = key_pairs(w1);
-          mma_f16(s0, r0.p01, r1.p01, r0.p23, r1.p23, qa.x, qa.y);
-          if constexpr (KF == Format::tq8) mma_f16(s0, r0.lo01, r1.lo01, r0.lo23, r1.lo23, qa.x, qa.y);
+          float(&acc)[4] = S::kScoreChains == 1 || sl % 2 == 0 ? s0 : s0_odd;
+          mma_f16(acc, r0.p01, r1.p01, r0.p23, r1.p23, qa.x, qa.y);
+          if constexpr (KF == Format::tq8) mma_f16(acc, r0.lo01, r1.lo01, r0.lo23, r1.lo23, qa.x, qa.y);
         } else {
           auto one = [&](const auto& w, float (&acc)[4]) {
             const KeyPairs r = key_pairs(w);
