@@ -8,8 +8,8 @@
 // - Scores, per 8 positions: S^T[16 x 8] = A[16 x d] * K^T. A holds the query heads (rows 0-7, in
 //   fp16) and their rounding residues (rows 8-15), so one mma gives hi and lo parts of the fp32
 //   query: their sum carries ~22 bits. Groups of at most 4 heads use the transposed form
-//   (PACKED_LO below): one mma per 16 positions. The coordinate order inside each k step is permuted so
-//   that every lane reads one contiguous quarter of a key row.
+//   (PACKED_LO below): one mma per 16 positions. The coordinate order inside each k step is
+//   permuted so that every lane reads one contiguous quarter of a key row.
 // - Values: O[16 coords x 8 heads] += V^T[16 coords x 16 positions] * P^T, where P^T is the
 //   score accumulator of two 8-position blocks taken as is (its layout is the B fragment), split
 //   into fp16 hi + lo (two mmas). The value scale is folded into P, the key scale into S.

@@ -258,9 +258,10 @@ TEST_F(Cuda, AwkwardLengthsAndBatch17) {
 }
 
 // Groups of at most 4 query heads take the packed-lo kernel (transposed scores) at quantized keys
-// and d <= 128, and at tq2/tq4 keys with d = 256 (decode_launch.cuh), larger groups the other: both sides of the boundary, and a group
-// of 12 (one block of 8 heads and one of 4 per KV head, both on the unpacked kernel). Groups of 3
-// come through EveryBuiltPairAndHeadDimMatchesReference (6/2 heads) and FreshRandomShapes.
+// and d <= 128, and at tq2/tq4 keys with d = 256 (decode_launch.cuh), larger groups the other:
+// both sides of the boundary, and a group of 12 (one block of 8 heads and one of 4 per KV head,
+// both on the unpacked kernel). Groups of 3 come through EveryBuiltPairAndHeadDimMatchesReference
+// (6/2 heads) and FreshRandomShapes.
 TEST_F(Cuda, PackedLoGroupsOnBothSidesMatchReference) {
   std::mt19937_64 rng(kSeed + 13);
   for (const char* fmt : {"tq3", "tq2", "tq4", "k8v4"})
