@@ -1007,12 +1007,15 @@ cudaError_t mma_blocks_per_pair(int kv_heads, int n_seqs, int* blocks) {
   *blocks = std::max(1, sms * kMmaBlocksPerSm / (kv_heads * n_seqs));
   return err;
 }
+
+// The longest chunk whose tiles all get two warps (kSidesApart) in `per_pair` blocks per pair.
+constexpr int sides_apart_tokens(int per_pair) { return per_pair * (kMmaWarps / 2) * kMmaTokens; }
 }  // namespace
 
 cudaError_t append_sides_apart_max_tokens(int kv_heads, int n_seqs, int* tokens) {
   int per_pair = 0;
   const cudaError_t err = mma_blocks_per_pair(kv_heads, n_seqs, &per_pair);
-  *tokens = per_pair * (kMmaWarps / 2) * kMmaTokens;
+  *tokens = sides_apart_tokens(per_pair);
   return err;
 }
 
@@ -1028,7 +1031,7 @@ cudaError_t launch_append(const AppendLaunch& a, cudaStream_t stream) {
     const int tiles = (a.n_tokens + kMmaTokens - 1) / kMmaTokens;
     const int one_tile_each = (tiles + kMmaWarps - 1) / kMmaWarps;
     const int two_warps_each = (tiles + kMmaWarps / 2 - 1) / (kMmaWarps / 2);
-    const bool sides_apart = two_warps_each <= per_pair;
+    const bool sides_apart = a.n_tokens <= sides_apart_tokens(per_pair);  // two_warps_each <= per_pair
     const dim3 grid(sides_apart ? two_warps_each : std::min(one_tile_each, per_pair), a.cache.kv_heads, a.n_seqs);
     err = launch_mma_for_pair(a, grid, sides_apart, sqrt_d, stream);
   } else {

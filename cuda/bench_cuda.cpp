@@ -10,8 +10,9 @@
 // (kv_bytes_per_position: rows + scales); % read compares with a read-only kernel's bandwidth (a
 // decode step only reads), % copy with a device-to-device copy (bytes read + written).
 // --append also times append (quantize-on-write) of a 32k-token chunk, counting bytes read (f16, bf16 or
-// f32 input) plus bytes written, and a decode step (append_step + decode, run_step). --floors times, instead of decode, what the card does with each
-// shape's bytes without arithmetic (the split-K skeleton of a step, bench_read.hpp).
+// f32 input) plus bytes written, and a decode step (append_step + decode, run_step). --floors times,
+// instead of decode, what the card does with each shape's bytes without arithmetic (the split-K
+// skeleton of a step, bench_read.hpp).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>

@@ -649,25 +649,21 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
                     table_at_bits<sl * S::kKStepBits + pb, pb>(ktable, w, lane4)};
           }
         };
+        constexpr bool even_chain = S::kScoreChains == 1 || sl % 2 == 0;
+        float(&acc0)[4] = even_chain ? s0 : s0_odd;
         if constexpr (PACKED_LO) {
           // Transposed: S[16 positions x 8 columns] += K[rows g, 8 + g] * Q^T, one mma for both blocks.
           const KeyPairs r0 = key_pairs(w0), r1 = key_pairs(w1);
-          float(&acc)[4] = S::kScoreChains == 1 || sl % 2 == 0 ? s0 : s0_odd;
-          mma_f16(acc, r0.p01, r1.p01, r0.p23, r1.p23, qa.x, qa.y);
-          if constexpr (KF == Format::tq8) mma_f16(acc, r0.lo01, r1.lo01, r0.lo23, r1.lo23, qa.x, qa.y);
+          mma_f16(acc0, r0.p01, r1.p01, r0.p23, r1.p23, qa.x, qa.y);
+          if constexpr (KF == Format::tq8) mma_f16(acc0, r0.lo01, r1.lo01, r0.lo23, r1.lo23, qa.x, qa.y);
         } else {
           auto one = [&](const auto& w, float (&acc)[4]) {
             const KeyPairs r = key_pairs(w);
             mma_f16(acc, qa.x, qa.y, qa.z, qa.w, r.p01, r.p23);
             if constexpr (KF == Format::tq8) mma_f16(acc, qa.x, qa.y, qa.z, qa.w, r.lo01, r.lo23);
           };
-          if constexpr (S::kScoreChains == 1 || sl % 2 == 0) {
-            one(w0, s0);
-            one(w1, s1);
-          } else {
-            one(w0, s0_odd);
-            one(w1, s1_odd);
-          }
+          one(w0, acc0);
+          one(w1, even_chain ? s1 : s1_odd);
         }
       });
     };
