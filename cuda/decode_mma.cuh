@@ -379,6 +379,42 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   const int h0 = kv_head * a.group + first_in_group;
   const int b = blockIdx.z;
 
+  // ---- the code tables, before the previous kernel's results are visible (programmatic launch) ----
+  // They need only the codebook, so they are built while that kernel finishes (r142, graph steps:
+  // tq4 b1 4k 9.35 -> 8.85 us, b8 16k 61.9 -> 61.2). A codebook that kernel may have written (not a
+  // DeviceKvCache's: codebook_settled is false) is read after waiting for it. Each thread computes
+  // one entry (a row's key or value half) once and writes its lane copies as 8 16-byte stores,
+  // starting at part `lane` so that the 8 lanes of a store phase hit 8 different bank groups. The
+  // levels come from global memory up to d = 128 and through shared memory above: the other way
+  // round, ptxas allocated the loops worse (SASS per tile, tq4: +33 to +63 instructions at d = 64-128
+  // through shared memory, +16 to +193 at d = 256-576 from global memory).
+  if (!a.codebook_settled) wait_for_previous_grid();
+  if constexpr (S::kTableBytes > 0) {
+    const float* k_levels = c.k_levels;
+    const float* v_levels = c.v_levels;
+    if constexpr (D > 128) {
+      float* levels_s = reinterpret_cast<float*>(smem + S::kOffLevels);
+      if (quantized(KF) && tid < (1 << S::kKB)) levels_s[tid] = k_levels[tid];
+      if (quantized(VF) && tid < (1 << S::kVB)) levels_s[256 + tid] = v_levels[tid];
+      __syncthreads();
+      k_levels = levels_s, v_levels = levels_s + 256;
+    }
+    constexpr int rows = S::kTableBytes / kTableRowBytes;
+    for (int e = tid; e < 2 * rows; e += S::kThreads) {
+      const int r = e >> 1, col = e & 1;
+      uint4 quad = make_uint4(0u, 0u, 0u, 0u);
+      if (col == 0) {
+        if constexpr (quantized(KF))
+          if (r < table_rows(KF)) quad = table_quad<KF, true>(k_levels, r, a.k_lambda);
+      } else {
+        if constexpr (quantized(VF))
+          if (r < table_rows(VF)) quad = table_quad<VF, false>(v_levels, r, a.v_lambda);
+      }
+      uint8_t* dst = smem + S::kOffTable + r * kTableRowBytes + col * kTableV;
+#pragma unroll
+      for (int p = 0; p < 8; ++p) *reinterpret_cast<uint4*>(dst + ((p + lane) & 7) * 16) = quad;
+    }
+  }
   wait_for_previous_grid();  // everything below reads the cache, the query or the workspace
 
   // This split's positions (as decode_kernel), in 16-position tiles dealt round-robin to workers.
@@ -482,8 +518,6 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     x[j] = h < n_heads && i < D ? q_in[h * D + i] : 0.0f;
     sign_word[j] = quantized(KF) && h < n_heads && i < D ? signs[i >> 5] : 0u;
   });
-  const float k_level = quantized(KF) && tid < (1 << S::kKB) ? c.k_levels[tid] : 0.0f;
-  const float v_level = quantized(VF) && tid < (1 << S::kVB) ? c.v_levels[tid] : 0.0f;
 
   // Start the first copies; the set-up below overlaps them.
 #pragma unroll
@@ -492,9 +526,6 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     cp_async_commit();
   }
 
-  float* levels_s = reinterpret_cast<float*>(smem + S::kOffLevels);
-  if (quantized(KF) && tid < (1 << S::kKB)) levels_s[tid] = k_level;
-  if (quantized(VF) && tid < (1 << S::kVB)) levels_s[256 + tid] = v_level;
   // The query, scaled and rotated into the key domain: one warp per head, in registers.
   if (h < n_heads) {
     static_for<kWarpSlots<D>>([&](auto J) {
@@ -517,26 +548,6 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   }
   __syncthreads();
   timeline_mark(a, 1);
-  // Tables: each thread computes one entry (a row's key or value half) once and writes its lane
-  // copies as 8 16-byte stores, starting at part `lane` so that the 8 lanes of a store phase hit
-  // 8 different bank groups.
-  if constexpr (S::kTableBytes > 0) {
-    constexpr int rows = S::kTableBytes / kTableRowBytes;
-    for (int e = tid; e < 2 * rows; e += S::kThreads) {
-      const int r = e >> 1, col = e & 1;
-      uint4 quad = make_uint4(0u, 0u, 0u, 0u);
-      if (col == 0) {
-        if constexpr (quantized(KF))
-          if (r < table_rows(KF)) quad = table_quad<KF, true>(levels_s, r, a.k_lambda);
-      } else {
-        if constexpr (quantized(VF))
-          if (r < table_rows(VF)) quad = table_quad<VF, false>(levels_s + 256, r, a.v_lambda);
-      }
-      uint8_t* dst = smem + S::kOffTable + r * kTableRowBytes + col * kTableV;
-#pragma unroll
-      for (int p = 0; p < 8; ++p) *reinterpret_cast<uint4*>(dst + ((p + lane) & 7) * 16) = quad;
-    }
-  }
   // Scale q by 2^e so that its largest coordinate sits just under 2^15: the lo halves stay normal.
   int q_exp = 0;
   {

@@ -4,13 +4,18 @@
 // a decode step (docs/gpu/performance-notes.md, v6). tq4, d = 128, 32/8 heads; cache bytes are
 // constant (the kernel's timing does not depend on the values).
 //
-// usage: decode_timeline [batch:context ...]   (default: 1:4096 1:65536 8:16384 8:65536)
+// With --graph, the launches are the steps of one CUDA-graph replay (kGraphTimelineSteps decode
+// steps over as many caches, as bench_cuda's graph rows run them), each with its own timeline:
+// it shows how a step's blocks start, wait (programmatic launch) and end against the step before.
+//
+// usage: decode_timeline [--graph] [batch:context ...]   (default: 1:4096 1:65536 8:16384 8:65536)
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -36,84 +41,123 @@ double percentile(std::vector<double> v, double p) {
   return v[static_cast<std::size_t>(p * (v.size() - 1) + 0.5)];
 }
 
+// A tq4 cache (d = 128, 8 KV heads) full to `context` positions, with a query and an output.
+struct Step {
+  cuda::DeviceKvCache cache;
+  float* q = nullptr;
+  float* out = nullptr;
+  Step(int batch, int context) : cache(config(batch, context)) {
+    const CacheView v = cache.view();
+    const std::size_t rows = std::size_t(batch) * v.kv_heads * context;
+    check(cudaMemset(const_cast<uint8_t*>(v.k_codes), 0x5a, rows * v.k_row_bytes), "fill");
+    check(cudaMemset(const_cast<uint8_t*>(v.v_codes), 0xa5, rows * v.v_row_bytes), "fill");
+    check(cudaMemset(const_cast<float*>(v.k_scales), 0x3c, rows * 4), "fill");  // 0.0115 each
+    check(cudaMemset(const_cast<float*>(v.v_scales), 0x3c, rows * 4), "fill");
+    const std::vector<int64_t> tokens(batch, context);
+    check(cudaMemcpy(const_cast<int64_t*>(v.tokens), tokens.data(), batch * 8, cudaMemcpyHostToDevice), "tokens");
+    const std::size_t n_q = std::size_t(batch) * 32 * 128;
+    check(cudaMalloc(reinterpret_cast<void**>(&q), n_q * 4), "malloc");
+    check(cudaMalloc(reinterpret_cast<void**>(&out), n_q * 4), "malloc");
+    check(cudaMemset(q, 0x3c, n_q * 4), "fill");
+  }
+  ~Step() {
+    cudaFree(q);
+    cudaFree(out);
+  }
+  Step(const Step&) = delete;
+  Step& operator=(const Step&) = delete;
+  static CacheConfig config(int batch, int context) {
+    CacheConfig cfg;
+    cfg.batch = batch;
+    cfg.kv_heads = 8;
+    cfg.head_dim = 128;
+    cfg.capacity = context;
+    cfg.format = parse_kv_format("tq4");
+    return cfg;
+  }
+  void launch(cudaStream_t stream) {
+    DecodeParams p;
+    p.q_heads = 32;
+    p.splits = 0;  // the backend's choice, as a user gets it
+    cuda_backend::decode_attention(cache.view(), q, out, p, ExecContext{Backend::cuda, stream});
+  }
+};
+
+constexpr int kMaxBlocks = 1 << 16;
+constexpr std::size_t kTimelineValues = std::size_t(kMaxBlocks) * cuda_detail::kTimelineSlots;
+constexpr int kLoopEnd = 3;  // phase "loop end (worker 0)"
+const char* const kPhaseNames[] = {"entry", "query rotated", "loop start", "loop end (worker 0)", "workers joined",
+                                   "finish start", "finish done", "split merge done"};
+static_assert(sizeof(kPhaseNames) / sizeof(kPhaseNames[0]) == cuda_detail::kTimelinePhases);
+
+// One launch's timeline as read back: values per block, blocks up to the first never entered.
+struct Timeline {
+  std::vector<unsigned long long> v;
+  std::size_t blocks = 0;
+  explicit Timeline(const unsigned long long* device) : v(kTimelineValues) {
+    check(cudaMemcpy(v.data(), device, kTimelineValues * 8, cudaMemcpyDeviceToHost), "read timeline");
+    while (blocks < kMaxBlocks && v[blocks * cuda_detail::kTimelineSlots] != 0) ++blocks;
+  }
+  unsigned long long first_entry() const {
+    unsigned long long t0 = ~0ull;
+    for (std::size_t b = 0; b < blocks; ++b) t0 = std::min(t0, v[b * cuda_detail::kTimelineSlots]);
+    return t0;
+  }
+  // Phase `ph` of every block that reached it, in us after t0.
+  std::vector<double> phase(int ph, unsigned long long t0) const {
+    std::vector<double> t;
+    for (std::size_t b = 0; b < blocks; ++b) {
+      const unsigned long long x = v[b * cuda_detail::kTimelineSlots + ph];
+      if (x != 0) t.push_back((double(x) - double(t0)) * 1e-3);
+    }
+    return t;
+  }
+};
+
+void print_row(const std::string& name, const std::vector<double>& t) {
+  std::printf("| %s | %zu | %.2f | %.2f | %.2f | %.2f |\n", name.c_str(), t.size(),
+              t.empty() ? 0.0 : *std::min_element(t.begin(), t.end()), percentile(t, 0.5), percentile(t, 0.9),
+              t.empty() ? 0.0 : *std::max_element(t.begin(), t.end()));
+}
+constexpr const char* kTableHead = "| phase | blocks | min | median | p90 | max |\n| --- | --- | --- | --- | --- | --- |\n";
+
+unsigned long long* alloc_timeline() {
+  unsigned long long* d = nullptr;
+  check(cudaMalloc(reinterpret_cast<void**>(&d), kTimelineValues * 8), "malloc timeline");
+  check(cudaMemset(d, 0, kTimelineValues * 8), "clear timeline");
+  return d;
+}
+
 void run(int batch, int context) {
-  CacheConfig cfg;
-  cfg.batch = batch;
-  cfg.kv_heads = 8;
-  cfg.head_dim = 128;
-  cfg.capacity = context;
-  cfg.format = parse_kv_format("tq4");
-  cuda::DeviceKvCache cache(cfg);
-  const CacheView v = cache.view();
-  const std::size_t rows = std::size_t(batch) * cfg.kv_heads * context;
-  check(cudaMemset(const_cast<uint8_t*>(v.k_codes), 0x5a, rows * v.k_row_bytes), "fill");
-  check(cudaMemset(const_cast<uint8_t*>(v.v_codes), 0xa5, rows * v.v_row_bytes), "fill");
-  check(cudaMemset(const_cast<float*>(v.k_scales), 0x3c, rows * 4), "fill");  // 0.0115 each
-  check(cudaMemset(const_cast<float*>(v.v_scales), 0x3c, rows * 4), "fill");
-  const std::vector<int64_t> tokens(batch, context);
-  check(cudaMemcpy(const_cast<int64_t*>(v.tokens), tokens.data(), batch * 8, cudaMemcpyHostToDevice), "tokens");
-  const std::size_t n_q = std::size_t(batch) * 32 * 128;
-  float *q = nullptr, *out = nullptr;
-  check(cudaMalloc(reinterpret_cast<void**>(&q), n_q * 4), "malloc");
-  check(cudaMalloc(reinterpret_cast<void**>(&out), n_q * 4), "malloc");
-  check(cudaMemset(q, 0x3c, n_q * 4), "fill");
-  DecodeParams p;
-  p.q_heads = 32;
-  p.splits = 0;  // the backend's choice, as a user gets it
-  const ExecContext ctx{Backend::cuda, nullptr};
-  for (int i = 0; i < 3; ++i) cuda_backend::decode_attention(v, q, out, p, ctx);
+  Step step(batch, context);
+  for (int i = 0; i < 3; ++i) step.launch(nullptr);
   check(cudaDeviceSynchronize(), "warm-up");
 
-  constexpr int kMaxBlocks = 1 << 16;
-  unsigned long long* d_tl = nullptr;
-  const std::size_t tl_bytes = std::size_t(kMaxBlocks) * cuda_detail::kTimelineSlots * 8;
-  check(cudaMalloc(reinterpret_cast<void**>(&d_tl), tl_bytes), "malloc timeline");
-  check(cudaMemset(d_tl, 0, tl_bytes), "clear timeline");
+  unsigned long long* d_tl = alloc_timeline();
   cudaEvent_t e0, e1;
   cudaEventCreate(&e0);
   cudaEventCreate(&e1);
   cuda_detail::set_decode_timeline(d_tl);
   cudaEventRecord(e0);
-  cuda_backend::decode_attention(v, q, out, p, ctx);
+  step.launch(nullptr);
   cudaEventRecord(e1);
   cuda_detail::set_decode_timeline(nullptr);
   check(cudaEventSynchronize(e1), "timed launch");
   float ms = 0;
   cudaEventElapsedTime(&ms, e0, e1);
-  std::vector<unsigned long long> tl(tl_bytes / 8);
-  check(cudaMemcpy(tl.data(), d_tl, tl_bytes, cudaMemcpyDeviceToHost), "read timeline");
-
-  std::size_t blocks = 0;
-  while (blocks < kMaxBlocks && tl[blocks * cuda_detail::kTimelineSlots] != 0) ++blocks;
-  unsigned long long t0 = ~0ull;
-  for (std::size_t b = 0; b < blocks; ++b) t0 = std::min(t0, tl[b * cuda_detail::kTimelineSlots]);
-  static const char* kNames[] = {"entry", "query rotated", "loop start", "loop end (worker 0)", "workers joined",
-                                 "finish start", "finish done", "split merge done"};
-  static_assert(sizeof(kNames) / sizeof(kNames[0]) == cuda_detail::kTimelinePhases);
-  constexpr int kLoopEnd = 3;  // kNames[kLoopEnd]: "loop end (worker 0)"
-  auto print_row = [](const std::string& name, const std::vector<double>& t) {
-    std::printf("| %s | %zu | %.2f | %.2f | %.2f | %.2f |\n", name.c_str(), t.size(),
-                t.empty() ? 0.0 : *std::min_element(t.begin(), t.end()), percentile(t, 0.5), percentile(t, 0.9),
-                t.empty() ? 0.0 : *std::max_element(t.begin(), t.end()));
-  };
+  const Timeline tl(d_tl);
+  const unsigned long long t0 = tl.first_entry();
   std::printf("\nbatch %d, context %d: %zu blocks, event time %.1f us (time from the first block's entry, us)\n",
-              batch, context, blocks, ms * 1e3);
-  std::printf("| phase | blocks | min | median | p90 | max |\n| --- | --- | --- | --- | --- | --- |\n");
-  for (int ph = 0; ph < cuda_detail::kTimelinePhases; ++ph) {
-    std::vector<double> t;
-    for (std::size_t b = 0; b < blocks; ++b) {
-      const unsigned long long x = tl[b * cuda_detail::kTimelineSlots + ph];
-      if (x != 0) t.push_back((x - t0) * 1e-3);
-    }
-    print_row(kNames[ph], t);
-  }
+              batch, context, tl.blocks, ms * 1e3);
+  std::printf("%s", kTableHead);
+  for (int ph = 0; ph < cuda_detail::kTimelinePhases; ++ph) print_row(kPhaseNames[ph], tl.phase(ph, t0));
   // Loop end (worker 0) by where the block ran: SMs that held one block of this launch against
   // SMs that held two or more, and by groups of 16 consecutive SM ids.
   std::map<unsigned, std::vector<double>> by_sm;
-  for (std::size_t b = 0; b < blocks; ++b) {
-    const unsigned long long sm = tl[b * cuda_detail::kTimelineSlots + cuda_detail::kTimelinePhases];
-    const unsigned long long end = tl[b * cuda_detail::kTimelineSlots + kLoopEnd];
-    if (sm != 0 && end != 0) by_sm[unsigned(sm - 1)].push_back((end - t0) * 1e-3);
+  for (std::size_t b = 0; b < tl.blocks; ++b) {
+    const unsigned long long sm = tl.v[b * cuda_detail::kTimelineSlots + cuda_detail::kTimelinePhases];
+    const unsigned long long end = tl.v[b * cuda_detail::kTimelineSlots + kLoopEnd];
+    if (sm != 0 && end != 0) by_sm[unsigned(sm - 1)].push_back((double(end) - double(t0)) * 1e-3);
   }
   std::map<std::string, std::vector<double>> groups;
   for (const auto& [sm, ends] : by_sm) {
@@ -125,10 +169,73 @@ void run(int batch, int context) {
   std::printf("\n| loop end (worker 0) by SM | blocks | min | median | p90 | max |\n| --- | --- | --- | --- | --- | --- |\n");
   for (const auto& [name, t] : groups) print_row(name, t);
   cudaFree(d_tl);
-  cudaFree(q);
-  cudaFree(out);
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
+}
+
+// Steps per graph in --graph mode (each on its own cache, so a step's bytes come from DRAM).
+constexpr int kGraphTimelineSteps = 4;
+
+void run_graph(int batch, int context) {
+  std::vector<std::unique_ptr<Step>> steps;
+  for (int s = 0; s < kGraphTimelineSteps; ++s) steps.push_back(std::make_unique<Step>(batch, context));
+  cudaStream_t stream;
+  check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
+  for (auto& st : steps) st->launch(stream);  // warm-up; sizes the workspace before capture
+  check(cudaStreamSynchronize(stream), "warm-up");
+  std::vector<unsigned long long*> d_tl;
+  for (int s = 0; s < kGraphTimelineSteps; ++s) d_tl.push_back(alloc_timeline());
+  // Two graphs of the same steps: one with timelines, one without (the step time unperturbed).
+  auto capture = [&](bool with_timeline) {
+    cudaGraph_t graph;
+    check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "begin capture");
+    for (int s = 0; s < kGraphTimelineSteps; ++s) {
+      cuda_detail::set_decode_timeline(with_timeline ? d_tl[s] : nullptr);
+      steps[s]->launch(stream);
+    }
+    cuda_detail::set_decode_timeline(nullptr);
+    check(cudaStreamEndCapture(stream, &graph), "end capture");
+    cudaGraphExec_t exec;
+    check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
+    cudaGraphDestroy(graph);
+    check(cudaGraphUpload(exec, stream), "upload");
+    return exec;
+  };
+  cudaGraphExec_t timed = capture(false), marked = capture(true);
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  float best_ms = 1e30f;
+  for (int r = 0; r < 10; ++r) {
+    cudaEventRecord(e0, stream);
+    check(cudaGraphLaunch(timed, stream), "replay");
+    cudaEventRecord(e1, stream);
+    check(cudaEventSynchronize(e1), "replay");
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    best_ms = std::min(best_ms, ms);
+  }
+  check(cudaGraphLaunch(marked, stream), "replay");  // the first marked replay warms the caches' L2 state
+  check(cudaStreamSynchronize(stream), "replay");
+  for (auto* d : d_tl) check(cudaMemset(d, 0, kTimelineValues * 8), "clear timeline");
+  check(cudaGraphLaunch(marked, stream), "replay");
+  check(cudaStreamSynchronize(stream), "replay");
+  std::vector<Timeline> tls;
+  for (auto* d : d_tl) tls.emplace_back(d);
+  const unsigned long long t0 = tls[0].first_entry();
+  std::printf("\nbatch %d, context %d, graph of %d steps: %zu blocks per step, %.1f us per step unmarked (best of "
+              "10 replays); us from step 0's first block entry\n",
+              batch, context, kGraphTimelineSteps, tls[0].blocks, best_ms * 1e3 / kGraphTimelineSteps);
+  for (int s = 0; s < kGraphTimelineSteps; ++s) {
+    std::printf("\nstep %d\n%s", s, kTableHead);
+    for (int ph = 0; ph < cuda_detail::kTimelinePhases; ++ph) print_row(kPhaseNames[ph], tls[s].phase(ph, t0));
+  }
+  cudaGraphExecDestroy(timed);
+  cudaGraphExecDestroy(marked);
+  for (auto* d : d_tl) cudaFree(d);
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaStreamDestroy(stream);
 }
 
 }  // namespace
@@ -141,9 +248,11 @@ int main(int argc, char** argv) {
     }
     std::printf("device: %s\n", cuda_backend::device_description().c_str());
     std::vector<std::pair<int, int>> shapes = {{1, 4096}, {1, 65536}, {8, 16384}, {8, 65536}};
-    if (argc > 1) {
+    const bool graph = argc > 1 && std::string(argv[1]) == "--graph";
+    const int first = graph ? 2 : 1;
+    if (argc > first) {
       shapes.clear();
-      for (int i = 1; i < argc; ++i) {
+      for (int i = first; i < argc; ++i) {
         int b = 0, c = 0;
         if (std::sscanf(argv[i], "%d:%d", &b, &c) != 2 || b < 1 || c < 1) {
           std::fprintf(stderr, "decode_timeline: '%s' is not BATCH:CONTEXT\n", argv[i]);
@@ -152,7 +261,7 @@ int main(int argc, char** argv) {
         shapes.emplace_back(b, c);
       }
     }
-    for (auto [b, c] : shapes) run(b, c);
+    for (auto [b, c] : shapes) graph ? run_graph(b, c) : run(b, c);
   } catch (const tqkv::Error& e) {
     std::fprintf(stderr, "decode_timeline: %s\n", e.what());
     return 1;

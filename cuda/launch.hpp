@@ -53,6 +53,10 @@ struct DecodeLaunch {
   // fp16 (see code_level_lambda); 1 elsewhere.
   float k_lambda = 1.0f;
   float v_lambda = 1.0f;
+  // The codebook levels were written before this call by something other than the kernel just
+  // before it on the stream (a DeviceKvCache's, uploaded when it was made): the kernel may read
+  // them, and build its code tables, before that kernel's results are visible.
+  bool codebook_settled = false;
 };
 
 // Phases a decode block time-stamps when a timeline buffer is set: entry, query rotated, loop

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -138,6 +139,9 @@ struct Case {
   bool ring = false;
   std::vector<int64_t> lengths;  // tokens per sequence (default: random in [1, capacity])
   DecodeParams params{};
+  // Decode through a view whose codebook levels are copies in memory of the caller's (no
+  // DeviceKvCache registered them): the kernel reads them only after the previous kernel.
+  bool caller_codebook = false;
 };
 
 std::string describe(const Case& c) {
@@ -147,7 +151,8 @@ std::string describe(const Case& c) {
          " heads=" + std::to_string(c.q_heads) + "/" + std::to_string(c.kv_heads) +
          " capacity=" + std::to_string(c.capacity) + (c.ring ? " ring" : "") + " window=" +
          std::to_string(c.params.window) + " splits=" + std::to_string(c.params.splits) +
-         " softcap=" + std::to_string(c.params.softcap) + (c.params.sinks ? " sinks" : "") + " lengths: " + lengths;
+         " softcap=" + std::to_string(c.params.softcap) + (c.params.sinks ? " sinks" : "") +
+         (c.caller_codebook ? " caller codebook" : "") + " lengths: " + lengths;
 }
 
 // Runs one case on the GPU and on the reference (same packed bytes) and checks nmse, every output
@@ -185,7 +190,21 @@ void check_decode(Case c, std::mt19937_64& rng, bool with_sinks = false, const E
   DeviceArray<uint8_t> dout(out_bytes);
   dout.poison();
   p.sinks = with_sinks ? dsinks.ptr : nullptr;
-  cuda_backend::decode_attention(dev.view(), dq.ptr, dout.ptr, p, ctx);
+  CacheView view = dev.view();
+  auto codebook_copy = [&](Format f, const float* levels) {
+    auto copy = std::make_unique<DeviceArray<float>>(f == Format::f16 ? 1 : std::size_t{1} << format_bits(f));
+    if (f != Format::f16) {
+      EXPECT_EQ(cudaMemcpy(copy->ptr, levels, copy->n * sizeof(float), cudaMemcpyDeviceToDevice), cudaSuccess);
+    }
+    return copy;
+  };
+  const auto k_levels = codebook_copy(cfg.format.key, view.k_levels);
+  const auto v_levels = codebook_copy(cfg.format.value, view.v_levels);
+  if (c.caller_codebook) {
+    view.k_levels = k_levels->ptr;
+    view.v_levels = v_levels->ptr;
+  }
+  cuda_backend::decode_attention(view, dq.ptr, dout.ptr, p, ctx);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::vector<uint8_t> got_bytes = dout.download();
 
@@ -406,6 +425,49 @@ TEST_F(Cuda, AutoAndForcedSplitsMatchReference) {
       c.params.splits = 3;
       check_decode(c, rng, /*with_sinks=*/true);
     }
+}
+
+// A codebook in the caller's memory (not a DeviceKvCache's) takes the kernel's other set-up
+// order: the code tables are built after waiting for the previous kernel, not before.
+TEST_F(Cuda, CallerCodebookMatchesReference) {
+  std::mt19937_64 rng(kSeed + 21);
+  for (const char* fmt : {"tq4", "k8v4", "tq3", "tq2", "f16"})
+    for (int d : {64, 128, 256}) {
+      Case c;
+      c.format = parse_kv_format(fmt);
+      c.head_dim = d;
+      c.batch = 3;
+      c.capacity = 300;
+      c.caller_codebook = true;
+      check_decode(c, rng);  // 8 query heads / 2 KV heads: the transposed kernel
+      c.q_heads = 12;        // groups of 6: the other kernel, with sinks and 3 splits
+      c.params.splits = 3;
+      check_decode(c, rng, /*with_sinks=*/true);
+    }
+}
+
+// More blocks than the card holds at once, in a partial last wave (9/3 heads at batch 128: 384
+// blocks; 264 slots on an H100): from 16k positions of capacity the automatic choice splits the
+// sequences so that the waves are fuller (backend.cpp, resolve_splits). Short sequences keep the
+// reference cheap; the split count follows the capacity.
+TEST_F(Cuda, PartialWaveTakesMoreSplitsAndMatchesReference) {
+  std::mt19937_64 rng(kSeed + 22);
+  Case c;
+  c.format = parse_kv_format("tq4");
+  c.head_dim = 64;
+  c.batch = 128;
+  c.kv_heads = 3;
+  c.q_heads = 9;
+  c.capacity = 16384;
+  std::uniform_int_distribution<int64_t> len(1, 200);
+  for (int b = 0; b < c.batch; ++b) c.lengths.push_back(len(rng));
+  c.params.splits = 0;
+  CacheConfig cfg = test::cache_config(c.format, c.kv_heads, c.head_dim, c.capacity, c.batch);
+  cuda::DeviceKvCache probe(cfg);
+  DecodeParams p;
+  p.q_heads = c.q_heads;
+  EXPECT_GT(cuda_backend::decode_workspace_bytes(probe.view(), p), 0u) << "expected more than one split";
+  check_decode(c, rng);
 }
 
 TEST_F(Cuda, EmptySequenceGivesZeros) {
