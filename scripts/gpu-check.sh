@@ -5,7 +5,8 @@
 #   3. the decode benchmark (bench_cuda) and PyTorch SDPA with fp16 K/V as the peer, same run
 #      (scripts/gpu-bench/run.sh into OUTDIR/bench; report.py turns it into bench/results/);
 #   4. the split-K skeleton of a step at the same shapes (bench_cuda --floors: what the card does
-#      with the step's bytes without arithmetic), and a warm-L2 run with the phase timeline.
+#      with the step's bytes without arithmetic), and a warm-L2 run with the phase timelines (one
+#      launch, and the steps of a graph replay).
 # Logs go to OUTDIR; a summary is printed last.
 #
 # usage: scripts/gpu-check.sh OUTDIR [BINDIR]
@@ -41,7 +42,7 @@ tail -3 "$OUT/test.log"
 
 # A reduced set: every kernel (both append encoders and commit, decode with 1 and many splits and the in-kernel
 # split merge, one and two warps per tile), ring wrap, masks, a reused caller workspace.
-SANITIZE_FILTER='Cuda.FullyMaskedSplitsStayFinite:Cuda.AutoAndForcedSplitsMatchReference:Cuda.CallerWorkspaceIsReusedAcrossCallsAndShapes:Cuda.RingWrapWindowSoftcapSinks:Cuda.AppendStepAndGraphReplayThenDecode:Cuda.AppendAwkwardChunksAndUnalignedInputs:Cuda.AppendNonFiniteKeepsRowsAndOverflowIsNotNonFinite:Cuda.AppendLauncherEveryHeadDimShape:Cuda.AppendTensorCoreRotationEveryPairAndChunk:Cuda.EmptySequenceGivesZeros:Cuda.OutputTypesScaleAndLargeGroups'
+SANITIZE_FILTER='Cuda.FullyMaskedSplitsStayFinite:Cuda.AutoAndForcedSplitsMatchReference:Cuda.CallerWorkspaceIsReusedAcrossCallsAndShapes:Cuda.RingWrapWindowSoftcapSinks:Cuda.AppendStepAndGraphReplayThenDecode:Cuda.AppendAwkwardChunksAndUnalignedInputs:Cuda.AppendNonFiniteKeepsRowsAndOverflowIsNotNonFinite:Cuda.AppendLauncherEveryHeadDimShape:Cuda.AppendTensorCoreRotationEveryPairAndChunk:Cuda.EmptySequenceGivesZeros:Cuda.OutputTypesScaleAndLargeGroups:Cuda.CallerCodebookMatchesReference'
 for tool in memcheck racecheck; do
   echo "== compute-sanitizer $tool"
   timeout "${SANITIZER_TIMEOUT:-200}" compute-sanitizer --tool "$tool" --error-exitcode 3 "$BIN/test_cuda" --gtest_color=no \
@@ -57,9 +58,11 @@ result[bench]=$?
 echo "== the split-K skeleton of a decode step: the same bytes, partials and merge, no arithmetic (bench_cuda --floors)"
 "$BIN/bench_cuda" --floors --formats tq4 >"$OUT/floors.md" 2>&1
 result[floors]=$?
-echo "== bench_cuda with warm L2 (one copy), and where a decode step's time goes (decode_timeline)"
+echo "== bench_cuda with warm L2 (one copy), and where a decode step's time goes (decode_timeline: one launch, then"
+echo "   the steps of a graph replay)"
 { "$BIN/bench_cuda" --grid quick --formats tq4 --copies 1 &&
-  if [[ -x "$BIN/decode_timeline" ]]; then "$BIN/decode_timeline"; fi; } >"$OUT/bench-warm.md" 2>&1
+  if [[ -x "$BIN/decode_timeline" ]]; then "$BIN/decode_timeline" && "$BIN/decode_timeline" --graph 1:4096 8:16384; fi; } \
+  >"$OUT/bench-warm.md" 2>&1
 result[warm]=$?
 
 for f in bench/tqkv.md bench/sdpa.md floors.md bench-warm.md; do
