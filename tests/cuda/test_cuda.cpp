@@ -466,7 +466,10 @@ TEST_F(Cuda, PartialWaveTakesMoreSplitsAndMatchesReference) {
   cuda::DeviceKvCache probe(cfg);
   DecodeParams p;
   p.q_heads = c.q_heads;
+  p.splits = 0;
   EXPECT_GT(cuda_backend::decode_workspace_bytes(probe.view(), p), 0u) << "expected more than one split";
+  p.splits = 1;  // one split needs no workspace: the check above can fail
+  EXPECT_EQ(cuda_backend::decode_workspace_bytes(probe.view(), p), 0u);
   check_decode(c, rng);
 }
 
