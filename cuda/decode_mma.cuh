@@ -380,14 +380,15 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   const int b = blockIdx.z;
 
   // ---- the code tables, before the previous kernel's results are visible (programmatic launch) ----
-  // They need only the codebook, so they are built while that kernel finishes (r142, graph steps:
-  // tq4 b1 4k 9.35 -> 8.85 us, b8 16k 61.9 -> 61.2). A codebook that kernel may have written (not a
-  // DeviceKvCache's: codebook_settled is false) is read after waiting for it. Each thread computes
-  // one entry (a row's key or value half) once and writes its lane copies as 8 16-byte stores,
-  // starting at part `lane` so that the 8 lanes of a store phase hit 8 different bank groups. The
-  // levels come from global memory up to d = 128 and through shared memory above: the other way
-  // round, ptxas allocated the loops worse (SASS per tile, tq4: +33 to +63 instructions at d = 64-128
-  // through shared memory, +16 to +193 at d = 256-576 from global memory).
+  // They need only the codebook, so they are built while that kernel finishes (r142, graph steps of
+  // back-to-back decodes: tq4 b1 4k 9.35 -> 8.85 us, b8 16k 61.9 -> 61.2; after append_step, whose
+  // commit lets a decode start only as it finishes, the step is unchanged). A codebook that kernel
+  // may have written (not a DeviceKvCache's: codebook_settled is false) is read after waiting for
+  // it. Each thread computes one entry (a row's key or value half) once and writes its lane copies
+  // as 8 16-byte stores, starting at part `lane` so that the 8 lanes of a store phase hit 8
+  // different bank groups. The levels come from global memory up to d = 128 and through shared
+  // memory above: the other way round, ptxas allocated the loops worse (SASS per tile, tq4: +33 to
+  // +63 instructions at d = 64-128 through shared memory, +16 to +193 at d = 256-576 from global).
   if (!a.codebook_settled) wait_for_previous_grid();
   if constexpr (S::kTableBytes > 0) {
     const float* k_levels = c.k_levels;
