@@ -143,7 +143,7 @@ struct MmaShape {
   // Shared memory (bytes, 16-byte aligned offsets).
   static constexpr int kOffQ = 0;  // float [8][D]: rotated query, then the block's output
   static constexpr int kOffStats = kOffQ + kMaxHeadsPerBlock * D * 4;  // m[8], d[8], q max[8]
-  static constexpr int kOffLevels = kOffStats + 32 * 4;                // float [2][256]: K, V levels
+  static constexpr int kOffLevels = kOffStats + 32 * 4;                // float [2][256]: K, V levels (tables, d > 128)
   static constexpr int kOffQFrag = kOffLevels + 2 * 256 * 4;           // uint4 [kKSteps][32]
   static constexpr int kOffTable = kOffQFrag + kKSteps * 32 * 16;
   static constexpr int kTableBytes = cmax(table_rows(KF), table_rows(VF)) * kTableRowBytes;
@@ -502,11 +502,11 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     else asm volatile("bar.sync %0, %1;\n" ::"r"(1 + worker), "r"(S::kWpt * 32) : "memory");
   };
 
-  // ---- set-up: rotated query, its fp16 hi/lo fragments, the code tables; two block barriers ----
+  // ---- set-up after the wait: rotated query, its fp16 hi/lo fragments; two block barriers ----
   // (ncu, run r10: the shared-memory FWHT with a barrier per stage and the table/fragment
   // barriers were ~1,300 of the ~2,450 instructions per warp at batch 1, 4k.)
-  // The loads of the query, its signs and the levels go out before the first tile copies: behind
-  // them (4.5 MB at batch 1, 4k) they came back late (r43 timeline: query rotated at 2.5 us).
+  // The loads of the query and its signs go out before the first tile copies: behind them (4.5 MB
+  // at batch 1, 4k) they came back late (r43 timeline: query rotated at 2.5 us).
   static_assert(WARPS >= kMaxHeadsPerBlock && S::kThreads >= 256, "one head per warp, one level per thread");
   const uint32_t* signs = c.sign_bits + static_cast<std::size_t>(kv_head) * c.sign_words;
   const float* q_in = a.q + (static_cast<std::size_t>(b) * a.q_heads + h0) * D;
