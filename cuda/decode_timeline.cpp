@@ -1,14 +1,15 @@
 // decode_timeline: where the time of one decode launch goes, block by block. Each block
 // time-stamps its phases with %globaltimer (launch.hpp: kTimelinePhases); this prints, over all
 // blocks, the times from the first block's start to each phase. Used to find the fixed cost of
-// a decode step (docs/gpu/performance-notes.md, v6). tq4, d = 128, 32/8 heads; cache bytes are
-// constant (the kernel's timing does not depend on the values).
+// a decode step (docs/gpu/performance-notes.md, v6). tq4 unless --format names another pair,
+// d = 128, 32/8 heads; cache bytes are constant (the kernel's timing does not depend on the values).
 //
 // With --graph, the launches are the steps of one CUDA-graph replay (kGraphTimelineSteps decode
 // steps over as many caches, as bench_cuda's graph rows run them), each with its own timeline:
 // it shows how a step's blocks start, wait (programmatic launch) and end against the step before.
 //
-// usage: decode_timeline [--graph] [batch:context ...]   (default: 1:4096 1:65536 8:16384 8:65536)
+// usage: decode_timeline [--graph] [--format NAME] [batch:context ...]
+//        (default: tq4; 1:4096 1:65536 8:16384 8:65536)
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -41,7 +42,10 @@ double percentile(std::vector<double> v, double p) {
   return v[static_cast<std::size_t>(p * (v.size() - 1) + 0.5)];
 }
 
-// A tq4 cache (d = 128, 8 KV heads) full to `context` positions, with a query and an output.
+// The format pair of every cache (--format).
+KvFormat g_format = parse_kv_format("tq4");
+
+// A cache (g_format, d = 128, 8 KV heads) full to `context` positions, with a query and an output.
 struct Step {
   cuda::DeviceKvCache cache;
   float* q = nullptr;
@@ -72,7 +76,7 @@ struct Step {
     cfg.kv_heads = 8;
     cfg.head_dim = 128;
     cfg.capacity = context;
-    cfg.format = parse_kv_format("tq4");
+    cfg.format = g_format;
     return cfg;
   }
   void launch(cudaStream_t stream) {
@@ -247,20 +251,24 @@ int main(int argc, char** argv) {
       return 0;
     }
     std::printf("device: %s\n", cuda_backend::device_description().c_str());
-    std::vector<std::pair<int, int>> shapes = {{1, 4096}, {1, 65536}, {8, 16384}, {8, 65536}};
-    const bool graph = argc > 1 && std::string(argv[1]) == "--graph";
-    const int first = graph ? 2 : 1;
-    if (argc > first) {
-      shapes.clear();
-      for (int i = first; i < argc; ++i) {
-        int b = 0, c = 0;
-        if (std::sscanf(argv[i], "%d:%d", &b, &c) != 2 || b < 1 || c < 1) {
-          std::fprintf(stderr, "decode_timeline: '%s' is not BATCH:CONTEXT\n", argv[i]);
-          return 1;
-        }
+    std::vector<std::pair<int, int>> shapes;
+    bool graph = false;
+    for (int i = 1; i < argc; ++i) {
+      const std::string arg = argv[i];
+      int b = 0, c = 0;
+      if (arg == "--graph") {
+        graph = true;
+      } else if (arg == "--format" && i + 1 < argc) {
+        g_format = parse_kv_format(argv[++i]);  // raises invalid_argument naming a bad format
+      } else if (std::sscanf(argv[i], "%d:%d", &b, &c) == 2 && b >= 1 && c >= 1) {
         shapes.emplace_back(b, c);
+      } else {
+        std::fprintf(stderr, "decode_timeline: '%s' is not --graph, --format NAME or BATCH:CONTEXT\n", argv[i]);
+        return 1;
       }
     }
+    if (shapes.empty()) shapes = {{1, 4096}, {1, 65536}, {8, 16384}, {8, 65536}};
+    std::printf("format: %s\n", kv_format_name(g_format).c_str());
     for (auto [b, c] : shapes) graph ? run_graph(b, c) : run(b, c);
   } catch (const tqkv::Error& e) {
     std::fprintf(stderr, "decode_timeline: %s\n", e.what());
