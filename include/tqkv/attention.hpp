@@ -91,7 +91,9 @@ std::size_t decode_workspace_bytes(const CacheView& cache, const DecodeParams& p
 // fast CPU path for host pointers. Throws Error(backend_unavailable) when CUDA is not built in or
 // no GPU is present. On Hopper (sm_90) and later the CUDA kernel is a programmatic dependent
 // launch: its blocks may start while the previous kernel on the stream finishes, and wait for
-// that kernel's completion before reading anything (inputs written by earlier kernels are safe);
+// that kernel's completion before reading anything (inputs written by earlier kernels are safe)
+// except a DeviceKvCache's codebook, which no kernel writes (a codebook in the caller's memory is
+// read after the wait too);
 // a next kernel launched with cudaLaunchAttributeProgrammaticStreamSerialization may start
 // during this one's merge and must wait (cudaGridDependencySynchronize) before reading `out`.
 void decode_attention(const CacheView& cache, const float* q, void* out, const DecodeParams& params,
