@@ -189,29 +189,31 @@ LevelsRegistry& levels_registry() {
   return r;
 }
 
-float levels_lambda(Format f, const float* device_levels, cudaStream_t stream) {
-  if (f != Format::tq2 && f != Format::tq3 && f != Format::tq4) return 1.0f;
+// What decode needs to know of one side's codebook levels: their lambda, and whether they are a
+// registered (DeviceKvCache) codebook, uploaded by a synchronous copy when the cache was made and
+// never written since ("settled": the kernel may read them before the previous kernel finishes).
+struct LevelsInfo {
+  float lambda = 1.0f;
+  bool settled = false;
+};
+LevelsInfo levels_info(Format f, const float* device_levels, cudaStream_t stream) {
+  if (f == Format::f16) return {1.0f, true};  // no levels
+  const bool has_lambda = f == Format::tq2 || f == Format::tq3 || f == Format::tq4;
   LevelsRegistry& r = levels_registry();
   std::lock_guard<std::mutex> lock(r.mutex);
-  if (auto it = r.registered.find(device_levels); it != r.registered.end()) return it->second;
-  if (auto it = r.read_back.find(device_levels); it != r.read_back.end()) return it->second;
+  if (auto it = r.registered.find(device_levels); it != r.registered.end())
+    return {has_lambda ? it->second : 1.0f, true};
+  if (!has_lambda) return {1.0f, false};
+  if (auto it = r.read_back.find(device_levels); it != r.read_back.end()) return {it->second, false};
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   check_cuda(cudaStreamIsCapturing(stream, &capture), "decode_attention: cudaStreamIsCapturing");
-  if (capture != cudaStreamCaptureStatusNone) return 1.0f;
+  if (capture != cudaStreamCaptureStatusNone) return {1.0f, false};
   std::vector<float> levels(std::size_t{1} << format_bits(f));
   check_cuda(cudaMemcpy(levels.data(), device_levels, levels.size() * sizeof(float), cudaMemcpyDeviceToHost),
              "decode_attention: reading the codebook levels");
   const float lambda = r.lambda_of(levels);
   r.read_back.emplace(device_levels, lambda);
-  return lambda;
-}
-
-// Whether the levels at a device address are a registered (DeviceKvCache) codebook: uploaded by a
-// synchronous copy when the cache was made, and never written since.
-bool levels_registered(const float* device_levels) {
-  LevelsRegistry& r = levels_registry();
-  std::lock_guard<std::mutex> lock(r.mutex);
-  return r.registered.count(device_levels) > 0;
+  return {lambda, false};
 }
 
 }  // namespace
@@ -342,10 +344,11 @@ void decode_attention(const CacheView& c, const float* q, void* out, const Decod
   launch.splits = resolve_splits(c, p);
   launch.out_type = p.out_type;
   launch.timeline = decode_timeline();
-  launch.k_lambda = levels_lambda(c.format.key, c.k_levels, stream);
-  launch.v_lambda = levels_lambda(c.format.value, c.v_levels, stream);
-  auto settled = [](Format f, const float* levels) { return f == Format::f16 || levels_registered(levels); };
-  launch.codebook_settled = settled(c.format.key, c.k_levels) && settled(c.format.value, c.v_levels);
+  const LevelsInfo k_levels = levels_info(c.format.key, c.k_levels, stream);
+  const LevelsInfo v_levels = levels_info(c.format.value, c.v_levels, stream);
+  launch.k_lambda = k_levels.lambda;
+  launch.v_lambda = v_levels.lambda;
+  launch.codebook_settled = k_levels.settled && v_levels.settled;
   const std::size_t need = workspace_bytes_for(c, p, launch.splits);
   if (need > 0) {
     void* ws = ctx.workspace;

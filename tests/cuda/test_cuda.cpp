@@ -191,18 +191,16 @@ void check_decode(Case c, std::mt19937_64& rng, bool with_sinks = false, const E
   dout.poison();
   p.sinks = with_sinks ? dsinks.ptr : nullptr;
   CacheView view = dev.view();
-  auto codebook_copy = [&](Format f, const float* levels) {
-    auto copy = std::make_unique<DeviceArray<float>>(f == Format::f16 ? 1 : std::size_t{1} << format_bits(f));
-    if (f != Format::f16) {
-      EXPECT_EQ(cudaMemcpy(copy->ptr, levels, copy->n * sizeof(float), cudaMemcpyDeviceToDevice), cudaSuccess);
-    }
-    return copy;
+  std::unique_ptr<DeviceArray<float>> k_levels, v_levels;  // the caller's codebook copies
+  auto own_codebook = [](Format f, const float*& levels, std::unique_ptr<DeviceArray<float>>& copy) {
+    if (f == Format::f16) return;  // no levels
+    copy = std::make_unique<DeviceArray<float>>(std::size_t{1} << format_bits(f));
+    EXPECT_EQ(cudaMemcpy(copy->ptr, levels, copy->n * sizeof(float), cudaMemcpyDeviceToDevice), cudaSuccess);
+    levels = copy->ptr;
   };
-  const auto k_levels = codebook_copy(cfg.format.key, view.k_levels);
-  const auto v_levels = codebook_copy(cfg.format.value, view.v_levels);
   if (c.caller_codebook) {
-    view.k_levels = k_levels->ptr;
-    view.v_levels = v_levels->ptr;
+    own_codebook(cfg.format.key, view.k_levels, k_levels);
+    own_codebook(cfg.format.value, view.v_levels, v_levels);
   }
   cuda_backend::decode_attention(view, dq.ptr, dout.ptr, p, ctx);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
