@@ -57,11 +57,21 @@ __device__ inline SplitPositions split_positions(const DecodeLaunch& a, int b, i
   return {lo + begin, end > begin ? end - begin : 0};
 }
 
+// The rotation's sign words for a warp's slots: slot j holds coordinates 32 j + lane, so word j
+// (the same for all lanes). Loaded before finalize_head() rather than inside its store loop, so
+// that their round trip can overlap the inverse transform.
+template <int D, bool Rotated>
+__device__ __forceinline__ void load_sign_words(const DecodeLaunch& a, int kv_head, uint32_t (&w)[kWarpSlots<D>]) {
+  const uint32_t* signs = a.cache.sign_bits + static_cast<std::size_t>(kv_head) * a.cache.sign_words;
+  static_for<kWarpSlots<D>>([&](auto J) { w[decltype(J)::value] = Rotated ? signs[decltype(J)::value] : 0u; });
+}
+
 // Normalises one head's unnormalised value-domain output x (a warp's slots, kWarpSlots<D>), rotates
-// it back for tq values (x = S H^T r) and stores it as query head q_head of sequence b.
+// it back for tq values (x = S H^T r, S from load_sign_words) and stores it as query head q_head of
+// sequence b.
 template <int D, bool Rotated>
 __device__ __forceinline__ void finalize_head(float (&x)[kWarpSlots<D>], float m, float d, int q_head, int b,
-                                              const DecodeLaunch& a, const uint32_t* signs) {
+                                              const DecodeLaunch& a, const uint32_t (&sign_word)[kWarpSlots<D>]) {
   const int lane = threadIdx.x & 31;
   const float f = output_factor(m, d, a.sinks, q_head);
   static_for<kWarpSlots<D>>([&](auto J) { x[decltype(J)::value] *= f; });
@@ -74,7 +84,7 @@ __device__ __forceinline__ void finalize_head(float (&x)[kWarpSlots<D>], float m
     float v = x[j];
     if constexpr (Rotated) {
       v *= warp_hadamard_norm<D>(j);
-      if (sign_negated(signs, i)) v = -v;
+      if ((sign_word[j] >> lane) & 1u) v = -v;
     }
     store_output(a.out, out_base + i, v, a.out_type);
   });
@@ -85,14 +95,16 @@ template <int D, bool Rotated>
 __device__ inline void finalize_heads(const float* o, const float* m, const float* d, int n_heads,
                                       int first_q_head, int b, const DecodeLaunch& a, int kv_head) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  const uint32_t* signs = a.cache.sign_bits + static_cast<std::size_t>(kv_head) * a.cache.sign_words;
+  if (warp >= n_heads) return;
+  uint32_t sign_word[kWarpSlots<D>];
+  load_sign_words<D, Rotated>(a, kv_head, sign_word);
   for (int g = warp; g < n_heads; g += warps) {
     float x[kWarpSlots<D>];
     static_for<kWarpSlots<D>>([&](auto J) {
       constexpr int j = decltype(J)::value;
       x[j] = lane + 32 * j < D ? o[g * D + lane + 32 * j] : 0.0f;
     });
-    finalize_head<D, Rotated>(x, m[g], d[g], first_q_head + g, b, a, signs);
+    finalize_head<D, Rotated>(x, m[g], d[g], first_q_head + g, b, a, sign_word);
   }
 }
 
@@ -110,7 +122,34 @@ __device__ inline void merge_splits(int n_heads, int h0, int b, const DecodeLaun
   const int g = warp / parts, part = warp % parts;
   const bool active = g < n_heads;
   float acc[NJ] = {}, m = -INFINITY, den = 0.0f;
-  if (active) {
+  if (active && a.splits <= parts * U && a.splits <= 32) {
+    // Each part's splits (part, part + parts, ...) fit one batch: their (m, d) pairs (lane u) and
+    // rows go out together, one round trip to L2 (r151: the rows waited for the max before).
+    const std::size_t part0 = (static_cast<std::size_t>(b) * a.q_heads + h0 + g) * a.splits;
+    const int own = lane * parts + part;  // lane u < U: (m, d) of split part + u * parts
+    float2 split_md = make_float2(-INFINITY, 0.0f);
+    if (lane < U && own < a.splits) split_md = __ldcg(reinterpret_cast<const float2*>(a.part_md) + part0 + own);
+    float2 any_md = make_float2(-INFINITY, 0.0f);  // lane s: split s, for the max over all splits
+    if (lane < a.splits) any_md = __ldcg(reinterpret_cast<const float2*>(a.part_md) + part0 + lane);
+    const float* po = a.part_o + part0 * D + lane;
+    float v[U][NJ];
+    static_for<U>([&](auto UI) {
+      constexpr int u = decltype(UI)::value;
+      const bool row = u * parts + part < a.splits;
+      static_for<NJ>([&](auto J) {
+        constexpr int j = decltype(J)::value;
+        v[u][j] = row && lane + 32 * j < D ? __ldcg(po + static_cast<std::size_t>(u * parts + part) * D + 32 * j) : 0.0f;
+      });
+    });
+    m = warp_max(any_md.x);
+    const float w = split_md.x == -INFINITY ? 0.0f : expf(split_md.x - m);
+    den = warp_sum(w * split_md.y);
+    static_for<U>([&](auto UI) {
+      constexpr int u = decltype(UI)::value;
+      const float wu = __shfl_sync(0xffffffffu, w, u);
+      static_for<NJ>([&](auto J) { acc[decltype(J)::value] += wu * v[u][decltype(J)::value]; });
+    });
+  } else if (active) {
     const std::size_t part0 = (static_cast<std::size_t>(b) * a.q_heads + h0 + g) * a.splits;
     const float2* md = reinterpret_cast<const float2*>(a.part_md) + part0;
     // Lane u holds (m, d) of split s0 + u; the first 32 are loaded once for the max and the sums.
@@ -169,32 +208,31 @@ __device__ inline void merge_splits(int n_heads, int h0, int b, const DecodeLaun
       }
   }
   if (active && part == 0) {
-    const uint32_t* signs = a.cache.sign_bits + static_cast<std::size_t>(kv_head) * a.cache.sign_words;
-    finalize_head<D, Rotated>(acc, m, den, h0 + g, b, a, signs);
+    uint32_t sign_word[NJ];
+    load_sign_words<D, Rotated>(a, kv_head, sign_word);
+    finalize_head<D, Rotated>(acc, m, den, h0 + g, b, a, sign_word);
   }
 }
 
-// The block's unnormalised value-domain outputs o[g * D + i] (shared memory) with their running
-// max m (natural-log units) and denominator d. With one split they are finalised here. Otherwise
-// the block stores its partial, and the last block of (sequence, KV head, group chunk) to finish
-// merges all splits: a semaphore in the workspace counts the finished splits (as split-K GEMMs
-// do), so no second launch is needed, and the last block resets it to 0 for the next call or
-// graph replay. `scratch`: shared memory for merge_splits(), not overlapping o, m and d. All
-// threads must call it.
+// The end of a block. With one split, its unnormalised value-domain outputs o[g * D + i] (shared
+// memory, written by all threads before the call) with their running max m (natural-log units)
+// and denominator d are finalised here. With several splits the block has stored its outputs as
+// this split's partial (part_o) already, and stores m and d here; then the last block of
+// (sequence, KV head, group chunk) to finish merges all splits: a semaphore in the workspace counts
+// the finished splits (as split-K GEMMs do), so no second launch is needed, and the last block
+// resets it to 0 for the next call or graph replay. `scratch`: shared memory for merge_splits(),
+// not overlapping o, m and d. All threads must call it.
 template <int D, bool Rotated>
 __device__ inline void finish_decode_block(const float* o, const float* m, const float* d, int n_heads, int h0,
                                            int b, const DecodeLaunch& a, int kv_head, int split, float* scratch) {
   timeline_mark(a, 5);
   if (a.splits == 1) {
+    __syncthreads();
     finalize_heads<D, Rotated>(o, m, d, n_heads, h0, b, a, kv_head);
     timeline_mark(a, 6);
     return;
   }
   const std::size_t part0 = (static_cast<std::size_t>(b) * a.q_heads + h0) * a.splits + split;
-  for (int idx = threadIdx.x; idx < n_heads * D; idx += blockDim.x) {
-    const int g = idx / D, i = idx - g * D;
-    a.part_o[(part0 + static_cast<std::size_t>(g) * a.splits) * D + i] = o[idx];
-  }
   if (static_cast<int>(threadIdx.x) < n_heads) {
     a.part_md[(part0 + static_cast<std::size_t>(threadIdx.x) * a.splits) * 2] = m[threadIdx.x];
     a.part_md[(part0 + static_cast<std::size_t>(threadIdx.x) * a.splits) * 2 + 1] = d[threadIdx.x];

@@ -418,6 +418,32 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   }
   wait_for_previous_grid();  // everything below reads the cache, the query or the workspace
 
+  // Up to d = 128 the query and its signs go to shared memory first (cp.async, their own group):
+  // loaded after the token count's use in split_positions(), they came back one round trip later
+  // (ncu r151, b1 4k: the warps stalled on the count, then on the query). Lane l of warp h copies
+  // head h's coordinates l + 32 j, which it alone reads back. Shared memory, not registers: with
+  // the query or the signs waiting in registers the loops of d = 64-576 grew by up to 56
+  // instructions per tile. Above d = 128 the copies changed the loops too (tq3's d = 512 loop ran
+  // 14 % slower in r152), so those load the query after split_positions() as before.
+  static_assert(WARPS >= kMaxHeadsPerBlock && S::kThreads >= 256, "one head per warp, one level per thread");
+  constexpr bool kQueryFirst = D <= 128;
+  const int h = warp;  // the query head this warp rotates, if h < n_heads
+  // The signs' words go to the fragments' area (written only after the rotation), a copy per warp.
+  static_assert(kMaxHeadsPerBlock * kWarpSlots<D> * 4 <= S::kKSteps * 32 * 16, "the signs' copies must fit");
+  uint32_t* signs_s = reinterpret_cast<uint32_t*>(smem + S::kOffQFrag) + h * kWarpSlots<D>;
+  if constexpr (kQueryFirst) {
+    if (h < n_heads) {
+      const float* q_in = a.q + (static_cast<std::size_t>(b) * a.q_heads + h0 + h) * D;
+      static_for<kWarpSlots<D>>([&](auto J) {
+        const int i = lane + 32 * decltype(J)::value;
+        if (i < D) cp_async4(q_s + h * D + i, q_in + i);
+      });
+      if (quantized(KF) && lane < kWarpSlots<D>)
+        cp_async4(signs_s + lane, c.sign_bits + static_cast<std::size_t>(kv_head) * c.sign_words + lane);
+    }
+    cp_async_commit();
+  }
+
   // This split's positions (as decode_kernel), in 16-position tiles dealt round-robin to workers.
   const SplitPositions positions = split_positions(a, b, split, T);
   const int64_t begin = positions.begin;
@@ -505,22 +531,21 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   // ---- set-up after the wait: rotated query, its fp16 hi/lo fragments; two block barriers ----
   // (ncu, run r10: the shared-memory FWHT with a barrier per stage and the table/fragment
   // barriers were ~1,300 of the ~2,450 instructions per warp at batch 1, 4k.)
-  // The loads of the query and its signs go out before the first tile copies: behind them (4.5 MB
-  // at batch 1, 4k) they came back late (r43 timeline: query rotated at 2.5 us).
-  static_assert(WARPS >= kMaxHeadsPerBlock && S::kThreads >= 256, "one head per warp, one level per thread");
-  const uint32_t* signs = c.sign_bits + static_cast<std::size_t>(kv_head) * c.sign_words;
-  const float* q_in = a.q + (static_cast<std::size_t>(b) * a.q_heads + h0) * D;
-  const int h = warp;  // the query head this warp rotates, if h < n_heads
+  // The query's loads (above d = 128) or copies (up to d = 128, above) go out before the first
+  // tile copies: behind them (4.5 MB at batch 1, 4k) they came back late (r43 timeline: query
+  // rotated at 2.5 us). Start the first copies; the set-up below overlaps them.
   float x[kWarpSlots<D>];
   uint32_t sign_word[kWarpSlots<D>];
-  static_for<kWarpSlots<D>>([&](auto J) {
-    constexpr int j = decltype(J)::value;
-    const int i = lane + 32 * j;
-    x[j] = h < n_heads && i < D ? q_in[h * D + i] : 0.0f;
-    sign_word[j] = quantized(KF) && h < n_heads && i < D ? signs[i >> 5] : 0u;
-  });
-
-  // Start the first copies; the set-up below overlaps them.
+  if constexpr (!kQueryFirst) {
+    const uint32_t* signs = c.sign_bits + static_cast<std::size_t>(kv_head) * c.sign_words;
+    const float* q_in = a.q + (static_cast<std::size_t>(b) * a.q_heads + h0) * D;
+    static_for<kWarpSlots<D>>([&](auto J) {
+      constexpr int j = decltype(J)::value;
+      const int i = lane + 32 * j;
+      x[j] = h < n_heads && i < D ? q_in[h * D + i] : 0.0f;
+      sign_word[j] = quantized(KF) && h < n_heads && i < D ? signs[i >> 5] : 0u;
+    });
+  }
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
     if (s < my_tiles) load_tile(s);
@@ -528,6 +553,16 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   }
 
   // The query, scaled and rotated into the key domain: one warp per head, in registers.
+  if constexpr (kQueryFirst) {
+    cp_async_wait<STAGES - 1>();  // the query's group (the tiles' come after it)
+    __syncwarp();                  // the signs' words came by other lanes' copies
+    static_for<kWarpSlots<D>>([&](auto J) {
+      constexpr int j = decltype(J)::value;
+      const int i = lane + 32 * j;
+      x[j] = h < n_heads && i < D ? q_s[h * D + i] : 0.0f;
+      sign_word[j] = quantized(KF) && h < n_heads && i < D ? signs_s[j] : 0u;
+    });
+  }
   if (h < n_heads) {
     static_for<kWarpSlots<D>>([&](auto J) {
       constexpr int j = decltype(J)::value;
@@ -957,6 +992,18 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   });
   __syncthreads();
   const float inv_v_lambda = 1.0f / a.v_lambda;
+  // With several splits the sums go straight to this split's partial in the workspace (rows
+  // a.splits * D apart), not through shared memory: one barrier and a copy fewer after the loop.
+  // (The block's indices are read afresh: sharing them with the set-up's kept them live through
+  // the loop, and the tq8 d = 128 kernel spilled.)
+  unsigned bx, by, bz;
+  asm volatile("mov.u32 %0, %%ctaid.x;\n\tmov.u32 %1, %%ctaid.y;\n\tmov.u32 %2, %%ctaid.z;" : "=r"(bx), "=r"(by), "=r"(bz));
+  const int first_head = (by / a.head_chunks) * a.group + (by % a.head_chunks) * G;
+  float* partial = a.part_o + ((static_cast<std::size_t>(bz) * a.q_heads + first_head) * a.splits + bx) * D;
+  auto store_out = [&](int head, int coord, float2 v) {
+    if (a.splits > 1) *reinterpret_cast<float2*>(partial + static_cast<std::size_t>(head) * a.splits * D + coord) = v;
+    else *reinterpret_cast<float2*>(q_s + head * D + coord) = v;
+  };
   for (int pos = tid; pos < 32 * kSlots; pos += S::kThreads) {
     float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
@@ -968,13 +1015,9 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     const int l = pos / kSlots, jj = (pos % kSlots - l % kSlots + kSlots) % kSlots;
     const int lg = l >> 2, lt = l & 3;
     const int coord = lg * (D / 8) + (jj / S::kMTiles) * S::kMTiles * 2 + 2 * (jj % S::kMTiles);
-    if (2 * lt < n_heads)
-      *reinterpret_cast<float2*>(q_s + (2 * lt) * D + coord) = make_float2(acc.x * inv_v_lambda, acc.z * inv_v_lambda);
-    if (2 * lt + 1 < n_heads)
-      *reinterpret_cast<float2*>(q_s + (2 * lt + 1) * D + coord) =
-          make_float2(acc.y * inv_v_lambda, acc.w * inv_v_lambda);
+    if (2 * lt < n_heads) store_out(2 * lt, coord, make_float2(acc.x * inv_v_lambda, acc.z * inv_v_lambda));
+    if (2 * lt + 1 < n_heads) store_out(2 * lt + 1, coord, make_float2(acc.y * inv_v_lambda, acc.w * inv_v_lambda));
   }
-  __syncthreads();
   // The workers' area is free again: scratch for the split merge (8 x (D + 1) floats at most).
   static_assert(S::kWorkers * S::kMergeFloats >= kMaxHeadsPerBlock * (D + 1), "merge scratch must fit");
   finish_decode_block<D, quantized(VF)>(q_s, m_s, d_s, n_heads, h0, b, a, kv_head, split,

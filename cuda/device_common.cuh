@@ -49,9 +49,6 @@ constexpr HadamardBlock hadamard_block(int head_dim, int i) {
   }
   return {0, 0};
 }
-__device__ __forceinline__ bool sign_negated(const uint32_t* sign_bits, int i) {
-  return (sign_bits[i >> 5] >> (i & 31)) & 1u;
-}
 
 template <int N, typename F>
 __device__ __forceinline__ void static_for(F&& f) {
