@@ -109,17 +109,22 @@ __device__ inline void finalize_heads(const float* o, const float* m, const floa
 }
 
 // Log-sum-exp merge of all splits' partials of query heads [h0, h0 + n_heads) of sequence b,
-// then finalize_head(). Each head gets warps / n_heads warps ("parts"), which take interleaved
-// batches of U splits; their sums meet in `scratch` (shared memory, n_heads x parts x (D + 1)
-// floats). Partials come from other blocks of this launch: the loads bypass L1 (ld.global.cg),
-// ordered after them by count_split_done's acquire. All threads must call it.
+// then finalize_head(). Each head gets up to warps / n_heads warps ("parts", a power of two),
+// which take interleaved batches of U splits; their sums meet in `scratch` (shared memory,
+// n_heads x parts x (D + 1) floats). Partials come from other blocks of this launch: the loads
+// bypass L1 (ld.global.cg), ordered after them by count_split_done's acquire. All threads must
+// call it.
 template <int D, bool Rotated>
 __device__ inline void merge_splits(int n_heads, int h0, int b, const DecodeLaunch& a, int kv_head, float* scratch) {
   constexpr int NJ = kWarpSlots<D>;
   constexpr int U = NJ <= 2 ? 16 : NJ <= 4 ? 8 : NJ <= 8 ? 4 : 2;  // partial rows in flight per lane
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  const int parts = max(1, warps / n_heads);
-  const int g = warp / parts, part = warp % parts;
+  // parts: the largest power of two with n_heads x parts <= warps (for 8 warps, warps / n_heads),
+  // so that g and part come from shifts: the divisions by n_heads cost ~60 instructions (r154).
+  int parts_log2 = 0;
+  while ((n_heads << (parts_log2 + 1)) <= warps) ++parts_log2;
+  const int parts = 1 << parts_log2;
+  const int g = warp >> parts_log2, part = warp & (parts - 1);
   const bool active = g < n_heads;
   float acc[NJ] = {}, m = -INFINITY, den = 0.0f;
   if (active && a.splits <= parts * U && a.splits <= 32) {
@@ -138,7 +143,8 @@ __device__ inline void merge_splits(int n_heads, int h0, int b, const DecodeLaun
       const bool row = u * parts + part < a.splits;
       static_for<NJ>([&](auto J) {
         constexpr int j = decltype(J)::value;
-        v[u][j] = row && lane + 32 * j < D ? __ldcg(po + static_cast<std::size_t>(u * parts + part) * D + 32 * j) : 0.0f;
+        const float* src = po + static_cast<std::size_t>(u * parts + part) * D + 32 * j;
+        v[u][j] = row && lane + 32 * j < D ? __ldcg(src) : 0.0f;
       });
     });
     m = warp_max(any_md.x);

@@ -921,14 +921,13 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     });
     worker_sync();  // the next load_tile overwrites this stage
   }
-  if constexpr (PACKED_LO) {  // columns 0-3 += columns 4-7 (lane t += lane t + 2); 4-7 are unused after
+  if constexpr (PACKED_LO) {  // columns 0-3 += columns 4-7 (lane t += lane t + 2); 4-7 are unused after:
+    // lanes t >= 2 are left with the same sums, which weigh 0 in the workers' merge (heads 4-7 have
+    // m = -inf there) and are never stored (r154: zeroing them cost 32 selects per lane).
 #pragma unroll
     for (int j = 0; j < S::kMTiles; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float other = __shfl_xor_sync(0xffffffffu, o[j][e], 2);
-        o[j][e] = t < 2 ? o[j][e] + other : 0.0f;
-      }
+      for (int e = 0; e < 4; ++e) o[j][e] += __shfl_xor_sync(0xffffffffu, o[j][e], 2);
   }
   cp_async_wait<0>();
   allow_next_grid();  // the next step's blocks may take free SMs during this one's merge
@@ -997,7 +996,8 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   // (The block's indices are read afresh: sharing them with the set-up's kept them live through
   // the loop, and the tq8 d = 128 kernel spilled.)
   unsigned bx, by, bz;
-  asm volatile("mov.u32 %0, %%ctaid.x;\n\tmov.u32 %1, %%ctaid.y;\n\tmov.u32 %2, %%ctaid.z;" : "=r"(bx), "=r"(by), "=r"(bz));
+  asm volatile("mov.u32 %0, %%ctaid.x;\n\tmov.u32 %1, %%ctaid.y;\n\tmov.u32 %2, %%ctaid.z;"
+               : "=r"(bx), "=r"(by), "=r"(bz));
   const int first_head = (by / a.head_chunks) * a.group + (by % a.head_chunks) * G;
   float* partial = a.part_o + ((static_cast<std::size_t>(bz) * a.q_heads + first_head) * a.splits + bx) * D;
   auto store_out = [&](int head, int coord, float2 v) {
