@@ -220,15 +220,15 @@ __device__ inline void merge_splits(int n_heads, int h0, int b, const DecodeLaun
   }
 }
 
-// The end of a block. With one split, its unnormalised value-domain outputs o[g * D + i] (shared
-// memory, written by all threads before the call) with their running max m (natural-log units)
-// and denominator d are finalised here. With several splits the block has stored its outputs as
-// this split's partial (part_o) already, and stores m and d here; then the last block of
-// (sequence, KV head, group chunk) to finish merges all splits: a semaphore in the workspace counts
-// the finished splits (as split-K GEMMs do), so no second launch is needed, and the last block
-// resets it to 0 for the next call or graph replay. `scratch`: shared memory for merge_splits(),
-// not overlapping o, m and d. All threads must call it.
-template <int D, bool Rotated>
+// The end of a block. Its unnormalised value-domain outputs o[g * D + i] (shared memory, written
+// by all threads before the call) with their running max m (natural-log units) and denominator d
+// are finalised here with one split. With several splits the block stores its outputs as this
+// split's partial (part_o), unless PartialsStored (the caller wrote them there already), and m and
+// d; then the last block of (sequence, KV head, group chunk) to finish merges all splits: a
+// semaphore in the workspace counts the finished splits (as split-K GEMMs do), so no second
+// launch is needed, and the last block resets it to 0 for the next call or graph replay.
+// `scratch`: shared memory for merge_splits(), not overlapping o, m and d. All threads must call it.
+template <int D, bool Rotated, bool PartialsStored>
 __device__ inline void finish_decode_block(const float* o, const float* m, const float* d, int n_heads, int h0,
                                            int b, const DecodeLaunch& a, int kv_head, int split, float* scratch) {
   timeline_mark(a, 5);
@@ -239,6 +239,13 @@ __device__ inline void finish_decode_block(const float* o, const float* m, const
     return;
   }
   const std::size_t part0 = (static_cast<std::size_t>(b) * a.q_heads + h0) * a.splits + split;
+  if constexpr (!PartialsStored) {
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < n_heads * D; idx += blockDim.x) {
+      const int g = idx / D, i = idx - g * D;
+      a.part_o[(part0 + static_cast<std::size_t>(g) * a.splits) * D + i] = o[idx];
+    }
+  }
   if (static_cast<int>(threadIdx.x) < n_heads) {
     a.part_md[(part0 + static_cast<std::size_t>(threadIdx.x) * a.splits) * 2] = m[threadIdx.x];
     a.part_md[(part0 + static_cast<std::size_t>(threadIdx.x) * a.splits) * 2 + 1] = d[threadIdx.x];

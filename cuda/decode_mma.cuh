@@ -531,9 +531,9 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   // ---- set-up after the wait: rotated query, its fp16 hi/lo fragments; two block barriers ----
   // (ncu, run r10: the shared-memory FWHT with a barrier per stage and the table/fragment
   // barriers were ~1,300 of the ~2,450 instructions per warp at batch 1, 4k.)
-  // The query's loads (above d = 128) or copies (up to d = 128, above) go out before the first
-  // tile copies: behind them (4.5 MB at batch 1, 4k) they came back late (r43 timeline: query
-  // rotated at 2.5 us). Start the first copies; the set-up below overlaps them.
+  // The query's copies (up to d = 128, issued above) or loads (above d = 128, here) go out before
+  // the first tile copies: behind them (4.5 MB at batch 1, 4k) they came back late (r43 timeline:
+  // query rotated at 2.5 us). Start the first copies; the set-up below overlaps them.
   float x[kWarpSlots<D>];
   uint32_t sign_word[kWarpSlots<D>];
   if constexpr (!kQueryFirst) {
@@ -992,16 +992,24 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   __syncthreads();
   const float inv_v_lambda = 1.0f / a.v_lambda;
   // With several splits the sums go straight to this split's partial in the workspace (rows
-  // a.splits * D apart), not through shared memory: one barrier and a copy fewer after the loop.
-  // (The block's indices are read afresh: sharing them with the set-up's kept them live through
-  // the loop, and the tq8 d = 128 kernel spilled.)
+  // a.splits * D apart), not through shared memory: one barrier and a copy fewer after the loop
+  // (sm_90: tq3 d = 128 2-3 % shorter steps at batch 8, r158). The block's indices are read afresh:
+  // sharing them with the set-up's kept them live through the loop, and the tq8 d = 128 kernel
+  // spilled. On sm_80 that kernel spilled even so (16 B), so there the sums go through shared
+  // memory and finish_decode_block() copies them.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr bool kPartialsStored = true;
+#else
+  constexpr bool kPartialsStored = false;
+#endif
   unsigned bx, by, bz;
   asm volatile("mov.u32 %0, %%ctaid.x;\n\tmov.u32 %1, %%ctaid.y;\n\tmov.u32 %2, %%ctaid.z;"
                : "=r"(bx), "=r"(by), "=r"(bz));
   const int first_head = (by / a.head_chunks) * a.group + (by % a.head_chunks) * G;
   float* partial = a.part_o + ((static_cast<std::size_t>(bz) * a.q_heads + first_head) * a.splits + bx) * D;
   auto store_out = [&](int head, int coord, float2 v) {
-    if (a.splits > 1) *reinterpret_cast<float2*>(partial + static_cast<std::size_t>(head) * a.splits * D + coord) = v;
+    if (kPartialsStored && a.splits > 1)
+      *reinterpret_cast<float2*>(partial + static_cast<std::size_t>(head) * a.splits * D + coord) = v;
     else *reinterpret_cast<float2*>(q_s + head * D + coord) = v;
   };
   for (int pos = tid; pos < 32 * kSlots; pos += S::kThreads) {
@@ -1020,8 +1028,8 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   }
   // The workers' area is free again: scratch for the split merge (8 x (D + 1) floats at most).
   static_assert(S::kWorkers * S::kMergeFloats >= kMaxHeadsPerBlock * (D + 1), "merge scratch must fit");
-  finish_decode_block<D, quantized(VF)>(q_s, m_s, d_s, n_heads, h0, b, a, kv_head, split,
-                                        reinterpret_cast<float*>(smem + S::kOffMerge));
+  finish_decode_block<D, quantized(VF), kPartialsStored>(q_s, m_s, d_s, n_heads, h0, b, a, kv_head, split,
+                                                         reinterpret_cast<float*>(smem + S::kOffMerge));
 }
 
 }  // namespace tqkv::cuda_detail
