@@ -856,7 +856,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32, kMmaBlocksPerSm) append_mma_ke
   uint32_t p[kRowWords<kInput>];
   load_mma_row<kInput>(side ? a.v : a.k, input_row(token), t, active, vector_loads, p);
   stage_codebooks<grid_pairs(kInput, kValueBits)>(a, books);
-  const uint32_t* signs = cache.sign_bits + static_cast<std::size_t>(kv_head) * cache.sign_words;
+  const uint32_t* signs = head_signs(cache, kv_head);
   for (int i = threadIdx.x; i < kMmaInner * 32; i += kMmaWarps * 32)
     fragments[i] = rotation_fragments<kMmaF16<kInput>>(signs, i >> 5, lane);
   __syncthreads();  // the only block barrier: the rest is per warp

@@ -62,7 +62,7 @@ __device__ inline SplitPositions split_positions(const DecodeLaunch& a, int b, i
 // that their round trip can overlap the inverse transform.
 template <int D, bool Rotated>
 __device__ __forceinline__ void load_sign_words(const DecodeLaunch& a, int kv_head, uint32_t (&w)[kWarpSlots<D>]) {
-  const uint32_t* signs = a.cache.sign_bits + static_cast<std::size_t>(kv_head) * a.cache.sign_words;
+  const uint32_t* signs = head_signs(a.cache, kv_head);
   static_for<kWarpSlots<D>>([&](auto J) { w[decltype(J)::value] = Rotated ? signs[decltype(J)::value] : 0u; });
 }
 

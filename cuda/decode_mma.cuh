@@ -439,7 +439,7 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
         if (i < D) cp_async4(q_s + h * D + i, q_in + i);
       });
       if (quantized(KF) && lane < kWarpSlots<D>)
-        cp_async4(signs_s + lane, c.sign_bits + static_cast<std::size_t>(kv_head) * c.sign_words + lane);
+        cp_async4(signs_s + lane, head_signs(c, kv_head) + lane);
     }
     cp_async_commit();
   }
@@ -537,7 +537,7 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   float x[kWarpSlots<D>];
   uint32_t sign_word[kWarpSlots<D>];
   if constexpr (!kQueryFirst) {
-    const uint32_t* signs = c.sign_bits + static_cast<std::size_t>(kv_head) * c.sign_words;
+    const uint32_t* signs = head_signs(c, kv_head);
     const float* q_in = a.q + (static_cast<std::size_t>(b) * a.q_heads + h0) * D;
     static_for<kWarpSlots<D>>([&](auto J) {
       constexpr int j = decltype(J)::value;
@@ -1002,11 +1002,14 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
 #else
   constexpr bool kPartialsStored = false;
 #endif
-  unsigned bx, by, bz;
-  asm volatile("mov.u32 %0, %%ctaid.x;\n\tmov.u32 %1, %%ctaid.y;\n\tmov.u32 %2, %%ctaid.z;"
-               : "=r"(bx), "=r"(by), "=r"(bz));
-  const int first_head = (by / a.head_chunks) * a.group + (by % a.head_chunks) * G;
-  float* partial = a.part_o + ((static_cast<std::size_t>(bz) * a.q_heads + first_head) * a.splits + bx) * D;
+  float* partial = nullptr;
+  if constexpr (kPartialsStored) {
+    unsigned bx, by, bz;
+    asm volatile("mov.u32 %0, %%ctaid.x;\n\tmov.u32 %1, %%ctaid.y;\n\tmov.u32 %2, %%ctaid.z;"
+                 : "=r"(bx), "=r"(by), "=r"(bz));
+    const int first_head = (by / a.head_chunks) * a.group + (by % a.head_chunks) * G;
+    partial = a.part_o + ((static_cast<std::size_t>(bz) * a.q_heads + first_head) * a.splits + bx) * D;
+  }
   auto store_out = [&](int head, int coord, float2 v) {
     if (kPartialsStored && a.splits > 1)
       *reinterpret_cast<float2*>(partial + static_cast<std::size_t>(head) * a.splits * D + coord) = v;

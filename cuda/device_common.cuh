@@ -50,6 +50,11 @@ constexpr HadamardBlock hadamard_block(int head_dim, int i) {
   return {0, 0};
 }
 
+// The rotation's sign words of KV head kv_head (K and V share them).
+__device__ __forceinline__ const uint32_t* head_signs(const CacheView& c, int kv_head) {
+  return c.sign_bits + static_cast<std::size_t>(kv_head) * c.sign_words;
+}
+
 template <int N, typename F>
 __device__ __forceinline__ void static_for(F&& f) {
   [&]<int... I>(std::integer_sequence<int, I...>) {
