@@ -346,7 +346,7 @@ constexpr int mma_min_blocks() {
 //   head h's hi / lo query parts; one mma per k step covers the tile's 16 positions, not two;
 // - lane (g, t) then has head t's scores at positions g and 8 + g: half the softmax work;
 // - the value mma's B columns 4-7 carry the lo halves of heads 0-3's weights, so one mma per m tile
-//   takes hi and lo together; columns h and h + 4 are added after the loop. The weights reach
+//   takes hi and lo together; columns h and h + 4 are added in the workers' merge. The weights reach
 //   the B layout (head by column g) through 4 shuffles per tile.
 template <Format KF, Format VF, int D, int WARPS, int STAGES, bool PACKED_LO>
 __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, STAGES>()))
@@ -921,14 +921,6 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     });
     worker_sync();  // the next load_tile overwrites this stage
   }
-  if constexpr (PACKED_LO) {  // columns 0-3 += columns 4-7 (lane t += lane t + 2); 4-7 are unused after:
-    // lanes t >= 2 are left with the same sums, which weigh 0 in the workers' merge (heads 4-7 have
-    // m = -inf there) and are never stored (r154: zeroing them cost 32 selects per lane).
-#pragma unroll
-    for (int j = 0; j < S::kMTiles; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) o[j][e] += __shfl_xor_sync(0xffffffffu, o[j][e], 2);
-  }
   cp_async_wait<0>();
   allow_next_grid();  // the next step's blocks may take free SMs during this one's merge
   timeline_mark(a, 3);
@@ -965,7 +957,9 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     const float mine = merge[worker * S::kMergeFloats + h];
     return mine == -INFINITY ? 0.0f : exp2f(mine - mx);
   };
-  const float f0 = worker_weight(2 * t), f1 = worker_weight(2 * t + 1);
+  // Lane t's columns 2t, 2t + 1; PACKED_LO: heads 2t mod 4 and 2t + 1 mod 4 (t >= 2: their lo halves).
+  const int col_head = PACKED_LO ? (2 * t) & 3 : 2 * t;
+  const float f0 = worker_weight(col_head), f1 = worker_weight(col_head + 1);
   if (tid < n_heads) {
     float mx = -INFINITY;
     for (int w = 0; w < S::kWorkers; ++w) mx = fmaxf(mx, merge[w * S::kMergeFloats + tid]);
@@ -1016,15 +1010,24 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     else *reinterpret_cast<float2*>(q_s + head * D + coord) = v;
   };
   for (int pos = tid; pos < 32 * kSlots; pos += S::kThreads) {
-    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll
-    for (int w = 0; w < S::kWorkers; ++w) {
-      const float4 x = reinterpret_cast<const float4*>(merge + w * S::kMergeFloats + 2 * G)[pos];
-      acc.x += x.x, acc.y += x.y, acc.z += x.z, acc.w += x.w;
-    }
     // Back to (head, coordinate): the fragment of lane l, m tile jj (as in the value mma above).
     const int l = pos / kSlots, jj = (pos % kSlots - l % kSlots + kSlots) % kSlots;
     const int lg = l >> 2, lt = l & 3;
+    // PACKED_LO: lane l + 2's fragment (columns 4-7, the lo halves) is summed into lane l's here,
+    // not by shuffles after the loop (r162: 32 shuffles and adds per lane fewer, b1 4k 7.9 -> 7.8 us).
+    if (PACKED_LO && lt >= 2) continue;
+    const int partner = (l + 2) * kSlots + (jj + l + 2) % kSlots;
+    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+    for (int w = 0; w < S::kWorkers; ++w) {
+      const float4* fragments = reinterpret_cast<const float4*>(merge + w * S::kMergeFloats + 2 * G);
+      const float4 x = fragments[pos];
+      acc.x += x.x, acc.y += x.y, acc.z += x.z, acc.w += x.w;
+      if constexpr (PACKED_LO) {
+        const float4 y = fragments[partner];
+        acc.x += y.x, acc.y += y.y, acc.z += y.z, acc.w += y.w;
+      }
+    }
     const int coord = lg * (D / 8) + (jj / S::kMTiles) * S::kMTiles * 2 + 2 * (jj % S::kMTiles);
     if (2 * lt < n_heads) store_out(2 * lt, coord, make_float2(acc.x * inv_v_lambda, acc.z * inv_v_lambda));
     if (2 * lt + 1 < n_heads) store_out(2 * lt + 1, coord, make_float2(acc.y * inv_v_lambda, acc.w * inv_v_lambda));
