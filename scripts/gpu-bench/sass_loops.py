@@ -38,19 +38,27 @@ def kernels(obj):
     return funcs
 
 
-def tile_loop(instructions):
-    """Opcode counts of the shortest backward-branch loop that contains an HMMA."""
+def tile_loop_range(instructions):
+    """(first, last) address of the shortest backward-branch loop that contains an HMMA, or None."""
     best = None
     for address, text in instructions:
         m = re.search(r"BRA\s+\S*?0x([0-9a-f]+)", text)
         if not m or int(m.group(1), 16) >= address:
             continue
-        body = [t for a, t in instructions if int(m.group(1), 16) <= a <= address]
-        if any("HMMA" in t for t in body) and (best is None or len(body) < len(best)):
-            best = body
-    if best is None:
+        first = int(m.group(1), 16)
+        body = [t for a, t in instructions if first <= a <= address]
+        if any("HMMA" in t for t in body) and (best is None or len(body) < best[0]):
+            best = (len(body), first, address)
+    return best[1:] if best else None
+
+
+def tile_loop(instructions):
+    """Opcode counts of the tile loop (tile_loop_range)."""
+    span = tile_loop_range(instructions)
+    if span is None:
         return collections.Counter()
-    return collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", t).split()[0] for t in best)
+    body = [t for a, t in instructions if span[0] <= a <= span[1]]
+    return collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", t).split()[0] for t in body)
 
 
 def label(name):
