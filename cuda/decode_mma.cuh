@@ -1016,15 +1016,14 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     // PACKED_LO: lane l + 2's fragment (columns 4-7, the lo halves) is summed into lane l's here,
     // not by shuffles after the loop (r162: 32 shuffles and adds per lane fewer, b1 4k 7.9 -> 7.8 us).
     if (PACKED_LO && lt >= 2) continue;
-    const int partner = (l + 2) * kSlots + (jj + l + 2) % kSlots;
     float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
     for (int w = 0; w < S::kWorkers; ++w) {
       const float4* fragments = reinterpret_cast<const float4*>(merge + w * S::kMergeFloats + 2 * G);
       const float4 x = fragments[pos];
       acc.x += x.x, acc.y += x.y, acc.z += x.z, acc.w += x.w;
-      if constexpr (PACKED_LO) {
-        const float4 y = fragments[partner];
+      if constexpr (PACKED_LO) {  // lane l + 2's slot of the same m tile
+        const float4 y = fragments[(l + 2) * kSlots + (jj + l + 2) % kSlots];
         acc.x += y.x, acc.y += y.y, acc.z += y.z, acc.w += y.w;
       }
     }
