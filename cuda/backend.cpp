@@ -78,9 +78,7 @@ int resolve_splits(const CacheView& c, const DecodeParams& p) {
   const int64_t base_blocks = int64_t{c.batch} * c.kv_heads * head_chunks(c, p);
   // A split streams at least one granule (every worker of the block gets work).
   const int granule = kDecodeSplitGranule;
-  // Device counters are not visible to the host without a sync: size the split for the longest
-  // sequence the cache can show (its capacity, or the window).
-  const int64_t reach = p.window > 0 ? std::min(c.capacity, p.window) : c.capacity;
+  const int64_t reach = decode_reach(c, p.window);
   const int64_t granules = (reach + granule - 1) / granule;
   // Fill one wave of resident blocks and no more: a partial second wave costs as much as a full one.
   // Past kManySplits splits, one block per SM instead: the last block of each sequence and head

@@ -334,6 +334,18 @@ __device__ __forceinline__ void copy_rows(int first, F&& copy) {
   }
 }
 
+// The kernel copies tiles in groups of STAGES / 2, two groups in flight, and takes one group per
+// loop iteration: each tile with its own score mma chain and table lookups, one softmax update
+// for the group. The transposed kernel's loop waits on its own dependency chains (r165), so two
+// independent tiles per iteration give the scheduler work from both. Pairs exist for tq3 at
+// d <= 128 (r170: 426-563 instead of 482-598 instructions per tile, 127-128 registers, no
+// spills). Their stages fit at two blocks per SM only beside tq3's small code table: tq4 and tq2
+// would drop to one block per SM. decode_launch.cuh says when a launch takes them.
+inline constexpr int kTileGroupsInFlight = 2;
+constexpr bool has_tile_pairs(Format kf, Format vf, int d, bool packed_lo) {
+  return packed_lo && kf == Format::tq3 && vf == Format::tq3 && d <= 128;
+}
+
 template <Format KF, Format VF, int D, int WARPS, int STAGES>
 constexpr int mma_min_blocks() {
   return D <= 128 ? 16 / WARPS : 1;  // 128 registers at d <= 128 (2 blocks of 8 warps per SM)
@@ -546,15 +558,23 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
       sign_word[j] = quantized(KF) && h < n_heads && i < D ? signs[i >> 5] : 0u;
     });
   }
+  // Tiles are copied in groups of K (one cp.async group each), kGroups groups in flight.
+  constexpr int kGroups = kTileGroupsInFlight, K = STAGES / kGroups;
+  static_assert(STAGES % kGroups == 0, "the stages hold whole groups of tiles");
+  static_assert(K == 1 || (PACKED_LO && S::kWpt == 1 && S::kKGroups == 1 && S::kScoreChains == 1 && quantized(VF)),
+                "several tiles per iteration: transposed scores, one warp per tile, one key group, and "
+                "quantized values (a missing tile's stale stage must decode to finite values)");
 #pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < my_tiles) load_tile(s);
+  for (int s = 0; s < kGroups - 1; ++s) {
+#pragma unroll
+    for (int u = 0; u < K; ++u)
+      if (s * K + u < my_tiles) load_tile(s * K + u);
     cp_async_commit();
   }
 
   // The query, scaled and rotated into the key domain: one warp per head, in registers.
   if constexpr (kQueryFirst) {
-    cp_async_wait<STAGES - 1>();  // the query's group (the tiles' come after it)
+    cp_async_wait<kGroups - 1>();  // the query's group (the tiles' come after it)
     __syncwarp();                  // the signs' words came by other lanes' copies
     static_for<kWarpSlots<D>>([&](auto J) {
       constexpr int j = decltype(J)::value;
@@ -637,22 +657,29 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
 
   timeline_mark(a, 2);
   const int loop_tiles = S::kWpt == 1 ? my_tiles : (n_tiles + S::kWorkers - 1) / S::kWorkers;
-  for (int i = 0; i < loop_tiles; ++i) {
-    if (i + STAGES - 1 < my_tiles) load_tile(i + STAGES - 1);
+  for (int i = 0; i < loop_tiles; i += K) {
+#pragma unroll
+    for (int u = 0; u < K; ++u)
+      if (i + STAGES - K + u < my_tiles) load_tile(i + STAGES - K + u);
     cp_async_commit();
-    cp_async_wait<STAGES - 1>();
+    cp_async_wait<kGroups - 1>();
     worker_sync();
     if (i >= my_tiles) {  // a worker with one tile fewer only joins the barriers (see worker_sync)
       if constexpr (S::kSplitKeys) worker_sync();  // the score exchange's
       worker_sync();
       continue;
     }
+    // Sub-tile u of this iteration: its stage at st + u * kStageBytes (i and STAGES are multiples
+    // of K; the offset, not an array of pointers, keeps K = 1's code as it was) and n[u] valid
+    // positions, <= 0 for a tile past the end, whose stale stage is masked below.
     const uint8_t* st = my_stages + (i % STAGES) * S::kStageBytes;
-    const int n = min(T, n_pos - (worker + i * S::kWorkers) * T);
+    int n[K];
+#pragma unroll
+    for (int u = 0; u < K; ++u) n[u] = min(T, n_pos - (worker + (i + u) * S::kWorkers) * T);
 
     // Scores of positions g (block 0) and 8 + g (block 1) against the lane's 4 coordinates per k step
     // (odd steps into s*_odd when kScoreChains is 2).
-    float s0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, s1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float s0[K][4] = {}, s1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     float s0_odd[4] = {0.0f, 0.0f, 0.0f, 0.0f}, s1_odd[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     const uint8_t* krow0 = st + g * S::kStrideK;
     const uint8_t* krow1 = krow0 + 8 * S::kStrideK;
@@ -662,10 +689,13 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     auto score_group = [&](auto STEPS, auto FIRST) {
       constexpr int steps = decltype(STEPS)::value;
       constexpr int nb = steps * S::kKStepBits;
-      BitWords<nb> w0, w1;
+      BitWords<nb> w0[K], w1[K];
       const int pos = t * S::kLaneBitsK + static_cast<int>(FIRST) * S::kKStepBits;
-      load_bits<nb, S::kAlignK>(krow0, pos, w0);
-      load_bits<nb, S::kAlignK>(krow1, pos, w1);
+#pragma unroll
+      for (int u = 0; u < K; ++u) {
+        load_bits<nb, S::kAlignK>(krow0 + u * S::kStageBytes, pos, w0[u]);
+        load_bits<nb, S::kAlignK>(krow1 + u * S::kStageBytes, pos, w1[u]);
+      }
       static_for<steps>([&](auto SL) {
         constexpr int sl = decltype(SL)::value;
         QFrag qa;
@@ -697,20 +727,24 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
           }
         };
         constexpr bool even_chain = S::kScoreChains == 1 || sl % 2 == 0;
-        float(&acc0)[4] = even_chain ? s0 : s0_odd;
+        [[maybe_unused]] float(&acc0)[4] = even_chain ? s0[0] : s0_odd;  // the untransposed form's
         if constexpr (PACKED_LO) {
           // Transposed: S[16 positions x 8 columns] += K[rows g, 8 + g] * Q^T, one mma for both blocks.
-          const KeyPairs r0 = key_pairs(w0), r1 = key_pairs(w1);
-          mma_f16(acc0, r0.p01, r1.p01, r0.p23, r1.p23, qa.x, qa.y);
-          if constexpr (KF == Format::tq8) mma_f16(acc0, r0.lo01, r1.lo01, r0.lo23, r1.lo23, qa.x, qa.y);
+#pragma unroll
+          for (int u = 0; u < K; ++u) {
+            float(&acc)[4] = even_chain ? s0[u] : s0_odd;
+            const KeyPairs r0 = key_pairs(w0[u]), r1 = key_pairs(w1[u]);
+            mma_f16(acc, r0.p01, r1.p01, r0.p23, r1.p23, qa.x, qa.y);
+            if constexpr (KF == Format::tq8) mma_f16(acc, r0.lo01, r1.lo01, r0.lo23, r1.lo23, qa.x, qa.y);
+          }
         } else {
           auto one = [&](const auto& w, float (&acc)[4]) {
             const KeyPairs r = key_pairs(w);
             mma_f16(acc, qa.x, qa.y, qa.z, qa.w, r.p01, r.p23);
             if constexpr (KF == Format::tq8) mma_f16(acc, qa.x, qa.y, qa.z, qa.w, r.lo01, r.lo23);
           };
-          one(w0, acc0);
-          one(w1, even_chain ? s1 : s1_odd);
+          one(w0[0], acc0);
+          one(w1[0], even_chain ? s1 : s1_odd);
         }
       });
     };
@@ -729,25 +763,31 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
 
     // Online softmax. Lane (g, t) holds head g at positions 2t, 2t+1 (block 0) and 8+2t, 9+2t
     // (block 1); PACKED_LO: head t at positions g and 8 + g (columns 2t, 2t+1 = its hi and lo parts).
+    // Sub-tile u's scores are x[u * NX ...].
     constexpr int NX = PACKED_LO ? 2 : 4;
     const float* sc = reinterpret_cast<const float*>(st + S::kStageScales);
     if constexpr (S::kScoreChains == 2) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s0[e] += s0_odd[e], s1[e] += s1_odd[e];
+      for (int e = 0; e < 4; ++e) s0[0][e] += s0_odd[e], s1[e] += s1_odd[e];
     }
-    float x[NX];
-    int pos[NX];
-    float ks[NX], vs[NX];
+    float x[K * NX];
+    int pos[K * NX];
+    float ks[K * NX], vs[K * NX];
     if constexpr (PACKED_LO) {
-      x[0] = s0[0] + s0[1], x[1] = s0[2] + s0[3];
-      pos[0] = g, pos[1] = 8 + g;
 #pragma unroll
-      for (int k = 0; k < 2; ++k) {
-        ks[k] = quantized(KF) ? sc[pos[k]] : 1.0f;
-        vs[k] = quantized(VF) ? sc[T + pos[k]] : 1.0f;
+      for (int u = 0; u < K; ++u) {
+        const float* scu = sc + u * S::kStageBytes / 4;
+        x[2 * u] = s0[u][0] + s0[u][1], x[2 * u + 1] = s0[u][2] + s0[u][3];
+        pos[2 * u] = g, pos[2 * u + 1] = 8 + g;
+#pragma unroll
+        for (int k = 2 * u; k < 2 * u + 2; ++k) {
+          ks[k] = quantized(KF) ? scu[pos[k]] : 1.0f;
+          vs[k] = quantized(VF) ? scu[T + pos[k]] : 1.0f;
+          if (u > 0 && pos[k] >= n[u]) vs[k] = 0.0f;  // a stale stage's scales may be anything
+        }
       }
     } else {
-      x[0] = s0[0] + s0[2], x[1] = s0[1] + s0[3], x[2] = s1[0] + s1[2], x[3] = s1[1] + s1[3];
+      x[0] = s0[0][0] + s0[0][2], x[1] = s0[0][1] + s0[0][3], x[2] = s1[0] + s1[2], x[3] = s1[1] + s1[3];
       if constexpr (S::kSplitKeys) {  // every warp sums the parts in the same order: equal scores
         float4* scratch = reinterpret_cast<float4*>(smem + S::kOffKeyScratch) + worker * S::kWpt * 32;
         scratch[wi * 32 + lane] = make_float4(x[0], x[1], x[2], x[3]);
@@ -774,15 +814,15 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
       vs[0] = vs0.x, vs[1] = vs0.y, vs[2] = vs1.x, vs[3] = vs1.y;
     }
 #pragma unroll
-    for (int k = 0; k < NX; ++k) x[k] *= ks[k] * k_mul;
+    for (int k = 0; k < K * NX; ++k) x[k] *= ks[k] * k_mul;
     if (a.softcap > 0.0f) {  // one uniform branch per tile, not one per logit
 #pragma unroll
-      for (int k = 0; k < NX; ++k) x[k] = a.softcap * tanhf(x[k] / a.softcap);
+      for (int k = 0; k < K * NX; ++k) x[k] = a.softcap * tanhf(x[k] / a.softcap);
     }
     float lane_max = -INFINITY;
 #pragma unroll
-    for (int k = 0; k < NX; ++k) {
-      x[k] = pos[k] < n ? x[k] * kLog2e : -INFINITY;
+    for (int k = 0; k < K * NX; ++k) {
+      x[k] = pos[k] < n[k / NX] ? x[k] * kLog2e : -INFINITY;
       lane_max = fmaxf(lane_max, x[k]);
     }
     // After the first tiles a head's running max rarely grows. While no lane's scores exceed it,
@@ -809,9 +849,9 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
       m_run = m_new;
     }
     const float m_use = m_run == -INFINITY ? 0.0f : m_run;
-    float p[NX], psum = 0.0f;
+    float p[K * NX], psum = 0.0f;
 #pragma unroll
-    for (int k = 0; k < NX; ++k) {
+    for (int k = 0; k < K * NX; ++k) {
       p[k] = fast_exp2(x[k] - m_use);
       psum += p[k];
     }
@@ -825,100 +865,104 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
 #pragma unroll
       for (int j = 0; j < S::kMTiles; ++j) o[j][0] *= a0, o[j][1] *= a1, o[j][2] *= a0, o[j][3] *= a1;
     }
-    // B fragments of P^T: positions 2t, 2t+1 (ph0) and 8+2t, 9+2t (ph1) of column g, split into
-    // fp16 hi + lo (pl0, pl1) for a second mma; PACKED_LO: column g is head g mod 4's hi (g < 4)
-    // or lo part, so one mma takes both.
-    uint32_t ph0, pl0, ph1, pl1;
-    if constexpr (PACKED_LO) {
-      // Head t's weights at positions g and 8 + g go to the lanes of column t (hi) and 4 + t (lo):
-      // lane (g, t) takes them from lanes (2t, g mod 4) and (2t + 1, g mod 4).
-      uint32_t hi, lo;
-      split_half2(p[0] * vs[0], p[1] * vs[1], hi, lo);
-      const int src = 8 * t + (g & 3);
-      const uint32_t h_even = __shfl_sync(0xffffffffu, hi, src), l_even = __shfl_sync(0xffffffffu, lo, src);
-      const uint32_t h_odd = __shfl_sync(0xffffffffu, hi, src + 4), l_odd = __shfl_sync(0xffffffffu, lo, src + 4);
-      const uint32_t even = g < 4 ? h_even : l_even, odd = g < 4 ? h_odd : l_odd;  // (position, position + 8)
-      ph0 = __byte_perm(even, odd, 0x5410);
-      ph1 = __byte_perm(even, odd, 0x7632);
-      pl0 = pl1 = 0u;
-    } else {
-      split_half2(p[0] * vs[0], p[1] * vs[1], ph0, pl0);
-      split_half2(p[2] * vs[2], p[3] * vs[3], ph1, pl1);
-    }
-
-    // Values: rows 2t, 2t+1, 2t+8, 2t+9; the lane's 2 coordinates per m tile.
-    const uint8_t* vbase = st + S::kStageV;
-    const int vpos = (g * (D / 8) + wi * S::kMTiles * 2) * S::kVB;
-    BitWords<S::kLaneBitsV> va, vb, vc, vd;
-    load_bits<S::kLaneBitsV, S::kAlignV>(vbase + (2 * t) * S::kStrideV, vpos, va);
-    load_bits<S::kLaneBitsV, S::kAlignV>(vbase + (2 * t + 1) * S::kStrideV, vpos, vb);
-    load_bits<S::kLaneBitsV, S::kAlignV>(vbase + (2 * t + 8) * S::kStrideV, vpos, vc);
-    load_bits<S::kLaneBitsV, S::kAlignV>(vbase + (2 * t + 9) * S::kStrideV, vpos, vd);
-    const uint8_t* vtable = table + kTableV;
-    // tq3 values: the rows of a0..a3 pair a code of row a (or c) with the same coordinate's code
-    // of row b (or d). Interleaving the two rows' bitstreams word by word builds all of them at
-    // once: field j of xab = (a's code of coordinate 2j, b's), of yab the same for 2j + 1.
-    BitWords<S::kLaneBitsV> xab, yab, xcd, ycd;
-    if constexpr (VF == Format::tq3) {
-      interleave_codes<S::kVB>(va, vb, xab, yab);
-      interleave_codes<S::kVB>(vc, vd, xcd, ycd);
-    }
-    static_for<S::kMTiles>([&](auto J) {
-      constexpr int j = decltype(J)::value;
-      if constexpr (VF == Format::f16) {
-        const uint32_t a0 = __byte_perm(va[j], vb[j], 0x5410), a1 = __byte_perm(va[j], vb[j], 0x7632);
-        const uint32_t a2 = __byte_perm(vc[j], vd[j], 0x5410), a3 = __byte_perm(vc[j], vd[j], 0x7632);
-        mma_f16(o[j], a0, a1, a2, a3, ph0, ph1);
-        if constexpr (!PACKED_LO) mma_f16(o[j], a0, a1, a2, a3, pl0, pl1);
-      } else if constexpr (VF == Format::tq4) {
-        // Byte j%4 of x_ab = (code 2j of row a, code 2j of row b); y_ab the same for code 2j+1.
-        constexpr int wd = j / 4, by = j % 4;
-        const uint32_t xab = (va[wd] & 0x0f0f0f0fu) | ((vb[wd] << 4) & 0xf0f0f0f0u);
-        const uint32_t yab = ((va[wd] >> 4) & 0x0f0f0f0fu) | (vb[wd] & 0xf0f0f0f0u);
-        const uint32_t xcd = (vc[wd] & 0x0f0f0f0fu) | ((vd[wd] << 4) & 0xf0f0f0f0u);
-        const uint32_t ycd = ((vc[wd] >> 4) & 0x0f0f0f0fu) | (vd[wd] & 0xf0f0f0f0u);
-        const uint32_t a0 = table_at_byte<by>(vtable, xab, lane4), a1 = table_at_byte<by>(vtable, yab, lane4);
-        const uint32_t a2 = table_at_byte<by>(vtable, xcd, lane4), a3 = table_at_byte<by>(vtable, ycd, lane4);
-        mma_f16(o[j], a0, a1, a2, a3, ph0, ph1);
-        if constexpr (!PACKED_LO) mma_f16(o[j], a0, a1, a2, a3, pl0, pl1);
-      } else if constexpr (VF == Format::tq8) {
-        const uint32_t ea0 = table_at_byte<(16 * j) % 32 / 8>(vtable, va[(16 * j) / 32], lane4);
-        const uint32_t eb0 = table_at_byte<(16 * j) % 32 / 8>(vtable, vb[(16 * j) / 32], lane4);
-        const uint32_t ea1 = table_at_byte<(16 * j + 8) % 32 / 8>(vtable, va[(16 * j + 8) / 32], lane4);
-        const uint32_t eb1 = table_at_byte<(16 * j + 8) % 32 / 8>(vtable, vb[(16 * j + 8) / 32], lane4);
-        const uint32_t ec0 = table_at_byte<(16 * j) % 32 / 8>(vtable, vc[(16 * j) / 32], lane4);
-        const uint32_t ed0 = table_at_byte<(16 * j) % 32 / 8>(vtable, vd[(16 * j) / 32], lane4);
-        const uint32_t ec1 = table_at_byte<(16 * j + 8) % 32 / 8>(vtable, vc[(16 * j + 8) / 32], lane4);
-        const uint32_t ed1 = table_at_byte<(16 * j + 8) % 32 / 8>(vtable, vd[(16 * j + 8) / 32], lane4);
-        const uint32_t h0 = __byte_perm(ea0, eb0, 0x5410), h1 = __byte_perm(ea1, eb1, 0x5410);
-        const uint32_t h2 = __byte_perm(ec0, ed0, 0x5410), h3 = __byte_perm(ec1, ed1, 0x5410);
-        const uint32_t l0 = __byte_perm(ea0, eb0, 0x7632), l1 = __byte_perm(ea1, eb1, 0x7632);
-        const uint32_t l2 = __byte_perm(ec0, ed0, 0x7632), l3 = __byte_perm(ec1, ed1, 0x7632);
-        mma_f16(o[j], h0, h1, h2, h3, ph0, ph1);
-        if constexpr (!PACKED_LO) mma_f16(o[j], h0, h1, h2, h3, pl0, pl1);
-        mma_f16(o[j], l0, l1, l2, l3, ph0, ph1);
-      } else if constexpr (VF == Format::tq2) {
-        // Nibble j of a row holds coordinates 2j, 2j + 1; byte j%8/2 of ab = (a's nibble j, b's),
-        // from the even or the odd nibbles: the table row of (a0, a1).
-        constexpr int wd = j / 8, by = j % 8 / 2;
-        const uint32_t ab = j % 2 ? ((va[wd] >> 4) & 0x0f0f0f0fu) | (vb[wd] & 0xf0f0f0f0u)
-                                  : (va[wd] & 0x0f0f0f0fu) | ((vb[wd] << 4) & 0xf0f0f0f0u);
-        const uint32_t cd = j % 2 ? ((vc[wd] >> 4) & 0x0f0f0f0fu) | (vd[wd] & 0xf0f0f0f0u)
-                                  : (vc[wd] & 0x0f0f0f0fu) | ((vd[wd] << 4) & 0xf0f0f0f0u);
-        const uint2 a01 = quad_at_byte<by>(vtable, ab, lane8), a23 = quad_at_byte<by>(vtable, cd, lane8);
-        mma_f16(o[j], a01.x, a01.y, a23.x, a23.y, ph0, ph1);
-        if constexpr (!PACKED_LO) mma_f16(o[j], a01.x, a01.y, a23.x, a23.y, pl0, pl1);
+    // Values of each sub-tile, into the same output fragments.
+#pragma unroll
+    for (int u = 0; u < K; ++u) {
+      // B fragments of P^T: positions 2t, 2t+1 (ph0) and 8+2t, 9+2t (ph1) of column g, split into
+      // fp16 hi + lo (pl0, pl1) for a second mma; PACKED_LO: column g is head g mod 4's hi (g < 4)
+      // or lo part, so one mma takes both.
+      uint32_t ph0, pl0, ph1, pl1;
+      if constexpr (PACKED_LO) {
+        // Head t's weights at positions g and 8 + g go to the lanes of column t (hi) and 4 + t (lo):
+        // lane (g, t) takes them from lanes (2t, g mod 4) and (2t + 1, g mod 4).
+        uint32_t hi, lo;
+        split_half2(p[NX * u] * vs[NX * u], p[NX * u + 1] * vs[NX * u + 1], hi, lo);
+        const int src = 8 * t + (g & 3);
+        const uint32_t h_even = __shfl_sync(0xffffffffu, hi, src), l_even = __shfl_sync(0xffffffffu, lo, src);
+        const uint32_t h_odd = __shfl_sync(0xffffffffu, hi, src + 4), l_odd = __shfl_sync(0xffffffffu, lo, src + 4);
+        const uint32_t even = g < 4 ? h_even : l_even, odd = g < 4 ? h_odd : l_odd;  // (position, position + 8)
+        ph0 = __byte_perm(even, odd, 0x5410);
+        ph1 = __byte_perm(even, odd, 0x7632);
+        pl0 = pl1 = 0u;
       } else {
-        // Field j of xab / yab (2 kb bits) is the table row of a0 / a1 (built before the loop).
-        constexpr int f = 2 * S::kVB;
-        const uint32_t a0 = table_at_bits<j * f, f>(vtable, xab, lane4);
-        const uint32_t a1 = table_at_bits<j * f, f>(vtable, yab, lane4);
-        const uint32_t a2 = table_at_bits<j * f, f>(vtable, xcd, lane4);
-        const uint32_t a3 = table_at_bits<j * f, f>(vtable, ycd, lane4);
-        mma_f16(o[j], a0, a1, a2, a3, ph0, ph1);
-        if constexpr (!PACKED_LO) mma_f16(o[j], a0, a1, a2, a3, pl0, pl1);
+        split_half2(p[0] * vs[0], p[1] * vs[1], ph0, pl0);
+        split_half2(p[2] * vs[2], p[3] * vs[3], ph1, pl1);
       }
-    });
+
+      // Values: rows 2t, 2t+1, 2t+8, 2t+9; the lane's 2 coordinates per m tile.
+      const uint8_t* vbase = st + u * S::kStageBytes + S::kStageV;
+      const int vpos = (g * (D / 8) + wi * S::kMTiles * 2) * S::kVB;
+      BitWords<S::kLaneBitsV> va, vb, vc, vd;
+      load_bits<S::kLaneBitsV, S::kAlignV>(vbase + (2 * t) * S::kStrideV, vpos, va);
+      load_bits<S::kLaneBitsV, S::kAlignV>(vbase + (2 * t + 1) * S::kStrideV, vpos, vb);
+      load_bits<S::kLaneBitsV, S::kAlignV>(vbase + (2 * t + 8) * S::kStrideV, vpos, vc);
+      load_bits<S::kLaneBitsV, S::kAlignV>(vbase + (2 * t + 9) * S::kStrideV, vpos, vd);
+      const uint8_t* vtable = table + kTableV;
+      // tq3 values: the rows of a0..a3 pair a code of row a (or c) with the same coordinate's code
+      // of row b (or d). Interleaving the two rows' bitstreams word by word builds all of them at
+      // once: field j of xab = (a's code of coordinate 2j, b's), of yab the same for 2j + 1.
+      BitWords<S::kLaneBitsV> xab, yab, xcd, ycd;
+      if constexpr (VF == Format::tq3) {
+        interleave_codes<S::kVB>(va, vb, xab, yab);
+        interleave_codes<S::kVB>(vc, vd, xcd, ycd);
+      }
+      static_for<S::kMTiles>([&](auto J) {
+        constexpr int j = decltype(J)::value;
+        if constexpr (VF == Format::f16) {
+          const uint32_t a0 = __byte_perm(va[j], vb[j], 0x5410), a1 = __byte_perm(va[j], vb[j], 0x7632);
+          const uint32_t a2 = __byte_perm(vc[j], vd[j], 0x5410), a3 = __byte_perm(vc[j], vd[j], 0x7632);
+          mma_f16(o[j], a0, a1, a2, a3, ph0, ph1);
+          if constexpr (!PACKED_LO) mma_f16(o[j], a0, a1, a2, a3, pl0, pl1);
+        } else if constexpr (VF == Format::tq4) {
+          // Byte j%4 of x_ab = (code 2j of row a, code 2j of row b); y_ab the same for code 2j+1.
+          constexpr int wd = j / 4, by = j % 4;
+          const uint32_t xab = (va[wd] & 0x0f0f0f0fu) | ((vb[wd] << 4) & 0xf0f0f0f0u);
+          const uint32_t yab = ((va[wd] >> 4) & 0x0f0f0f0fu) | (vb[wd] & 0xf0f0f0f0u);
+          const uint32_t xcd = (vc[wd] & 0x0f0f0f0fu) | ((vd[wd] << 4) & 0xf0f0f0f0u);
+          const uint32_t ycd = ((vc[wd] >> 4) & 0x0f0f0f0fu) | (vd[wd] & 0xf0f0f0f0u);
+          const uint32_t a0 = table_at_byte<by>(vtable, xab, lane4), a1 = table_at_byte<by>(vtable, yab, lane4);
+          const uint32_t a2 = table_at_byte<by>(vtable, xcd, lane4), a3 = table_at_byte<by>(vtable, ycd, lane4);
+          mma_f16(o[j], a0, a1, a2, a3, ph0, ph1);
+          if constexpr (!PACKED_LO) mma_f16(o[j], a0, a1, a2, a3, pl0, pl1);
+        } else if constexpr (VF == Format::tq8) {
+          const uint32_t ea0 = table_at_byte<(16 * j) % 32 / 8>(vtable, va[(16 * j) / 32], lane4);
+          const uint32_t eb0 = table_at_byte<(16 * j) % 32 / 8>(vtable, vb[(16 * j) / 32], lane4);
+          const uint32_t ea1 = table_at_byte<(16 * j + 8) % 32 / 8>(vtable, va[(16 * j + 8) / 32], lane4);
+          const uint32_t eb1 = table_at_byte<(16 * j + 8) % 32 / 8>(vtable, vb[(16 * j + 8) / 32], lane4);
+          const uint32_t ec0 = table_at_byte<(16 * j) % 32 / 8>(vtable, vc[(16 * j) / 32], lane4);
+          const uint32_t ed0 = table_at_byte<(16 * j) % 32 / 8>(vtable, vd[(16 * j) / 32], lane4);
+          const uint32_t ec1 = table_at_byte<(16 * j + 8) % 32 / 8>(vtable, vc[(16 * j + 8) / 32], lane4);
+          const uint32_t ed1 = table_at_byte<(16 * j + 8) % 32 / 8>(vtable, vd[(16 * j + 8) / 32], lane4);
+          const uint32_t h0 = __byte_perm(ea0, eb0, 0x5410), h1 = __byte_perm(ea1, eb1, 0x5410);
+          const uint32_t h2 = __byte_perm(ec0, ed0, 0x5410), h3 = __byte_perm(ec1, ed1, 0x5410);
+          const uint32_t l0 = __byte_perm(ea0, eb0, 0x7632), l1 = __byte_perm(ea1, eb1, 0x7632);
+          const uint32_t l2 = __byte_perm(ec0, ed0, 0x7632), l3 = __byte_perm(ec1, ed1, 0x7632);
+          mma_f16(o[j], h0, h1, h2, h3, ph0, ph1);
+          if constexpr (!PACKED_LO) mma_f16(o[j], h0, h1, h2, h3, pl0, pl1);
+          mma_f16(o[j], l0, l1, l2, l3, ph0, ph1);
+        } else if constexpr (VF == Format::tq2) {
+          // Nibble j of a row holds coordinates 2j, 2j + 1; byte j%8/2 of ab = (a's nibble j, b's),
+          // from the even or the odd nibbles: the table row of (a0, a1).
+          constexpr int wd = j / 8, by = j % 8 / 2;
+          const uint32_t ab = j % 2 ? ((va[wd] >> 4) & 0x0f0f0f0fu) | (vb[wd] & 0xf0f0f0f0u)
+                                    : (va[wd] & 0x0f0f0f0fu) | ((vb[wd] << 4) & 0xf0f0f0f0u);
+          const uint32_t cd = j % 2 ? ((vc[wd] >> 4) & 0x0f0f0f0fu) | (vd[wd] & 0xf0f0f0f0u)
+                                    : (vc[wd] & 0x0f0f0f0fu) | ((vd[wd] << 4) & 0xf0f0f0f0u);
+          const uint2 a01 = quad_at_byte<by>(vtable, ab, lane8), a23 = quad_at_byte<by>(vtable, cd, lane8);
+          mma_f16(o[j], a01.x, a01.y, a23.x, a23.y, ph0, ph1);
+          if constexpr (!PACKED_LO) mma_f16(o[j], a01.x, a01.y, a23.x, a23.y, pl0, pl1);
+        } else {
+          // Field j of xab / yab (2 kb bits) is the table row of a0 / a1 (built before the loop).
+          constexpr int f = 2 * S::kVB;
+          const uint32_t a0 = table_at_bits<j * f, f>(vtable, xab, lane4);
+          const uint32_t a1 = table_at_bits<j * f, f>(vtable, yab, lane4);
+          const uint32_t a2 = table_at_bits<j * f, f>(vtable, xcd, lane4);
+          const uint32_t a3 = table_at_bits<j * f, f>(vtable, ycd, lane4);
+          mma_f16(o[j], a0, a1, a2, a3, ph0, ph1);
+          if constexpr (!PACKED_LO) mma_f16(o[j], a0, a1, a2, a3, pl0, pl1);
+        }
+      });
+    }
     worker_sync();  // the next load_tile overwrites this stage
   }
   cp_async_wait<0>();

@@ -7,8 +7,10 @@ usage: sass_loops.py OLD.o NEW.o [PATTERN]   (objects of one decode pair, e.g.
 The tile loop is the shortest backward branch whose body holds an HMMA: one 16-position tile per
 iteration. A change outside the loop can still change it, through ptxas's register allocation
 (performance-notes.md v13-v15: +33 to +63 instructions per tile from code before or after the
-loop), so check it before spending device time. Prints, per kernel whose name contains PATTERN,
-the instruction count of that loop in both objects and the opcodes whose counts differ.
+loop), so check it before spending device time. Prints, per kernel whose label contains PATTERN,
+the instruction count of that loop in both objects and the opcodes whose counts differ. Kernels
+are matched by format pair, head dim and form, so one whose stage count changed is compared too:
+it runs stages / 2 tiles per iteration (decode_launch.cuh), and its line says so.
 Needs cuobjdump (the CUDA toolkit's, or PyPI's nvidia-cuda-cuobjdump) on PATH or in $CUOBJDUMP.
 """
 import collections
@@ -69,18 +71,28 @@ def label(name):
     return f"K {FORMATS[int(k)]} V {FORMATS[int(v)]} d={d}" + (" transposed" if packed == "1" else "")
 
 
+def tiles_per_iteration(name):
+    m = KERNEL.search(name)
+    return int(m.group(5)) // 2 if m else 1
+
+
 def main():
     if len(sys.argv) < 3:
         sys.exit(__doc__)
     old, new = kernels(sys.argv[1]), kernels(sys.argv[2])
+    new_by_label = {label(n): n for n in new}
     pattern = sys.argv[3] if len(sys.argv) > 3 else ""
     for name in sorted(old, key=label):
-        if name not in new or pattern not in label(name):
+        if label(name) not in new_by_label or pattern not in label(name):
             continue
-        a, b = tile_loop(old[name]), tile_loop(new[name])
+        name_new = new_by_label[label(name)]
+        a, b = tile_loop(old[name]), tile_loop(new[name_new])
         if not a and not b:
             continue
         line = f"{label(name):32s} {sum(a.values()):5d} -> {sum(b.values()):5d}"
+        ta, tb = tiles_per_iteration(name), tiles_per_iteration(name_new)
+        if ta != tb:
+            line += f" (tiles per iteration {ta} -> {tb}: {sum(a.values()) // ta} -> {sum(b.values()) // tb} per tile)"
         diffs = [f"{op} {a[op]}->{b[op]}" for op in sorted(set(a) | set(b)) if a[op] != b[op]]
         print(line + ("   " + ", ".join(diffs) if diffs else ""))
 

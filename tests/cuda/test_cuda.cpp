@@ -13,6 +13,7 @@
 
 #include "backend.hpp"
 #include "launch.hpp"
+#include "stale_shared.hpp"
 #include "tqkv/attention.hpp"
 #include "tqkv/cache.hpp"
 #include "tqkv/cuda.hpp"
@@ -142,6 +143,8 @@ struct Case {
   // Decode through a view whose codebook levels are copies in memory of the caller's (no
   // DeviceKvCache registered them): the kernel reads them only after the previous kernel.
   bool caller_codebook = false;
+  // Fill every SM's shared memory with NaN before the decode (stale_shared.cu).
+  bool nan_shared = false;
 };
 
 std::string describe(const Case& c) {
@@ -152,7 +155,8 @@ std::string describe(const Case& c) {
          " capacity=" + std::to_string(c.capacity) + (c.ring ? " ring" : "") + " window=" +
          std::to_string(c.params.window) + " splits=" + std::to_string(c.params.splits) +
          " softcap=" + std::to_string(c.params.softcap) + (c.params.sinks ? " sinks" : "") +
-         (c.caller_codebook ? " caller codebook" : "") + " lengths: " + lengths;
+         (c.caller_codebook ? " caller codebook" : "") + (c.nan_shared ? " NaN shared memory" : "") +
+         " lengths: " + lengths;
 }
 
 // Runs one case on the GPU and on the reference (same packed bytes) and checks nmse, every output
@@ -201,6 +205,9 @@ void check_decode(Case c, std::mt19937_64& rng, bool with_sinks = false, const E
   if (c.caller_codebook) {
     own_codebook(cfg.format.key, view.k_levels, k_levels);
     own_codebook(cfg.format.value, view.v_levels, v_levels);
+  }
+  if (c.nan_shared) {
+    ASSERT_EQ(test::fill_shared_memory_with_nan(), cudaSuccess);
   }
   cuda_backend::decode_attention(view, dq.ptr, dout.ptr, p, ctx);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
@@ -295,6 +302,48 @@ TEST_F(Cuda, PackedLoGroupsOnBothSidesMatchReference) {
         c.params.splits = group == 5 ? 3 : 0;
         check_decode(c, rng, /*with_sinks=*/group == 4);
       }
+}
+
+// tq3 at d <= 128 with groups of at most 4 heads takes two tiles per loop iteration when every
+// worker has enough tiles (decode_tiles_per_iteration: here at capacity 4096 with 1 or 2 splits).
+// A worker with an odd number of tiles ends on a pair whose second tile is missing: its stage was
+// not written in this launch, and the shared memory under it holds NaN here. With one split and
+// 8 workers, 1, 17 and 97 positions give each worker at most one tile, 700 gives 5 or 6.
+TEST_F(Cuda, TwoTilesPerIterationIgnoreStaleStages) {
+  std::mt19937_64 rng(kSeed + 17);
+  for (int d : {64, 80, 96, 128})
+    for (int group : {3, 4})
+      for (int splits : {1, 2}) {
+        Case c;
+        c.format = parse_kv_format("tq3");
+        c.head_dim = d;
+        c.batch = 5;
+        c.kv_heads = 2;
+        c.q_heads = 2 * group;
+        c.capacity = 4096;
+        c.lengths = {1, 17, 97, 700, 4096};
+        c.params.splits = splits;
+        c.params.softcap = group == 3 && splits == 1 ? 8.0f : 0.0f;
+        c.nan_shared = true;
+        ASSERT_EQ(cuda_detail::decode_tiles_per_iteration(c.format, d, group, c.capacity, splits), 2) << describe(c);
+        check_decode(c, rng, /*with_sinks=*/splits == 2);
+      }
+  // A ring cache: pairs that cross the wrap, and a window.
+  Case c;
+  c.format = parse_kv_format("tq3");
+  c.batch = 5;
+  c.kv_heads = 2;
+  c.q_heads = 8;
+  c.capacity = 4096;
+  c.ring = true;
+  c.lengths = {1, 4095, 4097, 5000, 8191};
+  c.nan_shared = true;
+  for (int window : {0, 3000}) {
+    c.params.window = window;
+    c.params.splits = 1;
+    ASSERT_EQ(cuda_detail::decode_tiles_per_iteration(c.format, c.head_dim, 4, window > 0 ? window : c.capacity, 1), 2);
+    check_decode(c, rng);
+  }
 }
 
 TEST_F(Cuda, FreshRandomShapes) {
