@@ -38,6 +38,7 @@ struct DecodeInstance {
   static constexpr int kWarps = 8;
   static constexpr int kStages = kTileGroupsInFlight * TILES;
   using Shape = MmaShape<KF, VF, D, kWarps, kStages>;
+  static_assert(TILES == 1 || Shape::kSmemBytes <= kTwoBlocksSmemBytes, "tile pairs must keep two blocks per SM");
   static constexpr int threads() { return kWarps * 32; }
   static constexpr int smem() { return Shape::kSmemBytes; }
   static auto kernel() { return decode_mma_kernel<KF, VF, D, kWarps, kStages, PACKED_LO>; }

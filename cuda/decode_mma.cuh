@@ -73,9 +73,17 @@ constexpr int smem_wavefronts(const int (&addr)[32], int width) {
   return total;
 }
 
+// Copy groups in flight per worker: the kernel copies tiles in groups of STAGES / 2 and takes one
+// group per loop iteration (has_tile_pairs below).
+inline constexpr int kTileGroupsInFlight = 2;
+// Shared memory a block may take for two to fit on an H100 SM (233,472 bytes, 1 KB reserved per block).
+inline constexpr int kTwoBlocksSmemBytes = (233472 - 2 * 1024) / 2;
+
 // Warps sharing a tile (each keeps the output of D / wpt coordinates in registers): one up to
-// d = 256 unless the stages would not fit in shared memory, two above (registers).
+// d = 256 unless the stages would not fit in shared memory, two above (registers). Tile pairs
+// take one (the kernel asserts it, MmaShape that they fit).
 constexpr int warps_per_tile(Format kf, Format vf, int d, int warps, int stages) {
+  if (stages > kTileGroupsInFlight) return 1;
   const int pad = 128;  // worst case of the bank-conflict padding of one row
   const int stage = 16 * (row_bytes_of(kf, d) + row_bytes_of(vf, d) + 2 * pad) + 128;
   const int fixed = 8 * d * 4 + 2 * 1024 + d / 16 * 512 + cmax(table_rows(kf), table_rows(vf)) * kTableRowBytes;
@@ -337,13 +345,16 @@ __device__ __forceinline__ void copy_rows(int first, F&& copy) {
 // The kernel copies tiles in groups of STAGES / 2, two groups in flight, and takes one group per
 // loop iteration: each tile with its own score mma chain and table lookups, one softmax update
 // for the group. The transposed kernel's loop waits on its own dependency chains (r165), so two
-// independent tiles per iteration give the scheduler work from both. Pairs exist for tq3 at
-// d <= 128 (r170: 426-563 instead of 482-598 instructions per tile, 127-128 registers, no
-// spills). Their stages fit at two blocks per SM only beside tq3's small code table: tq4 and tq2
-// would drop to one block per SM. decode_launch.cuh says when a launch takes them.
-inline constexpr int kTileGroupsInFlight = 2;
+// independent tiles per iteration give the scheduler work from both. Pairs exist where they fit
+// at two blocks per SM beside the code table (DecodeInstance asserts it): tq3 at d <= 128 (r170:
+// 426-563 instead of 482-598 instructions per tile) and tq2 at d = 64 (363 instead of 380; r174:
+// 2-3 % shorter steps from 16k at batch 8); 127-128 registers, no spills. tq4's table, and tq2's
+// at d >= 80, leave no room for them: r173/r174 moved the query into the second copy group to fit
+// tq2 at d = 96 and 128, and its steps stayed within 1 % at batch 8 (reverted). decode_launch.cuh
+// says when a launch takes them.
 constexpr bool has_tile_pairs(Format kf, Format vf, int d, bool packed_lo) {
-  return packed_lo && kf == Format::tq3 && vf == Format::tq3 && d <= 128;
+  if (!packed_lo || kf != vf) return false;
+  return (kf == Format::tq3 && d <= 128) || (kf == Format::tq2 && d == 64);
 }
 
 template <Format KF, Format VF, int D, int WARPS, int STAGES>

@@ -304,46 +304,70 @@ TEST_F(Cuda, PackedLoGroupsOnBothSidesMatchReference) {
       }
 }
 
-// tq3 at d <= 128 with groups of at most 4 heads takes two tiles per loop iteration when every
-// worker has enough tiles (decode_tiles_per_iteration: here at capacity 4096 with 1 or 2 splits).
-// A worker with an odd number of tiles ends on a pair whose second tile is missing: its stage was
-// not written in this launch, and the shared memory under it holds NaN here. With one split and
-// 8 workers, 1, 17 and 97 positions give each worker at most one tile, 700 gives 5 or 6.
+// tq3 at d <= 128 and tq2 at d = 64, with groups of at most 4 heads, take two tiles per loop
+// iteration when every worker has enough tiles (decode_tiles_per_iteration: here at capacity 4096
+// with 1 or 2 splits; tq2 at the other head dims keeps single tiles). A worker with an odd number of tiles
+// ends on a pair whose second tile is missing: its stage was not written in this launch, and the
+// shared memory under it holds NaN here. With one split and 8 workers, 1, 17 and 97 positions
+// give each worker at most one tile, 700 gives 5 or 6.
 TEST_F(Cuda, TwoTilesPerIterationIgnoreStaleStages) {
   std::mt19937_64 rng(kSeed + 17);
-  for (int d : {64, 80, 96, 128})
-    for (int group : {3, 4})
-      for (int splits : {1, 2}) {
-        Case c;
-        c.format = parse_kv_format("tq3");
-        c.head_dim = d;
-        c.batch = 5;
-        c.kv_heads = 2;
-        c.q_heads = 2 * group;
-        c.capacity = 4096;
-        c.lengths = {1, 17, 97, 700, 4096};
-        c.params.splits = splits;
-        c.params.softcap = group == 3 && splits == 1 ? 8.0f : 0.0f;
-        c.nan_shared = true;
-        ASSERT_EQ(cuda_detail::decode_tiles_per_iteration(c.format, d, group, c.capacity, splits), 2) << describe(c);
-        check_decode(c, rng, /*with_sinks=*/splits == 2);
-      }
-  // A ring cache: pairs that cross the wrap, and a window.
-  Case c;
-  c.format = parse_kv_format("tq3");
-  c.batch = 5;
-  c.kv_heads = 2;
-  c.q_heads = 8;
-  c.capacity = 4096;
-  c.ring = true;
-  c.lengths = {1, 4095, 4097, 5000, 8191};
-  c.nan_shared = true;
-  for (int window : {0, 3000}) {
-    c.params.window = window;
-    c.params.splits = 1;
-    ASSERT_EQ(cuda_detail::decode_tiles_per_iteration(c.format, c.head_dim, 4, window > 0 ? window : c.capacity, 1), 2);
-    check_decode(c, rng);
+  for (const char* fmt : {"tq3", "tq2"}) {
+    for (int d : {64, 80, 96, 128})
+      for (int group : {3, 4})
+        for (int splits : {1, 2}) {
+          Case c;
+          c.format = parse_kv_format(fmt);
+          c.head_dim = d;
+          c.batch = 5;
+          c.kv_heads = 2;
+          c.q_heads = 2 * group;
+          c.capacity = 4096;
+          c.lengths = {1, 17, 97, 700, 4096};
+          c.params.splits = splits;
+          c.params.softcap = group == 3 && splits == 1 ? 8.0f : 0.0f;
+          c.nan_shared = true;
+          const int pairs = std::string(fmt) == "tq2" && d != 64 ? 1 : 2;
+          ASSERT_EQ(cuda_detail::decode_tiles_per_iteration(c.format, d, group, c.capacity, splits), pairs)
+              << describe(c);
+          check_decode(c, rng, /*with_sinks=*/splits == 2);
+        }
+    // A ring cache: pairs that cross the wrap, and a window.
+    Case c;
+    c.format = parse_kv_format(fmt);
+    c.head_dim = std::string(fmt) == "tq2" ? 64 : 128;
+    c.batch = 5;
+    c.kv_heads = 2;
+    c.q_heads = 8;
+    c.capacity = 4096;
+    c.ring = true;
+    c.lengths = {1, 4095, 4097, 5000, 8191};
+    c.nan_shared = true;
+    for (int window : {0, 3000}) {
+      c.params.window = window;
+      c.params.splits = 1;
+      ASSERT_EQ(cuda_detail::decode_tiles_per_iteration(c.format, c.head_dim, 4, window > 0 ? window : c.capacity, 1),
+                2);
+      check_decode(c, rng);
+    }
   }
+}
+
+// The launcher's choice (host code, runs without a GPU): pairs from 8 tiles of 16 positions per
+// worker of a split (8 workers), for the formats and head dims that have them, at groups <= 4.
+TEST(CudaLaunchRule, TilePairsNeedEightTilesPerWorker) {
+  const KvFormat tq3 = parse_kv_format("tq3"), tq2 = parse_kv_format("tq2"), tq4 = parse_kv_format("tq4");
+  constexpr int kEnough = 8 * 16 * 8;  // positions per split
+  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq3, 128, 4, kEnough, 1), 2);
+  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq3, 128, 4, kEnough - 1, 1), 1);
+  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq3, 128, 4, 4 * kEnough, 4), 2);
+  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq3, 128, 4, 4 * kEnough, 5), 1);
+  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq3, 64, 1, kEnough, 1), 2);
+  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq3, 128, 5, 16 * kEnough, 1), 1);  // the untransposed kernel
+  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq3, 256, 4, 16 * kEnough, 1), 1);
+  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq2, 64, 3, kEnough, 1), 2);
+  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq2, 128, 4, 16 * kEnough, 1), 1);
+  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq4, 128, 4, 16 * kEnough, 1), 1);
 }
 
 TEST_F(Cuda, FreshRandomShapes) {
