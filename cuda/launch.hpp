@@ -92,7 +92,9 @@ cudaError_t launch_decode(const DecodeLaunch& launch, cudaStream_t stream);
 cudaError_t decode_blocks_per_sm(KvFormat format, int head_dim, int* blocks);
 // Positions the longest sequence of a cache can show (its capacity, or the window): device
 // counters are not visible to the host without a sync, so launches are sized for this.
-inline int decode_reach(const CacheView& c, int window) { return window > 0 && window < c.capacity ? window : c.capacity; }
+inline int decode_reach(const CacheView& c, int window) {
+  return window > 0 && window < c.capacity ? window : c.capacity;
+}
 // Tiles the decode kernel takes per loop iteration for this launch (decode_launch.cuh): 2 where a
 // kernel with tile pairs exists and every worker of a split has enough tiles at `reach`, else 1.
 int decode_tiles_per_iteration(KvFormat format, int head_dim, int group, int reach, int splits) noexcept;

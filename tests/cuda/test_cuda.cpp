@@ -306,10 +306,10 @@ TEST_F(Cuda, PackedLoGroupsOnBothSidesMatchReference) {
 
 // tq3 at d <= 128 and tq2 at d = 64, with groups of at most 4 heads, take two tiles per loop
 // iteration when every worker has enough tiles (decode_tiles_per_iteration: here at capacity 4096
-// with 1 or 2 splits; tq2 at the other head dims keeps single tiles). A worker with an odd number of tiles
-// ends on a pair whose second tile is missing: its stage was not written in this launch, and the
-// shared memory under it holds NaN here. With one split and 8 workers, 1, 17 and 97 positions
-// give each worker at most one tile, 700 gives 5 or 6.
+// with 1 or 2 splits; tq2 at the other head dims keeps single tiles). A worker with an odd number
+// of tiles ends on a pair whose second tile is missing: its stage was not written in this launch,
+// and the shared memory under it holds NaN here. With one split and 8 workers, 1, 17 and 97
+// positions give each worker at most one tile, 700 gives 5 or 6.
 TEST_F(Cuda, TwoTilesPerIterationIgnoreStaleStages) {
   std::mt19937_64 rng(kSeed + 17);
   for (const char* fmt : {"tq3", "tq2"}) {
