@@ -65,11 +65,7 @@ cudaError_t launch_decode(const DecodeLaunch& launch, cudaStream_t stream) {
 
 int decode_tiles_per_iteration(KvFormat format, int head_dim, int group, int reach, int splits) noexcept {
   const bool packed_lo = group <= 4 && has_packed_lo(format.key, format.value, head_dim);
-  // A split's positions per worker: kDecodeSplitGranule is one tile for each worker.
-  const int parts = std::max(splits, 1);
-  const int positions = (reach + parts - 1) / parts;
-  const bool enough = positions >= kPairMinTilesPerWorker * kDecodeSplitGranule;
-  return has_tile_pairs(format.key, format.value, head_dim, packed_lo) && enough ? 2 : 1;
+  return has_tile_pairs(format.key, format.value, head_dim, packed_lo) && tile_pairs_pay(reach, splits) ? 2 : 1;
 }
 
 cudaError_t decode_blocks_per_sm(KvFormat format, int head_dim, int* blocks) {

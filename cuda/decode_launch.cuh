@@ -23,15 +23,6 @@ constexpr bool has_packed_lo(Format kf, Format vf, int d) {
   return d <= 128 || (d == 256 && (kf == Format::tq2 || kf == Format::tq4));
 }
 
-// Tile pairs (has_tile_pairs, decode_mma.cuh) when each of a split's 8 workers has at least this
-// many tiles at the launch's reach. A worker with an odd count computes a missing second tile in
-// its last iteration, as much work as a real one (masked: its weights are zero). r170 (tq3, pairs
-// for every launch, against single tiles): 9/3 heads at d = 64, batch 8, 1k and 4k (under 3 tiles
-// per worker) 11-14 % slower; at 8 tiles per worker d = 128 batch 1 16k -7 % and batch 8 4k -3 %
-// single / +0.5 % graph steps, 32/32 heads at d = 64 batch 8 1k -2 % / +2 %; from 32 tiles 2-9 %
-// faster.
-inline constexpr int kPairMinTilesPerWorker = 8;
-
 // One kernel instance: its function, threads and shared memory. TILES: tiles per loop iteration.
 template <Format KF, Format VF, int D, bool PACKED_LO = false, int TILES = 1>
 struct DecodeInstance {
@@ -81,7 +72,7 @@ cudaError_t launch_decode_pair(const DecodeLaunch& a, cudaStream_t stream) {
     if constexpr (has_packed_lo(KF, VF, D)) {
       if (a.group <= 4) {
         if constexpr (has_tile_pairs(KF, VF, D, true))
-          if (decode_tiles_per_iteration(a.cache.format, D, a.group, decode_reach(a.cache, a.window), a.splits) == 2)
+          if (tile_pairs_pay(decode_reach(a.cache, a.window), a.splits))
             return DecodeInstance<KF, VF, D, true, 2>::launch(a, stream);
         return DecodeInstance<KF, VF, D, true>::launch(a, stream);
       }

@@ -95,8 +95,21 @@ cudaError_t decode_blocks_per_sm(KvFormat format, int head_dim, int* blocks);
 inline int decode_reach(const CacheView& c, int window) {
   return window > 0 && window < c.capacity ? window : c.capacity;
 }
+// Tile pairs (has_tile_pairs, decode_mma.cuh) are taken when each of a split's 8 workers has at
+// least this many tiles at the launch's reach. A worker with an odd count computes a missing
+// second tile in its last iteration, as much work as a real one (masked: its weights are zero).
+// r170 (tq3, pairs for every launch, against single tiles): 9/3 heads at d = 64, batch 8, 1k and
+// 4k (under 3 tiles per worker) 11-14 % slower; at 8 tiles per worker d = 128 batch 1 16k -7 % and
+// batch 8 4k -3 % single / +0.5 % graph steps, 32/32 heads at d = 64 batch 8 1k -2 % / +2 %; from
+// 32 tiles 2-9 % faster.
+inline constexpr int kPairMinTilesPerWorker = 8;
+inline bool tile_pairs_pay(int reach, int splits) {
+  const int parts = splits > 1 ? splits : 1;
+  // A split's positions; kDecodeSplitGranule is one tile for each worker.
+  return (reach + parts - 1) / parts >= kPairMinTilesPerWorker * kDecodeSplitGranule;
+}
 // Tiles the decode kernel takes per loop iteration for this launch (decode_launch.cuh): 2 where a
-// kernel with tile pairs exists and every worker of a split has enough tiles at `reach`, else 1.
+// kernel with tile pairs exists and tile_pairs_pay(reach, splits), else 1.
 int decode_tiles_per_iteration(KvFormat format, int head_dim, int group, int reach, int splits) noexcept;
 
 // ---- append ----
