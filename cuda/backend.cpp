@@ -88,14 +88,22 @@ int resolve_splits(const CacheView& c, const DecodeParams& p) {
   // keys gains (tq4 d = 128 64k 37.1 / 39.1); d = 64 (64k +9 %, 128k +17 %) and the
   // instruction-bound tq2/tq3 loops (64k +1-4 %) lose more to the halved occupancy than the merge
   // gains. Batch 8 and up keep two blocks per SM (r56: their 4 splits are the fastest).
+  // One block per SM also lets tq4 at d <= 128 take tile pairs in blocks that have their SM alone
+  // (decode_lone_tile_pairs); where that gives every worker at least kLonePairsMinTiles tiles, it
+  // pays at any head dim (r182, d = 64, 8 KV heads: 64k 23.9 -> 21.2 us, 128k 38.5 -> 35.7 against
+  // 33 splits of single tiles).
   constexpr int64_t kManySplits = 16;
   constexpr int64_t kShortReach = 16384;
+  constexpr int64_t kLonePairsMinTiles = 32;
   const bool instruction_bound = c.format.key == Format::tq2 || c.format.key == Format::tq3;
-  const bool fewer_blocks_pay = reach <= kShortReach || (c.head_dim >= 128 && !instruction_bound);
   const int sms = sm_count();
+  const int64_t one_per_sm = std::max<int64_t>(kManySplits, sms / base_blocks);
+  const bool lone_pairs_pay = reach / one_per_sm >= kLonePairsMinTiles * granule &&
+                              decode_lone_tile_pairs(c.format, c.head_dim, p.q_heads / c.kv_heads);
+  const bool fewer_blocks_pay = reach <= kShortReach || (c.head_dim >= 128 && !instruction_bound) || lone_pairs_pay;
   const int64_t slots = int64_t{blocks_per_sm(c.format, c.head_dim)} * sms;
   int64_t wanted = std::max<int64_t>(1, slots / base_blocks);
-  if (wanted > kManySplits && fewer_blocks_pay) wanted = std::max<int64_t>(kManySplits, sms / base_blocks);
+  if (wanted > kManySplits && fewer_blocks_pay) wanted = one_per_sm;
   // More blocks than slots: a partial last wave leaves slots idle. From kShortReach positions, take
   // the split count (up to 4) whose waves are fullest when it fills them clearly better than one
   // split (r143: 9/3 heads at d = 64 and batch 128 are 384 blocks in 264 slots, 1.45 waves; 2
@@ -340,6 +348,8 @@ void decode_attention(const CacheView& c, const float* q, void* out, const Decod
   launch.group = p.q_heads / c.kv_heads;
   launch.head_chunks = head_chunks(c, p);
   launch.splits = resolve_splits(c, p);
+  launch.one_block_per_sm =
+      int64_t{launch.splits} * c.kv_heads * launch.head_chunks * c.batch <= int64_t{sm_count()};
   launch.out_type = p.out_type;
   launch.timeline = decode_timeline();
   const LevelsInfo k_levels = levels_info(c.format.key, c.k_levels, stream);

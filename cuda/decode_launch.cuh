@@ -29,7 +29,8 @@ struct DecodeInstance {
   static constexpr int kWarps = 8;
   static constexpr int kStages = kTileGroupsInFlight * TILES;
   using Shape = MmaShape<KF, VF, D, kWarps, kStages>;
-  static_assert(TILES == 1 || Shape::kSmemBytes <= kTwoBlocksSmemBytes, "tile pairs must keep two blocks per SM");
+  static_assert(TILES == 1 || Shape::kSmemBytes <= kTwoBlocksSmemBytes || has_lone_tile_pairs(KF, VF, D, PACKED_LO),
+                "tile pairs must keep two blocks per SM, unless the launcher gives them an SM alone");
   static constexpr int threads() { return kWarps * 32; }
   static constexpr int smem() { return Shape::kSmemBytes; }
   static auto kernel() { return decode_mma_kernel<KF, VF, D, kWarps, kStages, PACKED_LO>; }
@@ -42,6 +43,14 @@ struct DecodeInstance {
     // step's start with the previous kernel's end (r109: batch-1 graph steps 0.8-1.6 us shorter).
     return launch_programmatic(kernel(), dim3(a.splits, a.cache.kv_heads * a.head_chunks, a.cache.batch), dim3(threads()),
                                smem(), stream, setup(), a);
+  }
+  // Whether a block's shared memory fits the current device (tile pairs of one block per SM need
+  // ~150 KB: an H100 or A100 has room, an sm_86/89 card not).
+  static bool fits_current_device() {
+    int device = 0, optin = 0;
+    return cudaGetDevice(&device) == cudaSuccess &&
+           cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess &&
+           smem() <= optin;
   }
   static cudaError_t blocks_per_sm(int* blocks) {
     cudaError_t err = prepare_kernel(kernel(), smem(), setup());
@@ -71,14 +80,34 @@ cudaError_t launch_decode_pair(const DecodeLaunch& a, cudaStream_t stream) {
     constexpr int D = decltype(inst)::Shape::kD;
     if constexpr (has_packed_lo(KF, VF, D)) {
       if (a.group <= 4) {
-        if constexpr (has_tile_pairs(KF, VF, D, true))
+        if constexpr (has_tile_pairs(KF, VF, D, true)) {
           if (tile_pairs_pay(decode_reach(a.cache, a.window), a.splits))
             return DecodeInstance<KF, VF, D, true, 2>::launch(a, stream);
+        } else if constexpr (has_lone_tile_pairs(KF, VF, D, true)) {
+          using Pairs = DecodeInstance<KF, VF, D, true, 2>;
+          if (a.one_block_per_sm && tile_pairs_pay(decode_reach(a.cache, a.window), a.splits) &&
+              Pairs::fits_current_device())
+            return Pairs::launch(a, stream);
+        }
         return DecodeInstance<KF, VF, D, true>::launch(a, stream);
       }
     }
     return decltype(inst)::launch(a, stream);
   });
+}
+
+// Whether this pair and head dim has tile pairs for blocks that have their SM alone
+// (has_lone_tile_pairs) and the current device has the shared memory for them.
+template <Format KF, Format VF>
+bool decode_lone_tile_pairs_pair(int head_dim) {
+  bool fits = false;
+  with_decode_dim<KF, VF>(head_dim, [&](auto inst) {
+    constexpr int D = decltype(inst)::Shape::kD;
+    if constexpr (has_lone_tile_pairs(KF, VF, D, has_packed_lo(KF, VF, D)))
+      fits = DecodeInstance<KF, VF, D, true, 2>::fits_current_device();
+    return cudaSuccess;
+  });
+  return fits;
 }
 
 template <Format KF, Format VF>

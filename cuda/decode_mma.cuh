@@ -356,9 +356,18 @@ constexpr bool has_tile_pairs(Format kf, Format vf, int d, bool packed_lo) {
   if (!packed_lo || kf != vf) return false;
   return (kf == Format::tq3 && d <= 128) || (kf == Format::tq2 && d == 64);
 }
+// Tile pairs in a block that has its SM alone: tq4 at d <= 128, whose 4 stages beside the 64 KB
+// table fit once per SM (the launch bound then allows 168 registers at d = 128: 472 instructions
+// per tile instead of 511). Only grids of at most one block per SM take them, at batch 1 (r180,
+// 8 KV heads, graph steps: d = 128 16k 13.2 -> 12.3 us, 64k 33.4 -> 32.4; three tiles per
+// iteration were slower than one, r181).
+constexpr bool has_lone_tile_pairs(Format kf, Format vf, int d, bool packed_lo) {
+  return packed_lo && kf == vf && kf == Format::tq4 && d <= 128;
+}
 
 template <Format KF, Format VF, int D, int WARPS, int STAGES>
 constexpr int mma_min_blocks() {
+  if (STAGES > kTileGroupsInFlight && has_lone_tile_pairs(KF, VF, D, true)) return 1;
   return D <= 128 ? 16 / WARPS : 1;  // 128 registers at d <= 128 (2 blocks of 8 warps per SM)
 }
 

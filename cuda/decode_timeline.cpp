@@ -8,8 +8,11 @@
 // steps over as many caches, as bench_cuda's graph rows run them), each with its own timeline:
 // it shows how a step's blocks start, wait (programmatic launch) and end against the step before.
 //
-// usage: decode_timeline [--graph] [--format NAME] [batch:context ...]
-//        (default: tq4; 1:4096 1:65536 8:16384 8:65536)
+// Each launch also shows where its blocks ran: loop ends on SMs that held one block of the launch
+// against SMs that held two or more (a graph step's blocks may land unevenly, r179).
+//
+// usage: decode_timeline [--graph] [--format NAME] [--splits N] [batch:context ...]
+//        (default: tq4, the backend's split count; 1:4096 1:65536 8:16384 8:65536)
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -42,8 +45,9 @@ double percentile(std::vector<double> v, double p) {
   return v[static_cast<std::size_t>(p * (v.size() - 1) + 0.5)];
 }
 
-// The format pair of every cache (--format).
+// The format pair of every cache (--format), and DecodeParams::splits (--splits; 0: the backend's).
 KvFormat g_format = parse_kv_format("tq4");
+int g_splits = 0;
 
 // A cache (g_format, d = 128, 8 KV heads) full to `context` positions, with a query and an output.
 struct Step {
@@ -83,7 +87,7 @@ struct Step {
   void launch(cudaStream_t stream) {
     DecodeParams p;
     p.q_heads = 32;
-    p.splits = 0;  // the backend's choice, as a user gets it
+    p.splits = g_splits;  // by default the backend's choice, as a user gets it
     cuda_backend::decode_attention(cache.view(), q, out, p, ExecContext{Backend::cuda, stream});
   }
 };
@@ -126,6 +130,31 @@ void print_row(const std::string& name, const std::vector<double>& t) {
 }
 constexpr const char* kTableHead = "| phase | blocks | min | median | p90 | max |\n| --- | --- | --- | --- | --- | --- |\n";
 
+// Loop end (worker 0) by where the block ran: SMs that held one block of this launch against SMs
+// that held two or more, and by groups of 16 consecutive SM ids; and how many SMs held how many.
+void print_by_sm(const Timeline& tl, unsigned long long t0) {
+  std::map<unsigned, std::vector<double>> by_sm;
+  for (std::size_t b = 0; b < tl.blocks; ++b) {
+    const unsigned long long sm = tl.v[b * cuda_detail::kTimelineSlots + cuda_detail::kTimelinePhases];
+    const unsigned long long end = tl.v[b * cuda_detail::kTimelineSlots + kLoopEnd];
+    if (sm != 0 && end != 0) by_sm[unsigned(sm - 1)].push_back((double(end) - double(t0)) * 1e-3);
+  }
+  std::map<std::string, std::vector<double>> groups;
+  std::map<std::size_t, int> sms_holding;  // blocks per SM -> SMs
+  for (const auto& [sm, ends] : by_sm) {
+    ++sms_holding[ends.size()];
+    auto& lone = groups[ends.size() == 1 ? "SMs with 1 block" : "SMs with 2+ blocks"];
+    lone.insert(lone.end(), ends.begin(), ends.end());
+    auto& g = groups["SM ids " + std::to_string(sm / 16 * 16) + "-" + std::to_string(sm / 16 * 16 + 15)];
+    g.insert(g.end(), ends.begin(), ends.end());
+  }
+  std::printf("\nSMs holding n blocks of this launch:");
+  for (const auto& [n, count] : sms_holding) std::printf(" %zu: %d", n, count);
+  std::printf("\n\n| loop end (worker 0) by SM | blocks | min | median | p90 | max |\n"
+              "| --- | --- | --- | --- | --- | --- |\n");
+  for (const auto& [name, t] : groups) print_row(name, t);
+}
+
 unsigned long long* alloc_timeline() {
   unsigned long long* d = nullptr;
   check(cudaMalloc(reinterpret_cast<void**>(&d), kTimelineValues * 8), "malloc timeline");
@@ -156,23 +185,7 @@ void run(int batch, int context) {
               batch, context, tl.blocks, ms * 1e3);
   std::printf("%s", kTableHead);
   for (int ph = 0; ph < cuda_detail::kTimelinePhases; ++ph) print_row(kPhaseNames[ph], tl.phase(ph, t0));
-  // Loop end (worker 0) by where the block ran: SMs that held one block of this launch against
-  // SMs that held two or more, and by groups of 16 consecutive SM ids.
-  std::map<unsigned, std::vector<double>> by_sm;
-  for (std::size_t b = 0; b < tl.blocks; ++b) {
-    const unsigned long long sm = tl.v[b * cuda_detail::kTimelineSlots + cuda_detail::kTimelinePhases];
-    const unsigned long long end = tl.v[b * cuda_detail::kTimelineSlots + kLoopEnd];
-    if (sm != 0 && end != 0) by_sm[unsigned(sm - 1)].push_back((double(end) - double(t0)) * 1e-3);
-  }
-  std::map<std::string, std::vector<double>> groups;
-  for (const auto& [sm, ends] : by_sm) {
-    auto& lone = groups[ends.size() == 1 ? "SMs with 1 block" : "SMs with 2+ blocks"];
-    lone.insert(lone.end(), ends.begin(), ends.end());
-    auto& g = groups["SM ids " + std::to_string(sm / 16 * 16) + "-" + std::to_string(sm / 16 * 16 + 15)];
-    g.insert(g.end(), ends.begin(), ends.end());
-  }
-  std::printf("\n| loop end (worker 0) by SM | blocks | min | median | p90 | max |\n| --- | --- | --- | --- | --- | --- |\n");
-  for (const auto& [name, t] : groups) print_row(name, t);
+  print_by_sm(tl, t0);
   cudaFree(d_tl);
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
@@ -234,6 +247,7 @@ void run_graph(int batch, int context) {
   for (int s = 0; s < kGraphTimelineSteps; ++s) {
     std::printf("\nstep %d\n%s", s, kTableHead);
     for (int ph = 0; ph < cuda_detail::kTimelinePhases; ++ph) print_row(kPhaseNames[ph], tls[s].phase(ph, t0));
+    print_by_sm(tls[s], t0);
   }
   cudaGraphExecDestroy(timed);
   cudaGraphExecDestroy(marked);
@@ -261,15 +275,23 @@ int main(int argc, char** argv) {
         graph = true;
       } else if (arg == "--format" && i + 1 < argc) {
         g_format = parse_kv_format(argv[++i]);  // raises invalid_argument naming a bad format
+      } else if (arg == "--splits" && i + 1 < argc) {
+        g_splits = std::atoi(argv[++i]);
+        if (g_splits < 1) {
+          std::fprintf(stderr, "decode_timeline: --splits %s: expected a positive count\n", argv[i]);
+          return 1;
+        }
       } else if (std::sscanf(argv[i], "%d:%d", &b, &c) == 2 && b >= 1 && c >= 1) {
         shapes.emplace_back(b, c);
       } else {
-        std::fprintf(stderr, "decode_timeline: '%s' is not --graph, --format NAME or BATCH:CONTEXT\n", argv[i]);
+        std::fprintf(stderr, "decode_timeline: '%s' is not --graph, --format NAME, --splits N or BATCH:CONTEXT\n",
+                     argv[i]);
         return 1;
       }
     }
     if (shapes.empty()) shapes = {{1, 4096}, {1, 65536}, {8, 16384}, {8, 65536}};
-    std::printf("format: %s\n", kv_format_name(g_format).c_str());
+    std::printf("format: %s, splits: %s\n", kv_format_name(g_format).c_str(),
+                g_splits > 0 ? std::to_string(g_splits).c_str() : "the backend's");
     for (auto [b, c] : shapes) graph ? run_graph(b, c) : run(b, c);
   } catch (const tqkv::Error& e) {
     std::fprintf(stderr, "decode_timeline: %s\n", e.what());

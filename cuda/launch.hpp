@@ -57,6 +57,8 @@ struct DecodeLaunch {
   // before it on the stream (a DeviceKvCache's, uploaded when it was made): the kernel may read
   // them, and build its code tables, before that kernel's results are visible.
   bool codebook_settled = false;
+  // The grid has at most one block per SM: kernels that need an SM alone may serve it.
+  bool one_block_per_sm = false;
 };
 
 // Phases a decode block time-stamps when a timeline buffer is set: entry, query rotated, loop
@@ -108,9 +110,14 @@ inline bool tile_pairs_pay(int reach, int splits) {
   // A split's positions; kDecodeSplitGranule is one tile for each worker.
   return (reach + parts - 1) / parts >= kPairMinTilesPerWorker * kDecodeSplitGranule;
 }
-// Tiles the decode kernel takes per loop iteration for this launch (decode_launch.cuh): 2 where a
-// kernel with tile pairs exists and tile_pairs_pay(reach, splits), else 1.
-int decode_tiles_per_iteration(KvFormat format, int head_dim, int group, int reach, int splits) noexcept;
+// Whether a launch of at most one block per SM may take tile pairs in blocks that have their SM
+// alone (has_lone_tile_pairs: tq4 at d <= 128, groups <= 4) on the current device.
+bool decode_lone_tile_pairs(KvFormat format, int head_dim, int group) noexcept;
+// Tiles the decode kernel takes per loop iteration for this launch (decode_launch.cuh): 2 where
+// tile_pairs_pay(reach, splits) and a kernel with tile pairs exists, for lone blocks only if the
+// grid has at most one block per SM (DecodeLaunch::one_block_per_sm); else 1.
+int decode_tiles_per_iteration(KvFormat format, int head_dim, int group, int reach, int splits,
+                               bool one_block_per_sm) noexcept;
 
 // ---- append ----
 

@@ -306,13 +306,14 @@ TEST_F(Cuda, PackedLoGroupsOnBothSidesMatchReference) {
 
 // tq3 at d <= 128 and tq2 at d = 64, with groups of at most 4 heads, take two tiles per loop
 // iteration when every worker has enough tiles (decode_tiles_per_iteration: here at capacity 4096
-// with 1 or 2 splits; tq2 at the other head dims keeps single tiles). A worker with an odd number
-// of tiles ends on a pair whose second tile is missing: its stage was not written in this launch,
-// and the shared memory under it holds NaN here. With one split and 8 workers, 1, 17 and 97
-// positions give each worker at most one tile, 700 gives 5 or 6.
+// with 1 or 2 splits; tq2 at the other head dims keeps single tiles); so does tq4 at d <= 128 in
+// grids of at most one block per SM (these: 10 or 20 blocks). A worker with an odd number of tiles
+// ends on a pair whose second tile is missing: its stage was not written in this launch, and the
+// shared memory under it holds NaN here. With one split and 8 workers, 1, 17 and 97 positions
+// give each worker at most one tile, 700 gives 5 or 6.
 TEST_F(Cuda, TwoTilesPerIterationIgnoreStaleStages) {
   std::mt19937_64 rng(kSeed + 17);
-  for (const char* fmt : {"tq3", "tq2"}) {
+  for (const char* fmt : {"tq3", "tq2", "tq4"}) {
     for (int d : {64, 80, 96, 128})
       for (int group : {3, 4})
         for (int splits : {1, 2}) {
@@ -328,7 +329,7 @@ TEST_F(Cuda, TwoTilesPerIterationIgnoreStaleStages) {
           c.params.softcap = group == 3 && splits == 1 ? 8.0f : 0.0f;
           c.nan_shared = true;
           const int pairs = std::string(fmt) == "tq2" && d != 64 ? 1 : 2;
-          ASSERT_EQ(cuda_detail::decode_tiles_per_iteration(c.format, d, group, c.capacity, splits), pairs)
+          ASSERT_EQ(cuda_detail::decode_tiles_per_iteration(c.format, d, group, c.capacity, splits, true), pairs)
               << describe(c);
           check_decode(c, rng, /*with_sinks=*/splits == 2);
         }
@@ -346,8 +347,9 @@ TEST_F(Cuda, TwoTilesPerIterationIgnoreStaleStages) {
     for (int window : {0, 3000}) {
       c.params.window = window;
       c.params.splits = 1;
-      ASSERT_EQ(cuda_detail::decode_tiles_per_iteration(c.format, c.head_dim, 4, window > 0 ? window : c.capacity, 1),
-                2);
+      ASSERT_EQ(
+          cuda_detail::decode_tiles_per_iteration(c.format, c.head_dim, 4, window > 0 ? window : c.capacity, 1, true),
+          2);
       check_decode(c, rng);
     }
   }
@@ -355,19 +357,26 @@ TEST_F(Cuda, TwoTilesPerIterationIgnoreStaleStages) {
 
 // The launcher's choice (host code, runs without a GPU): pairs from 8 tiles of 16 positions per
 // worker of a split (8 workers), for the formats and head dims that have them, at groups <= 4.
+// (tq4's pairs in grids of one block per SM also need the device's shared memory: the GPU test
+// TwoTilesPerIterationIgnoreStaleStages checks that an H100 takes them.)
 TEST(CudaLaunchRule, TilePairsNeedEightTilesPerWorker) {
   const KvFormat tq3 = parse_kv_format("tq3"), tq2 = parse_kv_format("tq2"), tq4 = parse_kv_format("tq4");
   constexpr int kEnough = 8 * 16 * 8;  // positions per split
-  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq3, 128, 4, kEnough, 1), 2);
-  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq3, 128, 4, kEnough - 1, 1), 1);
-  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq3, 128, 4, 4 * kEnough, 4), 2);
-  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq3, 128, 4, 4 * kEnough, 5), 1);
-  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq3, 64, 1, kEnough, 1), 2);
-  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq3, 128, 5, 16 * kEnough, 1), 1);  // the untransposed kernel
-  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq3, 256, 4, 16 * kEnough, 1), 1);
-  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq2, 64, 3, kEnough, 1), 2);
-  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq2, 128, 4, 16 * kEnough, 1), 1);
-  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq4, 128, 4, 16 * kEnough, 1), 1);
+  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq3, 128, 4, kEnough, 1, false), 2);
+  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq3, 128, 4, kEnough - 1, 1, false), 1);
+  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq3, 128, 4, 4 * kEnough, 4, false), 2);
+  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq3, 128, 4, 4 * kEnough, 5, false), 1);
+  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq3, 64, 1, kEnough, 1, false), 2);
+  // The untransposed kernel (groups > 4) has no pairs.
+  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq3, 128, 5, 16 * kEnough, 1, false), 1);
+  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq3, 256, 4, 16 * kEnough, 1, false), 1);
+  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq2, 64, 3, kEnough, 1, false), 2);
+  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq2, 128, 4, 16 * kEnough, 1, false), 1);
+  // tq4's pairs need an SM alone: never in a grid of more than one block per SM.
+  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq4, 128, 4, 16 * kEnough, 1, false), 1);
+  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq4, 256, 4, 16 * kEnough, 1, true), 1);
+  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq4, 128, 5, 16 * kEnough, 1, true), 1);
+  EXPECT_EQ(cuda_detail::decode_tiles_per_iteration(tq4, 128, 4, kEnough - 1, 1, true), 1);
 }
 
 TEST_F(Cuda, FreshRandomShapes) {
