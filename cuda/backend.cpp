@@ -88,10 +88,10 @@ int resolve_splits(const CacheView& c, const DecodeParams& p) {
   // keys gains (tq4 d = 128 64k 37.1 / 39.1); d = 64 (64k +9 %, 128k +17 %) and the
   // instruction-bound tq2/tq3 loops (64k +1-4 %) lose more to the halved occupancy than the merge
   // gains. Batch 8 and up keep two blocks per SM (r56: their 4 splits are the fastest).
-  // One block per SM also lets tq4 at d <= 128 take tile pairs in blocks that have their SM alone
-  // (decode_lone_tile_pairs); where that gives every worker at least kLonePairsMinTiles tiles, it
-  // pays at any head dim (r182, d = 64, 8 KV heads: 64k 23.9 -> 21.2 us, 128k 38.5 -> 35.7 against
-  // 33 splits of single tiles).
+  // One block per SM also gives tq4 at d <= 128 tile pairs in blocks that have their SM alone, and
+  // tq3's pairs an SM each (decode_pairs_alone); where that gives every worker at least
+  // kLonePairsMinTiles tiles, it pays at any head dim and for tq3 too (r182, 8 KV heads, against
+  // 33 splits: tq4 d = 64 64k 23.9 -> 21.2 us, 128k 38.5 -> 35.7; tq3 d = 128 64k 32.2 -> 29.8).
   constexpr int64_t kManySplits = 16;
   constexpr int64_t kShortReach = 16384;
   constexpr int64_t kLonePairsMinTiles = 32;
@@ -99,7 +99,7 @@ int resolve_splits(const CacheView& c, const DecodeParams& p) {
   const int sms = sm_count();
   const int64_t one_per_sm = std::max<int64_t>(kManySplits, sms / base_blocks);
   const bool lone_pairs_pay = reach / one_per_sm >= kLonePairsMinTiles * granule &&
-                              decode_lone_tile_pairs(c.format, c.head_dim, p.q_heads / c.kv_heads);
+                              decode_pairs_alone(c.format, c.head_dim, p.q_heads / c.kv_heads, /*lone_only=*/false);
   const bool fewer_blocks_pay = reach <= kShortReach || (c.head_dim >= 128 && !instruction_bound) || lone_pairs_pay;
   const int64_t slots = int64_t{blocks_per_sm(c.format, c.head_dim)} * sms;
   int64_t wanted = std::max<int64_t>(1, slots / base_blocks);

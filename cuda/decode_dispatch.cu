@@ -63,13 +63,13 @@ cudaError_t launch_decode(const DecodeLaunch& launch, cudaStream_t stream) {
   return cudaErrorInvalidValue;  // unreachable: the host checked decode_pair_built()
 }
 
-bool decode_lone_tile_pairs(KvFormat format, int head_dim, int group) noexcept {
+bool decode_pairs_alone(KvFormat format, int head_dim, int group, bool lone_only) noexcept {
   if (group > 4 || !decode_head_dim_built(head_dim)) return false;
-#define TQKV_LONE_PAIRS_PAIR(K, V)                            \
+#define TQKV_PAIRS_ALONE_PAIR(K, V)                           \
   if (format.key == Format::K && format.value == Format::V) \
-    return decode_lone_tile_pairs_pair<Format::K, Format::V>(head_dim);
-  TQKV_CUDA_FOR_EACH_PAIR(TQKV_LONE_PAIRS_PAIR)
-#undef TQKV_LONE_PAIRS_PAIR
+    return decode_pairs_alone_pair<Format::K, Format::V>(head_dim, lone_only);
+  TQKV_CUDA_FOR_EACH_PAIR(TQKV_PAIRS_ALONE_PAIR)
+#undef TQKV_PAIRS_ALONE_PAIR
   return false;
 }
 
@@ -78,7 +78,7 @@ int decode_tiles_per_iteration(KvFormat format, int head_dim, int group, int rea
   if (!tile_pairs_pay(reach, splits)) return 1;
   const bool packed_lo = group <= 4 && has_packed_lo(format.key, format.value, head_dim);
   if (has_tile_pairs(format.key, format.value, head_dim, packed_lo)) return 2;
-  return one_block_per_sm && decode_lone_tile_pairs(format, head_dim, group) ? 2 : 1;
+  return one_block_per_sm && decode_pairs_alone(format, head_dim, group, /*lone_only=*/true) ? 2 : 1;
 }
 
 cudaError_t decode_blocks_per_sm(KvFormat format, int head_dim, int* blocks) {

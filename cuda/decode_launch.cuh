@@ -33,27 +33,43 @@ struct DecodeInstance {
                 "tile pairs must keep two blocks per SM, unless the launcher gives them an SM alone");
   static constexpr int threads() { return kWarps * 32; }
   static constexpr int smem() { return Shape::kSmemBytes; }
+  // Shared memory a launch of tile pairs reserves in a grid of at most one block per SM, so that
+  // no second block fits beside it: then every graph step lands one block per SM. Pairs that fit
+  // twice could land two to an SM in a step that starts while half the SMs are free (r179: tq3 b1
+  // 128k with 16 splits, 26-30 SMs with two blocks, 72-75 instead of ~54 us per step).
+  static constexpr int alone_smem() { return TILES > 1 ? cmax(smem(), kTwoBlocksSmemBytes + 128) : smem(); }
   static auto kernel() { return decode_mma_kernel<KF, VF, D, kWarps, kStages, PACKED_LO>; }
   static KernelSetup& setup() {
     static KernelSetup once;
     return once;
   }
-  static cudaError_t launch(const DecodeLaunch& a, cudaStream_t stream) {
+  // The kernel's shared-memory limit: it covers alone_smem() where the device has it, whichever
+  // launch comes first.
+  static int limit_smem() { return TILES > 1 && fits_current_device(alone_smem()) ? alone_smem() : smem(); }
+  // alone: reserve alone_smem() (where the device has it).
+  static cudaError_t launch(const DecodeLaunch& a, cudaStream_t stream, bool alone = false) {
+    int bytes = smem();
+    if constexpr (TILES > 1) {
+      const int limit = limit_smem();
+      const cudaError_t err = prepare_kernel(kernel(), limit, setup());
+      if (err != cudaSuccess) return err;
+      if (alone) bytes = limit;
+    }
     // Splits merge in-kernel (finish_decode_block). A programmatic dependent launch overlaps this
     // step's start with the previous kernel's end (r109: batch-1 graph steps 0.8-1.6 us shorter).
     return launch_programmatic(kernel(), dim3(a.splits, a.cache.kv_heads * a.head_chunks, a.cache.batch), dim3(threads()),
-                               smem(), stream, setup(), a);
+                               bytes, stream, setup(), a);
   }
-  // Whether a block's shared memory fits the current device (tile pairs of one block per SM need
-  // ~150 KB: an H100 or A100 has room, an sm_86/89 card not).
-  static bool fits_current_device() {
+  // Whether a block of `bytes` of shared memory fits the current device (tile pairs alone on an
+  // SM need up to ~150 KB: an H100 or A100 has room, an sm_86/89 card not).
+  static bool fits_current_device(int bytes = smem()) {
     int device = 0, optin = 0;
     return cudaGetDevice(&device) == cudaSuccess &&
            cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess &&
-           smem() <= optin;
+           bytes <= optin;
   }
   static cudaError_t blocks_per_sm(int* blocks) {
-    cudaError_t err = prepare_kernel(kernel(), smem(), setup());
+    cudaError_t err = prepare_kernel(kernel(), limit_smem(), setup());
     if (err != cudaSuccess) return err;
     return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks, kernel(), threads(), smem());
   }
@@ -80,14 +96,14 @@ cudaError_t launch_decode_pair(const DecodeLaunch& a, cudaStream_t stream) {
     constexpr int D = decltype(inst)::Shape::kD;
     if constexpr (has_packed_lo(KF, VF, D)) {
       if (a.group <= 4) {
+        using Pairs = DecodeInstance<KF, VF, D, true, 2>;
         if constexpr (has_tile_pairs(KF, VF, D, true)) {
           if (tile_pairs_pay(decode_reach(a.cache, a.window), a.splits))
-            return DecodeInstance<KF, VF, D, true, 2>::launch(a, stream);
+            return Pairs::launch(a, stream, a.one_block_per_sm);
         } else if constexpr (has_lone_tile_pairs(KF, VF, D, true)) {
-          using Pairs = DecodeInstance<KF, VF, D, true, 2>;
           if (a.one_block_per_sm && tile_pairs_pay(decode_reach(a.cache, a.window), a.splits) &&
               Pairs::fits_current_device())
-            return Pairs::launch(a, stream);
+            return Pairs::launch(a, stream, true);
         }
         return DecodeInstance<KF, VF, D, true>::launch(a, stream);
       }
@@ -96,15 +112,19 @@ cudaError_t launch_decode_pair(const DecodeLaunch& a, cudaStream_t stream) {
   });
 }
 
-// Whether this pair and head dim has tile pairs for blocks that have their SM alone
-// (has_lone_tile_pairs) and the current device has the shared memory for them.
+// Whether this pair and head dim has tile pairs that take an SM alone in a grid of at most one
+// block per SM, and the current device has the shared memory for that: with lone_only, the pairs
+// that run only so (has_lone_tile_pairs); else those that prefer it (pairs_prefer_sm_alone).
 template <Format KF, Format VF>
-bool decode_lone_tile_pairs_pair(int head_dim) {
+bool decode_pairs_alone_pair(int head_dim, bool lone_only) {
   bool fits = false;
   with_decode_dim<KF, VF>(head_dim, [&](auto inst) {
     constexpr int D = decltype(inst)::Shape::kD;
-    if constexpr (has_lone_tile_pairs(KF, VF, D, has_packed_lo(KF, VF, D)))
-      fits = DecodeInstance<KF, VF, D, true, 2>::fits_current_device();
+    constexpr bool packed_lo = has_packed_lo(KF, VF, D);
+    if constexpr (pairs_prefer_sm_alone(KF, VF, D, packed_lo)) {
+      using Pairs = DecodeInstance<KF, VF, D, true, 2>;
+      fits = (!lone_only || has_lone_tile_pairs(KF, VF, D, packed_lo)) && Pairs::fits_current_device(Pairs::alone_smem());
+    }
     return cudaSuccess;
   });
   return fits;

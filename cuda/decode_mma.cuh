@@ -364,6 +364,13 @@ constexpr bool has_tile_pairs(Format kf, Format vf, int d, bool packed_lo) {
 constexpr bool has_lone_tile_pairs(Format kf, Format vf, int d, bool packed_lo) {
   return packed_lo && kf == vf && kf == Format::tq4 && d <= 128;
 }
+// Pairs with which a batch-1 grid is faster at one block per SM than at two from 64k (the split
+// rule, resolve_splits): tq4's lone pairs (r182, d = 64: 64k 23.9 -> 21.2 us) and tq3's (r177,
+// r182, with the SM reserved, DecodeInstance::alone_smem: d = 128 64k 32.2 -> 29.8, d = 64 24.4 ->
+// 23.3). Not tq2's (r182: equal at 64k, slower at 128k).
+constexpr bool pairs_prefer_sm_alone(Format kf, Format vf, int d, bool packed_lo) {
+  return has_lone_tile_pairs(kf, vf, d, packed_lo) || (kf == Format::tq3 && has_tile_pairs(kf, vf, d, packed_lo));
+}
 
 template <Format KF, Format VF, int D, int WARPS, int STAGES>
 constexpr int mma_min_blocks() {
