@@ -8,8 +8,9 @@
 // steps over as many caches, as bench_cuda's graph rows run them), each with its own timeline:
 // it shows how a step's blocks start, wait (programmatic launch) and end against the step before.
 //
-// Each launch also shows where its blocks ran: loop ends on SMs that held one block of the launch
-// against SMs that held two or more (a graph step's blocks may land unevenly, r179).
+// Each launch also shows where its blocks ran: loop ends and loop durations on SMs that held one
+// block of the launch against SMs that held two or more (a graph step's blocks may land unevenly,
+// r179), and by groups of SM ids.
 //
 // usage: decode_timeline [--graph] [--format NAME] [--splits N] [batch:context ...]
 //        (default: tq4, the backend's split count; 1:4096 1:65536 8:16384 8:65536)
@@ -94,7 +95,7 @@ struct Step {
 
 constexpr int kMaxBlocks = 1 << 16;
 constexpr std::size_t kTimelineValues = std::size_t(kMaxBlocks) * cuda_detail::kTimelineSlots;
-constexpr int kLoopEnd = 3;  // phase "loop end (worker 0)"
+constexpr int kLoopStart = 2, kLoopEnd = 3;  // phases "loop start", "loop end (worker 0)"
 const char* const kPhaseNames[] = {"entry", "query rotated", "loop start", "loop end (worker 0)", "workers joined",
                                    "finish start", "finish done", "split merge done"};
 static_assert(sizeof(kPhaseNames) / sizeof(kPhaseNames[0]) == cuda_detail::kTimelinePhases);
@@ -130,29 +131,41 @@ void print_row(const std::string& name, const std::vector<double>& t) {
 }
 constexpr const char* kTableHead = "| phase | blocks | min | median | p90 | max |\n| --- | --- | --- | --- | --- | --- |\n";
 
-// Loop end (worker 0) by where the block ran: SMs that held one block of this launch against SMs
-// that held two or more, and by groups of 16 consecutive SM ids; and how many SMs held how many.
+// Loop end (worker 0) and loop duration (loop start to loop end) by where the block ran: SMs that
+// held one block of this launch against SMs that held two or more, and by groups of 16 consecutive
+// SM ids; and how many SMs held how many. A block late because it started late shows in its end
+// but not in its duration.
 void print_by_sm(const Timeline& tl, unsigned long long t0) {
-  std::map<unsigned, std::vector<double>> by_sm;
+  struct Loop {
+    double end, duration;
+  };
+  std::map<unsigned, std::vector<Loop>> by_sm;
   for (std::size_t b = 0; b < tl.blocks; ++b) {
-    const unsigned long long sm = tl.v[b * cuda_detail::kTimelineSlots + cuda_detail::kTimelinePhases];
-    const unsigned long long end = tl.v[b * cuda_detail::kTimelineSlots + kLoopEnd];
-    if (sm != 0 && end != 0) by_sm[unsigned(sm - 1)].push_back((double(end) - double(t0)) * 1e-3);
+    const unsigned long long* block = &tl.v[b * cuda_detail::kTimelineSlots];
+    const unsigned long long sm = block[cuda_detail::kTimelinePhases], start = block[kLoopStart], end = block[kLoopEnd];
+    if (sm != 0 && start != 0 && end != 0)
+      by_sm[unsigned(sm - 1)].push_back({(double(end) - double(t0)) * 1e-3, (double(end) - double(start)) * 1e-3});
   }
-  std::map<std::string, std::vector<double>> groups;
+  std::map<std::string, std::vector<Loop>> groups;
   std::map<std::size_t, int> sms_holding;  // blocks per SM -> SMs
-  for (const auto& [sm, ends] : by_sm) {
-    ++sms_holding[ends.size()];
-    auto& lone = groups[ends.size() == 1 ? "SMs with 1 block" : "SMs with 2+ blocks"];
-    lone.insert(lone.end(), ends.begin(), ends.end());
+  for (const auto& [sm, loops] : by_sm) {
+    ++sms_holding[loops.size()];
+    auto& lone = groups[loops.size() == 1 ? "SMs with 1 block" : "SMs with 2+ blocks"];
+    lone.insert(lone.end(), loops.begin(), loops.end());
     auto& g = groups["SM ids " + std::to_string(sm / 16 * 16) + "-" + std::to_string(sm / 16 * 16 + 15)];
-    g.insert(g.end(), ends.begin(), ends.end());
+    g.insert(g.end(), loops.begin(), loops.end());
   }
   std::printf("\nSMs holding n blocks of this launch:");
   for (const auto& [n, count] : sms_holding) std::printf(" %zu: %d", n, count);
-  std::printf("\n\n| loop end (worker 0) by SM | blocks | min | median | p90 | max |\n"
-              "| --- | --- | --- | --- | --- | --- |\n");
-  for (const auto& [name, t] : groups) print_row(name, t);
+  for (const bool duration : {false, true}) {
+    std::printf("\n\n| %s by SM | blocks | min | median | p90 | max |\n| --- | --- | --- | --- | --- | --- |\n",
+                duration ? "loop duration (worker 0)" : "loop end (worker 0)");
+    for (const auto& [name, loops] : groups) {
+      std::vector<double> t;
+      for (const Loop& l : loops) t.push_back(duration ? l.duration : l.end);
+      print_row(name, t);
+    }
+  }
 }
 
 unsigned long long* alloc_timeline() {
