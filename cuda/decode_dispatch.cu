@@ -45,32 +45,31 @@ bool decode_head_dim_built(int head_dim) noexcept {
   return false;
 }
 
+// f.template operator()<K, V>() for the built pair (K, V) that `format` names, else `otherwise`.
+template <typename R, typename F>
+R with_built_pair(KvFormat format, R otherwise, F&& f) {
+#define TQKV_CALL_PAIR(K, V) \
+  if (format.key == Format::K && format.value == Format::V) return f.template operator()<Format::K, Format::V>();
+  TQKV_CUDA_FOR_EACH_PAIR(TQKV_CALL_PAIR)
+#undef TQKV_CALL_PAIR
+  return otherwise;
+}
+
 bool decode_pair_built(KvFormat format) noexcept {
-#define TQKV_MATCH_PAIR(K, V) \
-  if (format.key == Format::K && format.value == Format::V) return true;
-  TQKV_CUDA_FOR_EACH_PAIR(TQKV_MATCH_PAIR)
-#undef TQKV_MATCH_PAIR
-  return false;
+  // [&]: a lambda without captures has a function-pointer conversion, which nvcc warns of (445-D).
+  return with_built_pair(format, false, [&]<Format K, Format V>() { return true; });
 }
 
 cudaError_t launch_decode(const DecodeLaunch& launch, cudaStream_t stream) {
-  const KvFormat format = launch.cache.format;
-#define TQKV_LAUNCH_PAIR(K, V)                                  \
-  if (format.key == Format::K && format.value == Format::V) \
-    return launch_decode_pair<Format::K, Format::V>(launch, stream);
-  TQKV_CUDA_FOR_EACH_PAIR(TQKV_LAUNCH_PAIR)
-#undef TQKV_LAUNCH_PAIR
-  return cudaErrorInvalidValue;  // unreachable: the host checked decode_pair_built()
+  // cudaErrorInvalidValue is unreachable: the host checked decode_pair_built().
+  return with_built_pair(launch.cache.format, cudaErrorInvalidValue,
+                         [&]<Format K, Format V>() { return launch_decode_pair<K, V>(launch, stream); });
 }
 
 bool decode_pairs_alone(KvFormat format, int head_dim, int group, bool lone_only) noexcept {
   if (group > 4 || !decode_head_dim_built(head_dim)) return false;
-#define TQKV_PAIRS_ALONE_PAIR(K, V)                           \
-  if (format.key == Format::K && format.value == Format::V) \
-    return decode_pairs_alone_pair<Format::K, Format::V>(head_dim, lone_only);
-  TQKV_CUDA_FOR_EACH_PAIR(TQKV_PAIRS_ALONE_PAIR)
-#undef TQKV_PAIRS_ALONE_PAIR
-  return false;
+  return with_built_pair(format, false,
+                         [&]<Format K, Format V>() { return decode_pairs_alone_pair<K, V>(head_dim, lone_only); });
 }
 
 int decode_tiles_per_iteration(KvFormat format, int head_dim, int group, int reach, int splits,
@@ -82,12 +81,8 @@ int decode_tiles_per_iteration(KvFormat format, int head_dim, int group, int rea
 }
 
 cudaError_t decode_blocks_per_sm(KvFormat format, int head_dim, int* blocks) {
-#define TQKV_OCCUPANCY_PAIR(K, V)                             \
-  if (format.key == Format::K && format.value == Format::V) \
-    return decode_blocks_per_sm_pair<Format::K, Format::V>(head_dim, blocks);
-  TQKV_CUDA_FOR_EACH_PAIR(TQKV_OCCUPANCY_PAIR)
-#undef TQKV_OCCUPANCY_PAIR
-  return cudaErrorInvalidValue;
+  return with_built_pair(format, cudaErrorInvalidValue,
+                         [&]<Format K, Format V>() { return decode_blocks_per_sm_pair<K, V>(head_dim, blocks); });
 }
 
 }  // namespace tqkv::cuda_detail
