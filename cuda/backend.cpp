@@ -91,7 +91,8 @@ int resolve_splits(const CacheView& c, const DecodeParams& p) {
   // One block per SM also gives tq4 at d <= 128 tile pairs in blocks that have their SM alone, and
   // tq3's pairs an SM each (decode_pairs_alone); where that gives every worker at least
   // kLonePairsMinTiles tiles, it pays at any head dim and for tq3 too (r182, 8 KV heads, against
-  // 33 splits: tq4 d = 64 64k 23.9 -> 21.2 us, 128k 38.5 -> 35.7; tq3 d = 128 64k 32.2 -> 29.8).
+  // 33 splits: tq4 d = 64 64k 23.9 -> 21.2 us, 128k 38.5 -> 35.7; r185, tq3 with the SM reserved:
+  // d = 128 64k 32.3 -> 29.9, d = 64 24.5 -> 23.3).
   constexpr int64_t kManySplits = 16;
   constexpr int64_t kShortReach = 16384;
   constexpr int64_t kLonePairsMinTiles = 32;

@@ -123,7 +123,8 @@ bool decode_pairs_alone_pair(int head_dim, bool lone_only) {
     constexpr bool packed_lo = has_packed_lo(KF, VF, D);
     if constexpr (pairs_prefer_sm_alone(KF, VF, D, packed_lo)) {
       using Pairs = DecodeInstance<KF, VF, D, true, 2>;
-      fits = (!lone_only || has_lone_tile_pairs(KF, VF, D, packed_lo)) && Pairs::fits_current_device(Pairs::alone_smem());
+      fits = (!lone_only || has_lone_tile_pairs(KF, VF, D, packed_lo)) &&
+             Pairs::fits_current_device(Pairs::alone_smem());
     }
     return cudaSuccess;
   });
