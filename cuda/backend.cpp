@@ -73,7 +73,8 @@ int head_chunks(const CacheView& c, const DecodeParams& p) {
   return (group + kMaxHeadsPerBlock - 1) / kMaxHeadsPerBlock;
 }
 
-int resolve_splits(const CacheView& c, const DecodeParams& p) {
+// sms: the current device's SM count (sm_count()).
+int resolve_splits(const CacheView& c, const DecodeParams& p, int sms) {
   if (p.splits > 0) return p.splits;
   const int64_t base_blocks = int64_t{c.batch} * c.kv_heads * head_chunks(c, p);
   // A split streams at least one granule (every worker of the block gets work).
@@ -97,10 +98,9 @@ int resolve_splits(const CacheView& c, const DecodeParams& p) {
   constexpr int64_t kShortReach = 16384;
   constexpr int64_t kLonePairsMinTiles = 32;
   const bool instruction_bound = c.format.key == Format::tq2 || c.format.key == Format::tq3;
-  const int sms = sm_count();
   const int64_t one_per_sm = std::max<int64_t>(kManySplits, sms / base_blocks);
   const bool lone_pairs_pay = reach / one_per_sm >= kLonePairsMinTiles * granule &&
-                              decode_pairs_alone(c.format, c.head_dim, p.q_heads / c.kv_heads, /*lone_only=*/false);
+                              decode_pairs_alone(c.format, c.head_dim, p.q_heads / c.kv_heads);
   const bool fewer_blocks_pay = reach <= kShortReach || (c.head_dim >= 128 && !instruction_bound) || lone_pairs_pay;
   const int64_t slots = int64_t{blocks_per_sm(c.format, c.head_dim)} * sms;
   int64_t wanted = std::max<int64_t>(1, slots / base_blocks);
@@ -308,7 +308,7 @@ std::string device_description() {
 std::size_t decode_workspace_bytes(const CacheView& cache, const DecodeParams& params) {
   require_device("decode_workspace_bytes");
   validate_for_device(cache, params, "decode_workspace_bytes");
-  return workspace_bytes_for(cache, params, resolve_splits(cache, params));
+  return workspace_bytes_for(cache, params, resolve_splits(cache, params, sm_count()));
 }
 
 void decode_attention(const CacheView& c, const float* q, void* out, const DecodeParams& p,
@@ -348,9 +348,10 @@ void decode_attention(const CacheView& c, const float* q, void* out, const Decod
   launch.q_heads = p.q_heads;
   launch.group = p.q_heads / c.kv_heads;
   launch.head_chunks = head_chunks(c, p);
-  launch.splits = resolve_splits(c, p);
+  const int sms = sm_count();
+  launch.splits = resolve_splits(c, p, sms);
   launch.one_block_per_sm =
-      int64_t{launch.splits} * c.kv_heads * launch.head_chunks * c.batch <= int64_t{sm_count()};
+      int64_t{launch.splits} * c.kv_heads * launch.head_chunks * c.batch <= int64_t{sms};
   launch.out_type = p.out_type;
   launch.timeline = decode_timeline();
   const LevelsInfo k_levels = levels_info(c.format.key, c.k_levels, stream);

@@ -66,10 +66,9 @@ cudaError_t launch_decode(const DecodeLaunch& launch, cudaStream_t stream) {
                          [&]<Format K, Format V>() { return launch_decode_pair<K, V>(launch, stream); });
 }
 
-bool decode_pairs_alone(KvFormat format, int head_dim, int group, bool lone_only) noexcept {
+bool decode_pairs_alone(KvFormat format, int head_dim, int group) noexcept {
   if (group > 4 || !decode_head_dim_built(head_dim)) return false;
-  return with_built_pair(format, false,
-                         [&]<Format K, Format V>() { return decode_pairs_alone_pair<K, V>(head_dim, lone_only); });
+  return with_built_pair(format, false, [&]<Format K, Format V>() { return decode_pairs_alone_pair<K, V>(head_dim); });
 }
 
 int decode_tiles_per_iteration(KvFormat format, int head_dim, int group, int reach, int splits,
@@ -77,7 +76,8 @@ int decode_tiles_per_iteration(KvFormat format, int head_dim, int group, int rea
   if (!tile_pairs_pay(reach, splits)) return 1;
   const bool packed_lo = group <= 4 && has_packed_lo(format.key, format.value, head_dim);
   if (has_tile_pairs(format.key, format.value, head_dim, packed_lo)) return 2;
-  return one_block_per_sm && decode_pairs_alone(format, head_dim, group, /*lone_only=*/true) ? 2 : 1;
+  // What prefers an SM alone and has no pairs for two blocks per SM: tq4's lone pairs.
+  return one_block_per_sm && decode_pairs_alone(format, head_dim, group) ? 2 : 1;
 }
 
 cudaError_t decode_blocks_per_sm(KvFormat format, int head_dim, int* blocks) {

@@ -62,12 +62,7 @@ struct DecodeInstance {
   }
   // Whether a block of `bytes` of shared memory fits the current device (tile pairs alone on an
   // SM need up to ~150 KB: an H100 or A100 has room, an sm_86/89 card not).
-  static bool fits_current_device(int bytes = smem()) {
-    int device = 0, optin = 0;
-    return cudaGetDevice(&device) == cudaSuccess &&
-           cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess &&
-           bytes <= optin;
-  }
+  static bool fits_current_device(int bytes = smem()) { return block_smem_fits_current_device(bytes); }
   static cudaError_t blocks_per_sm(int* blocks) {
     cudaError_t err = prepare_kernel(kernel(), limit_smem(), setup());
     if (err != cudaSuccess) return err;
@@ -112,19 +107,16 @@ cudaError_t launch_decode_pair(const DecodeLaunch& a, cudaStream_t stream) {
   });
 }
 
-// Whether this pair and head dim has tile pairs that take an SM alone in a grid of at most one
-// block per SM, and the current device has the shared memory for that: with lone_only, the pairs
-// that run only so (has_lone_tile_pairs); else those that prefer it (pairs_prefer_sm_alone).
+// Whether this pair and head dim has tile pairs that prefer an SM alone in a grid of at most one
+// block per SM (pairs_prefer_sm_alone), and the current device has the shared memory for that.
 template <Format KF, Format VF>
-bool decode_pairs_alone_pair(int head_dim, bool lone_only) {
+bool decode_pairs_alone_pair(int head_dim) {
   bool fits = false;
   with_decode_dim<KF, VF>(head_dim, [&](auto inst) {
     constexpr int D = decltype(inst)::Shape::kD;
-    constexpr bool packed_lo = has_packed_lo(KF, VF, D);
-    if constexpr (pairs_prefer_sm_alone(KF, VF, D, packed_lo)) {
+    if constexpr (pairs_prefer_sm_alone(KF, VF, D, has_packed_lo(KF, VF, D))) {
       using Pairs = DecodeInstance<KF, VF, D, true, 2>;
-      fits = (!lone_only || has_lone_tile_pairs(KF, VF, D, packed_lo)) &&
-             Pairs::fits_current_device(Pairs::alone_smem());
+      fits = Pairs::fits_current_device(Pairs::alone_smem());
     }
     return cudaSuccess;
   });

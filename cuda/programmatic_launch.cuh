@@ -18,6 +18,20 @@ namespace tqkv::cuda_detail {
 struct KernelSetup {
   std::atomic<uint64_t> done{0}, programmatic{0};  // bit per device
 };
+
+// Whether a block of `bytes` of dynamic shared memory fits the current device (its opt-in limit,
+// read once per device; false without a device).
+inline bool block_smem_fits_current_device(int bytes) {
+  static std::atomic<int> optin[64];  // per device & 63; 0 = not read yet
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  int limit = optin[device & 63].load(std::memory_order_relaxed);
+  if (limit == 0) {
+    if (cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) return false;
+    optin[device & 63].store(limit, std::memory_order_relaxed);
+  }
+  return bytes <= limit;
+}
 template <typename Kernel>
 cudaError_t prepare_kernel(Kernel kernel, int smem_bytes, KernelSetup& setup, bool* programmatic = nullptr) {
   int device = 0;
