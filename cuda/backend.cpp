@@ -105,6 +105,17 @@ int resolve_splits(const CacheView& c, const DecodeParams& p, int sms) {
   const int64_t slots = int64_t{blocks_per_sm(c.format, c.head_dim)} * sms;
   int64_t wanted = std::max<int64_t>(1, slots / base_blocks);
   if (wanted > kManySplits && fewer_blocks_pay) wanted = one_per_sm;
+  // Below kManySplits (batch >= 3 at 8 KV heads, batch 1 at 32 KV heads), tq4 at d = 128 still
+  // takes one block per SM with its lone pairs where that leaves at least 2 splits with pairs
+  // (r191, graph us against two blocks per SM: batch 8, 32/8 heads, 2 splits instead of 4: 4k 20.5
+  // -> 19.2, 16k 59.9 -> 58.1, 64k 217.5 -> 211.9, 128k 420.0 -> 421.4; batch 1, 32/32, 4 instead
+  // of 8: 4k 13.1 -> 12.4, 16k 33.9 -> 32.2, 128k 216.9 -> 212.1. r189/r190: d = 64 gained at
+  // 16k/64k but lost at 1k, 4k and 128k; tq3 lost, k8v4 stayed: not those).
+  const int64_t lone_splits = sms / base_blocks;
+  if (wanted <= kManySplits && lone_splits >= 2 && c.format.key == Format::tq4 && c.head_dim == 128 &&
+      tile_pairs_pay(static_cast<int>(reach), static_cast<int>(lone_splits)) &&
+      decode_pairs_alone(c.format, c.head_dim, p.q_heads / c.kv_heads))
+    wanted = lone_splits;
   // More blocks than slots: a partial last wave leaves slots idle. From kShortReach positions, take
   // the split count (up to 4) whose waves are fullest when it fills them clearly better than one
   // split (r143: 9/3 heads at d = 64 and batch 128 are 384 blocks in 264 slots, 1.45 waves; 2

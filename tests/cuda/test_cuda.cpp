@@ -553,6 +553,39 @@ TEST_F(Cuda, PartialWaveTakesMoreSplitsAndMatchesReference) {
   check_decode(c, rng);
 }
 
+// At batch 8 (8 KV heads) tq4 at d = 128 takes one block per SM with its lone tile pairs: as many
+// splits as fit one block per SM (2 on an H100), where each split still has pairs
+// (backend.cpp, resolve_splits). Awkward lengths, NaN in shared memory.
+TEST_F(Cuda, BatchEightTakesLonePairsAtOneBlockPerSm) {
+  std::mt19937_64 rng(kSeed + 23);
+  Case c;
+  c.format = parse_kv_format("tq4");
+  c.head_dim = 128;
+  c.batch = 8;
+  c.kv_heads = 8;
+  c.q_heads = 32;
+  c.capacity = 4096;
+  c.lengths = {1, 31, 97, 1000, 2049, 3001, 4095, 4096};
+  c.params.splits = 0;
+  c.nan_shared = true;
+  int sms = 0;
+  ASSERT_EQ(cuda_detail::current_sm_count(&sms), cudaSuccess);
+  const int lone_splits = sms / (c.batch * c.kv_heads);
+  if (lone_splits >= 2 && cuda_detail::decode_tiles_per_iteration(c.format, c.head_dim, 4, c.capacity, lone_splits,
+                                                                   /*one_block_per_sm=*/true) == 2) {
+    CacheConfig cfg = test::cache_config(c.format, c.kv_heads, c.head_dim, c.capacity, c.batch);
+    cuda::DeviceKvCache probe(cfg);
+    DecodeParams p;
+    p.q_heads = c.q_heads;
+    p.splits = lone_splits;
+    const std::size_t lone_bytes = cuda_backend::decode_workspace_bytes(probe.view(), p);
+    p.splits = 0;
+    EXPECT_EQ(cuda_backend::decode_workspace_bytes(probe.view(), p), lone_bytes)
+        << "expected " << lone_splits << " splits (one block per SM) on " << sms << " SMs";
+  }
+  check_decode(c, rng);
+}
+
 TEST_F(Cuda, EmptySequenceGivesZeros) {
   // The reference rejects an empty sequence; the GPU cannot see device counters without a sync
   // and writes zeros for it (attention.hpp: "A sequence with no tokens yields zeros").
