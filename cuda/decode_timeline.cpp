@@ -12,7 +12,10 @@
 // block of the launch against SMs that held two or more (a graph step's blocks may land unevenly,
 // r179), and by groups of SM ids.
 //
-// usage: decode_timeline [--graph] [--format NAME] [--splits N] [batch:context ...]
+// With --raw, each launch also lists every block: its index, SM, loop start and loop end (worker 0),
+// for offline analysis (is a slow loop the SM's or the block's range?).
+//
+// usage: decode_timeline [--graph] [--raw] [--format NAME] [--splits N] [batch:context ...]
 //        (default: tq4, the backend's split count; 1:4096 1:65536 8:16384 8:65536)
 #include <cuda_runtime_api.h>
 
@@ -49,6 +52,7 @@ double percentile(std::vector<double> v, double p) {
 // The format pair of every cache (--format), and DecodeParams::splits (--splits; 0: the backend's).
 KvFormat g_format = parse_kv_format("tq4");
 int g_splits = 0;
+bool g_raw = false;  // --raw
 
 // A cache (g_format, d = 128, 8 KV heads) full to `context` positions, with a query and an output.
 struct Step {
@@ -154,6 +158,15 @@ void print_by_sm(const Timeline& tl, unsigned long long t0) {
     lone.insert(lone.end(), loops.begin(), loops.end());
     auto& g = groups["SM ids " + std::to_string(sm / 16 * 16) + "-" + std::to_string(sm / 16 * 16 + 15)];
     g.insert(g.end(), loops.begin(), loops.end());
+  }
+  if (g_raw) {
+    std::printf("\n| block | SM | loop start | loop end |\n| --- | --- | --- | --- |\n");
+    for (std::size_t b = 0; b < tl.blocks; ++b) {
+      const unsigned long long* block = &tl.v[b * cuda_detail::kTimelineSlots];
+      if (block[kLoopStart] == 0 || block[kLoopEnd] == 0) continue;
+      std::printf("| %zu | %llu | %.2f | %.2f |\n", b, block[cuda_detail::kTimelinePhases] - 1,
+                  (double(block[kLoopStart]) - double(t0)) * 1e-3, (double(block[kLoopEnd]) - double(t0)) * 1e-3);
+    }
   }
   std::printf("\nSMs holding n blocks of this launch:");
   for (const auto& [n, count] : sms_holding) std::printf(" %zu: %d", n, count);
@@ -286,6 +299,8 @@ int main(int argc, char** argv) {
       int b = 0, c = 0;
       if (arg == "--graph") {
         graph = true;
+      } else if (arg == "--raw") {
+        g_raw = true;
       } else if (arg == "--format" && i + 1 < argc) {
         g_format = parse_kv_format(argv[++i]);  // raises invalid_argument naming a bad format
       } else if (arg == "--splits" && i + 1 < argc) {
@@ -297,7 +312,7 @@ int main(int argc, char** argv) {
       } else if (std::sscanf(argv[i], "%d:%d", &b, &c) == 2 && b >= 1 && c >= 1) {
         shapes.emplace_back(b, c);
       } else {
-        std::fprintf(stderr, "decode_timeline: '%s' is not --graph, --format NAME, --splits N or BATCH:CONTEXT\n",
+        std::fprintf(stderr, "decode_timeline: '%s' is not --graph, --raw, --format NAME, --splits N or BATCH:CONTEXT\n",
                      argv[i]);
         return 1;
       }
