@@ -110,10 +110,13 @@ int resolve_splits(const CacheView& c, const DecodeParams& p, int sms) {
   // (r191, graph us against two blocks per SM: batch 8, 32/8 heads, 2 splits instead of 4: 4k 20.5
   // -> 19.2, 16k 59.9 -> 58.1, 64k 217.5 -> 211.9, 128k 420.0 -> 421.4; batch 1, 32/32, 4 instead
   // of 8: 4k 13.1 -> 12.4, 16k 33.9 -> 32.2, 128k 216.9 -> 212.1. r189/r190: d = 64 gained at
-  // 16k/64k but lost at 1k, 4k and 128k; tq3 lost, k8v4 stayed: not those).
+  // 16k/64k but lost at 1k, 4k and 128k; tq3 lost, k8v4 stayed: not those). Only grids that leave
+  // at most 1/32 of the SMs idle, as those did (128 blocks on 132 SMs): batch 6 at 8 KV heads would
+  // get 96 blocks for 132 SMs instead of 240 for 264 slots.
   const int64_t lone_splits = sms / base_blocks;
-  if (wanted <= kManySplits && lone_splits >= 2 && c.format.key == Format::tq4 && c.head_dim == 128 &&
-      tile_pairs_pay(static_cast<int>(reach), static_cast<int>(lone_splits)) &&
+  const bool lone_grid_fills = 32 * lone_splits * base_blocks >= 31 * int64_t{sms};
+  if (wanted <= kManySplits && lone_splits >= 2 && lone_grid_fills && c.format.key == Format::tq4 &&
+      c.head_dim == 128 && tile_pairs_pay(static_cast<int>(reach), static_cast<int>(lone_splits)) &&
       decode_pairs_alone(c.format, c.head_dim, p.q_heads / c.kv_heads))
     wanted = lone_splits;
   // More blocks than slots: a partial last wave leaves slots idle. From kShortReach positions, take
