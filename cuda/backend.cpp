@@ -106,16 +106,19 @@ int resolve_splits(const CacheView& c, const DecodeParams& p, int sms) {
   int64_t wanted = std::max<int64_t>(1, slots / base_blocks);
   if (wanted > kManySplits && fewer_blocks_pay) wanted = one_per_sm;
   // Below kManySplits (batch >= 3 at 8 KV heads, batch 1 at 32 KV heads), tq4 at d = 128 still
-  // takes one block per SM with its lone pairs where that leaves at least 2 splits with pairs
-  // (r191, graph us against two blocks per SM: batch 8, 32/8 heads, 2 splits instead of 4: 4k 20.5
-  // -> 19.2, 16k 59.9 -> 58.1, 64k 217.5 -> 211.9, 128k 420.0 -> 421.4; batch 1, 32/32, 4 instead
-  // of 8: 4k 13.1 -> 12.4, 16k 33.9 -> 32.2, 128k 216.9 -> 212.1. r189/r190: d = 64 gained at
-  // 16k/64k but lost at 1k, 4k and 128k; tq3 lost, k8v4 stayed: not those). Only grids that leave
-  // at most 1/32 of the SMs idle, as those did (128 blocks on 132 SMs): batch 6 at 8 KV heads would
-  // get 96 blocks for 132 SMs instead of 240 for 264 slots.
+  // takes one block per SM with its lone pairs where that leaves at least 2 splits with pairs and
+  // its grid fills the SMs at least as fully as the other fills its slots. Graph us, 32/8 heads,
+  // one block per SM against two (r191, r195): batch 2 (8 splits against 16) 16k 20.5 -> 19.2, 64k
+  // 59.9 -> 58.3; batch 4 (4 / 8) 4k 13.0 -> 12.3, 16k 34.0 -> 32.4; batch 5 (3 / 6, both 91 %
+  // full) 16k 42.2 -> 41.3; batch 7 (2 / 4, both 85 %) 16k 56.6 -> 52.8, 64k 201.0 -> 194.9; batch 8
+  // (2 / 4) 16k 59.9 -> 58.1, 64k 217.5 -> 211.9, 128k 420.0 -> 421.4; batch 1 at 32/32 (4 / 8) 16k
+  // 33.9 -> 32.2, 128k 216.9 -> 212.1. Not where the grid would be emptier: batch 6 (2 splits, 96
+  // blocks for 132 SMs against 240 for 264 slots) 64k 168.9 -> 189.2, batch 3 (5 / 11, 91 % against
+  // 100 %) 64k 85.6 -> 87.8. r189/r190: d = 64 gained at 16k/64k but lost at 1k, 4k and 128k; tq3
+  // lost, k8v4 stayed: not those.
   const int64_t lone_splits = sms / base_blocks;
-  const bool lone_grid_fills = 32 * lone_splits * base_blocks >= 31 * int64_t{sms};
-  if (wanted <= kManySplits && lone_splits >= 2 && lone_grid_fills && c.format.key == Format::tq4 &&
+  const bool lone_grid_as_full = lone_splits * slots >= wanted * sms;  // lone / SMs >= wanted / slots
+  if (wanted <= kManySplits && lone_splits >= 2 && lone_grid_as_full && c.format.key == Format::tq4 &&
       c.head_dim == 128 && tile_pairs_pay(static_cast<int>(reach), static_cast<int>(lone_splits)) &&
       decode_pairs_alone(c.format, c.head_dim, p.q_heads / c.kv_heads))
     wanted = lone_splits;

@@ -39,11 +39,12 @@ namespace {
 using namespace tqkv;
 
 constexpr const char* kUsage =
-    "usage: bench_cuda [--grid full|issue|quick] [--formats tq4,k8v4,...]\n"
+    "usage: bench_cuda [--grid full|issue|quick|batches] [--formats tq4,k8v4,...]\n"
     "                  [--json PATH] [--reps N] [--copies N] [--splits N] [--append] [--floors] [--plan]\n"
     "                  [--batch N] [--context N] [--head-dim N]\n"
     "  --grid     full: d 64..512, 4 head layouts, batch 1..128, context 1k..128k (skips what does not fit);\n"
-    "             issue (default): issue 6's target shapes; quick: a handful\n"
+    "             issue (default): issue 6's target shapes; quick: a handful; batches: d 128, 32/8 heads,\n"
+    "             batch 1..8, context 4k..64k (where the automatic split count changes with the batch)\n"
     "  --formats  K/V format pairs (default: every built pair; issue grid: tq4,k8v4,tq3,tq2,f16)\n"
     "  --json     also write every row (and the bandwidths) to PATH\n"
     "  --reps     single launches per row at most (big shapes get fewer, down to 10); default 200\n"
@@ -230,6 +231,16 @@ std::vector<Shape> issue_grid(const std::vector<KvFormat>& formats) {
     grid.push_back({f, 256, 16, 8, 8, 65536});
     grid.push_back({f, 512, 32, 8, 8, 16384});
   }
+  return grid;
+}
+
+// Every batch from 1 to 8 at d = 128, 32/8 heads: the automatic split count (backend.cpp,
+// resolve_splits) moves between one and two blocks per SM over these.
+std::vector<Shape> batches_grid(const std::vector<KvFormat>& formats) {
+  std::vector<Shape> grid;
+  for (const auto& f : formats)
+    for (int batch = 1; batch <= 8; ++batch)
+      for (int ctx : {4096, 16384, 65536}) grid.push_back({f, 128, 32, 8, batch, ctx});
   return grid;
 }
 
@@ -791,8 +802,8 @@ Options parse(int argc, char** argv) {
     const bool has_value = i + 1 < argc;
     if (a == "--grid" && has_value) {
       o.grid = argv[++i];
-      if (o.grid != "full" && o.grid != "issue" && o.grid != "quick")
-        usage_error(fmt::format("--grid {}: expected full, issue or quick", o.grid));
+      if (o.grid != "full" && o.grid != "issue" && o.grid != "quick" && o.grid != "batches")
+        usage_error(fmt::format("--grid {}: expected full, issue, quick or batches", o.grid));
     } else if (a == "--quick") {
       o.grid = "quick";
     } else if (a == "--append" || a == "--extras") {
@@ -841,6 +852,7 @@ Options parse(int argc, char** argv) {
 std::vector<Shape> unfiltered_grid(const Options& o) {
   if (o.grid == "full") return full_grid(o.formats.empty() ? built_pairs() : o.formats);
   if (o.grid == "quick") return quick_grid(o.formats.empty() ? built_pairs() : o.formats);
+  if (o.grid == "batches") return batches_grid(o.formats.empty() ? built_pairs() : o.formats);
   std::vector<KvFormat> issue_formats;
   for (const char* name : {"tq4", "k8v4", "tq3", "tq2", "f16"}) issue_formats.push_back(parse_kv_format(name));
   return issue_grid(o.formats.empty() ? issue_formats : o.formats);

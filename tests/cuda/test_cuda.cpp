@@ -555,7 +555,8 @@ TEST_F(Cuda, PartialWaveTakesMoreSplitsAndMatchesReference) {
 
 // At batch 8 (8 KV heads) tq4 at d = 128 takes one block per SM with its lone tile pairs: as many
 // splits as fit one block per SM (2 on an H100), where each split still has pairs and the grid
-// leaves few SMs idle (backend.cpp, resolve_splits). Awkward lengths, NaN in shared memory.
+// fills the SMs as fully as two blocks per SM fill the slots (backend.cpp, resolve_splits).
+// Awkward lengths, NaN in shared memory.
 TEST_F(Cuda, BatchEightTakesLonePairsAtOneBlockPerSm) {
   std::mt19937_64 rng(kSeed + 23);
   Case c;
@@ -570,9 +571,12 @@ TEST_F(Cuda, BatchEightTakesLonePairsAtOneBlockPerSm) {
   c.nan_shared = true;
   int sms = 0;
   ASSERT_EQ(cuda_detail::current_sm_count(&sms), cudaSuccess);
+  int blocks_per_sm = 0;
+  ASSERT_EQ(cuda_detail::decode_blocks_per_sm(c.format, c.head_dim, &blocks_per_sm), cudaSuccess);
   const int base_blocks = c.batch * c.kv_heads, lone_splits = sms / base_blocks;
-  const bool fills = 32 * lone_splits * base_blocks >= 31 * sms;  // at most 1/32 of the SMs idle (132: 4)
-  if (lone_splits >= 2 && fills && cuda_detail::decode_tiles_per_iteration(c.format, c.head_dim, 4, c.capacity, lone_splits,
+  const int two_per_sm_splits = blocks_per_sm * sms / base_blocks;
+  const bool as_full = lone_splits * blocks_per_sm >= two_per_sm_splits;  // the SMs as full as the slots
+  if (lone_splits >= 2 && as_full && cuda_detail::decode_tiles_per_iteration(c.format, c.head_dim, 4, c.capacity, lone_splits,
                                                                    /*one_block_per_sm=*/true) == 2) {
     CacheConfig cfg = test::cache_config(c.format, c.kv_heads, c.head_dim, c.capacity, c.batch);
     cuda::DeviceKvCache probe(cfg);
