@@ -18,7 +18,8 @@
 // 4.3 us over the decode alone at batch 1, 4k (r127, H100; 8.6 us with plain launches, r120).
 //
 // Decode with params.splits = 0 sizes its grid to the device: one wave of blocks, at batch 1
-// often one block per SM. A grid of at most one block per SM may take kernels that reserve more
+// often one block per SM (tq4 at head_dim 128 also at small batches, e.g. batch 8 with 8 KV
+// heads). A grid of at most one block per SM may take kernels that reserve more
 // than half of each SM's shared memory (tq3/tq4 at head_dim <= 128, two tiles per loop
 // iteration): kernels on other streams then do not share those SMs while it runs.
 #pragma once

@@ -576,8 +576,9 @@ TEST_F(Cuda, BatchEightTakesLonePairsAtOneBlockPerSm) {
   const int base_blocks = c.batch * c.kv_heads, lone_splits = sms / base_blocks;
   const int two_per_sm_splits = blocks_per_sm * sms / base_blocks;
   const bool as_full = lone_splits * blocks_per_sm >= two_per_sm_splits;  // the SMs as full as the slots
-  if (lone_splits >= 2 && as_full && cuda_detail::decode_tiles_per_iteration(c.format, c.head_dim, 4, c.capacity, lone_splits,
-                                                                   /*one_block_per_sm=*/true) == 2) {
+  const bool pairs = cuda_detail::decode_tiles_per_iteration(c.format, c.head_dim, 4, c.capacity, lone_splits,
+                                                             /*one_block_per_sm=*/true) == 2;
+  if (lone_splits >= 2 && as_full && pairs) {
     CacheConfig cfg = test::cache_config(c.format, c.kv_heads, c.head_dim, c.capacity, c.batch);
     cuda::DeviceKvCache probe(cfg);
     DecodeParams p;
@@ -587,6 +588,8 @@ TEST_F(Cuda, BatchEightTakesLonePairsAtOneBlockPerSm) {
     p.splits = 0;
     EXPECT_EQ(cuda_backend::decode_workspace_bytes(probe.view(), p), lone_bytes)
         << "expected " << lone_splits << " splits (one block per SM) on " << sms << " SMs";
+  } else {
+    std::printf("[ NOTE     ] %d SMs: no lone-pairs grid at batch 8 on this device; only the decode is checked\n", sms);
   }
   check_decode(c, rng);
 }
