@@ -88,7 +88,8 @@ int resolve_splits(const CacheView& c, const DecodeParams& p, int sms) {
   // tq3, tq2 likewise; d = 64 4k and 16k 5-14 % faster). Past 16k only d >= 128 with tq4/tq8/f16
   // keys gains (tq4 d = 128 64k 37.1 / 39.1); d = 64 (64k +9 %, 128k +17 %) and the
   // instruction-bound tq2/tq3 loops (64k +1-4 %) lose more to the halved occupancy than the merge
-  // gains. Batch 8 and up keep two blocks per SM (r56: their 4 splits are the fastest).
+  // gains. Batch 8 and up kept two blocks per SM (r56: their 4 splits were the fastest with single tiles;
+  // tq4 at d = 128 now takes its lone pairs below, r191).
   // One block per SM also gives tq4 at d <= 128 tile pairs in blocks that have their SM alone, and
   // tq3's pairs an SM each (decode_pairs_alone); where that gives every worker at least
   // kLonePairsMinTiles tiles, it pays at any head dim and for tq3 too (r182, 8 KV heads, against
