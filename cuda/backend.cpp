@@ -99,9 +99,10 @@ int resolve_splits(const CacheView& c, const DecodeParams& p, int sms) {
   constexpr int64_t kShortReach = 16384;
   constexpr int64_t kLonePairsMinTiles = 32;
   const bool instruction_bound = c.format.key == Format::tq2 || c.format.key == Format::tq3;
-  const int64_t one_per_sm = std::max<int64_t>(kManySplits, sms / base_blocks);
-  const bool lone_pairs_pay = reach / one_per_sm >= kLonePairsMinTiles * granule &&
-                              decode_pairs_alone(c.format, c.head_dim, p.q_heads / c.kv_heads);
+  const int64_t per_sm_splits = sms / base_blocks;  // one block per SM
+  const int64_t one_per_sm = std::max<int64_t>(kManySplits, per_sm_splits);
+  const bool pairs_alone = decode_pairs_alone(c.format, c.head_dim, p.q_heads / c.kv_heads);
+  const bool lone_pairs_pay = reach / one_per_sm >= kLonePairsMinTiles * granule && pairs_alone;
   const bool fewer_blocks_pay = reach <= kShortReach || (c.head_dim >= 128 && !instruction_bound) || lone_pairs_pay;
   const int64_t slots = int64_t{blocks_per_sm(c.format, c.head_dim)} * sms;
   int64_t wanted = std::max<int64_t>(1, slots / base_blocks);
@@ -117,12 +118,10 @@ int resolve_splits(const CacheView& c, const DecodeParams& p, int sms) {
   // blocks for 132 SMs against 240 for 264 slots) 64k 168.9 -> 189.2, batch 3 (5 / 11, 91 % against
   // 100 %) 64k 85.6 -> 87.8. r189/r190: d = 64 gained at 16k/64k but lost at 1k, 4k and 128k; tq3
   // lost, k8v4 stayed: not those.
-  const int64_t lone_splits = sms / base_blocks;
-  const bool lone_grid_as_full = lone_splits * slots >= wanted * sms;  // lone / SMs >= wanted / slots
-  if (wanted <= kManySplits && lone_splits >= 2 && lone_grid_as_full && c.format.key == Format::tq4 &&
-      c.head_dim == 128 && tile_pairs_pay(static_cast<int>(reach), static_cast<int>(lone_splits)) &&
-      decode_pairs_alone(c.format, c.head_dim, p.q_heads / c.kv_heads))
-    wanted = lone_splits;
+  const bool lone_grid_as_full = per_sm_splits * slots >= wanted * sms;  // blocks / SMs >= blocks / slots
+  if (wanted <= kManySplits && per_sm_splits >= 2 && lone_grid_as_full && c.format.key == Format::tq4 &&
+      c.head_dim == 128 && pairs_alone && tile_pairs_pay(static_cast<int>(reach), static_cast<int>(per_sm_splits)))
+    wanted = per_sm_splits;
   // More blocks than slots: a partial last wave leaves slots idle. From kShortReach positions, take
   // the split count (up to 4) whose waves are fullest when it fills them clearly better than one
   // split (r143: 9/3 heads at d = 64 and batch 128 are 384 blocks in 264 slots, 1.45 waves; 2

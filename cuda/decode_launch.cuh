@@ -43,9 +43,12 @@ struct DecodeInstance {
     static KernelSetup once;
     return once;
   }
-  // The kernel's shared-memory limit: it covers alone_smem() where the device has it, whichever
+  // The kernel's shared-memory limit: it covers alone_smem() where the device has it (tile pairs
+  // alone on an SM need up to ~150 KB: an H100 or A100 has room, an sm_86/89 card not), whichever
   // launch comes first.
-  static int limit_smem() { return TILES > 1 && fits_current_device(alone_smem()) ? alone_smem() : smem(); }
+  static int limit_smem() {
+    return TILES > 1 && block_smem_fits_current_device(alone_smem()) ? alone_smem() : smem();
+  }
   // alone: reserve alone_smem() (where the device has it).
   static cudaError_t launch(const DecodeLaunch& a, cudaStream_t stream, bool alone = false) {
     int bytes = smem();
@@ -60,9 +63,6 @@ struct DecodeInstance {
     return launch_programmatic(kernel(), dim3(a.splits, a.cache.kv_heads * a.head_chunks, a.cache.batch), dim3(threads()),
                                bytes, stream, setup(), a);
   }
-  // Whether a block of `bytes` of shared memory fits the current device (tile pairs alone on an
-  // SM need up to ~150 KB: an H100 or A100 has room, an sm_86/89 card not).
-  static bool fits_current_device(int bytes = smem()) { return block_smem_fits_current_device(bytes); }
   static cudaError_t blocks_per_sm(int* blocks) {
     cudaError_t err = prepare_kernel(kernel(), limit_smem(), setup());
     if (err != cudaSuccess) return err;
@@ -91,14 +91,12 @@ cudaError_t launch_decode_pair(const DecodeLaunch& a, cudaStream_t stream) {
     constexpr int D = decltype(inst)::Shape::kD;
     if constexpr (has_packed_lo(KF, VF, D)) {
       if (a.group <= 4) {
-        using Pairs = DecodeInstance<KF, VF, D, true, 2>;
-        if constexpr (has_tile_pairs(KF, VF, D, true)) {
-          if (tile_pairs_pay(decode_reach(a.cache, a.window), a.splits))
-            return Pairs::launch(a, stream, a.one_block_per_sm);
-        } else if constexpr (has_lone_tile_pairs(KF, VF, D, true)) {
-          if (a.one_block_per_sm && tile_pairs_pay(decode_reach(a.cache, a.window), a.splits) &&
-              Pairs::fits_current_device())
-            return Pairs::launch(a, stream, true);
+        // decode_tiles_per_iteration() decides (the tests ask it too); lone pairs come only with
+        // one block per SM, so `alone` is then true.
+        if constexpr (has_tile_pairs(KF, VF, D, true) || has_lone_tile_pairs(KF, VF, D, true)) {
+          if (decode_tiles_per_iteration(a.cache.format, D, a.group, decode_reach(a.cache, a.window), a.splits,
+                                         a.one_block_per_sm) == 2)
+            return DecodeInstance<KF, VF, D, true, 2>::launch(a, stream, a.one_block_per_sm);
         }
         return DecodeInstance<KF, VF, D, true>::launch(a, stream);
       }
@@ -116,7 +114,7 @@ bool decode_pairs_alone_pair(int head_dim) {
     constexpr int D = decltype(inst)::Shape::kD;
     if constexpr (pairs_prefer_sm_alone(KF, VF, D, has_packed_lo(KF, VF, D))) {
       using Pairs = DecodeInstance<KF, VF, D, true, 2>;
-      fits = Pairs::fits_current_device(Pairs::alone_smem());
+      fits = block_smem_fits_current_device(Pairs::alone_smem());
     }
     return cudaSuccess;
   });
