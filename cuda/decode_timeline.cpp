@@ -144,11 +144,14 @@ void print_by_sm(const Timeline& tl, unsigned long long t0) {
     double end, duration;
   };
   std::map<unsigned, std::vector<Loop>> by_sm;
+  if (g_raw) std::printf("\n| block | SM | loop start | loop end |\n| --- | --- | --- | --- |\n");
   for (std::size_t b = 0; b < tl.blocks; ++b) {
     const unsigned long long* block = &tl.v[b * cuda_detail::kTimelineSlots];
     const unsigned long long sm = block[cuda_detail::kTimelinePhases], start = block[kLoopStart], end = block[kLoopEnd];
-    if (sm != 0 && start != 0 && end != 0)
-      by_sm[unsigned(sm - 1)].push_back({(double(end) - double(t0)) * 1e-3, (double(end) - double(start)) * 1e-3});
+    if (sm == 0 || start == 0 || end == 0) continue;
+    const double start_us = (double(start) - double(t0)) * 1e-3, end_us = (double(end) - double(t0)) * 1e-3;
+    by_sm[unsigned(sm - 1)].push_back({end_us, end_us - start_us});
+    if (g_raw) std::printf("| %zu | %llu | %.2f | %.2f |\n", b, sm - 1, start_us, end_us);
   }
   std::map<std::string, std::vector<Loop>> groups;
   std::map<std::size_t, int> sms_holding;  // blocks per SM -> SMs
@@ -158,15 +161,6 @@ void print_by_sm(const Timeline& tl, unsigned long long t0) {
     lone.insert(lone.end(), loops.begin(), loops.end());
     auto& g = groups["SM ids " + std::to_string(sm / 16 * 16) + "-" + std::to_string(sm / 16 * 16 + 15)];
     g.insert(g.end(), loops.begin(), loops.end());
-  }
-  if (g_raw) {
-    std::printf("\n| block | SM | loop start | loop end |\n| --- | --- | --- | --- |\n");
-    for (std::size_t b = 0; b < tl.blocks; ++b) {
-      const unsigned long long* block = &tl.v[b * cuda_detail::kTimelineSlots];
-      if (block[kLoopStart] == 0 || block[kLoopEnd] == 0) continue;
-      std::printf("| %zu | %llu | %.2f | %.2f |\n", b, block[cuda_detail::kTimelinePhases] - 1,
-                  (double(block[kLoopStart]) - double(t0)) * 1e-3, (double(block[kLoopEnd]) - double(t0)) * 1e-3);
-    }
   }
   std::printf("\nSMs holding n blocks of this launch:");
   for (const auto& [n, count] : sms_holding) std::printf(" %zu: %d", n, count);
