@@ -31,7 +31,8 @@
 // butterfly encoder was issue-bound at ~171 warp instructions per vector (r54: f16 input 132 us,
 // 43 % of a copy). The tensor-core encoder with float sums executes ~102 (r83: f16 and bf16 95 us,
 // 60 %); f32 through it (r88) 145 us, 70 % of its copy time, from 177 us. The grid lookups without
-// bank conflicts (r97): ~99 instructions, f16 93-94 us (61 %), f32 144 us (70.5 %).
+// bank conflicts (r97): ~99 instructions, f16 93-94 us (61 %), f32 144 us (70.5 %). The norm from
+// the tokens' Gram matrix on the tensor cores (r201): f16 87 us (65 %).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -516,16 +517,15 @@ __device__ __forceinline__ bool group_finite(bool lane_finite, const VectorJob& 
   return !bad;
 }
 
-// Encodes the rotated vector x (the lane's coordinates) of `job` in format f (kBits: its bits
-// when known at compile time, 0 when not). Every output of a butterfly depends on both inputs, so
+// Encodes the rotated vector x (the lane's coordinates; norm2: the group's squared norm of x) of
+// `job` in format f (kBits: its bits when known at compile time, 0 when not). Every output of a butterfly depends on both inputs, so
 // a non-finite input makes its whole block, and the norm, non-finite; a finite input may also
 // overflow the rotation: only then (rare) are the inputs themselves checked. Every lane of the
 // warp calls it (shuffles).
 template <InputKind kInput, int kBits = 0>
-__device__ __forceinline__ void encode_rotated(const float (&x)[kLaneCoords], const LaneVector& v, Format f,
-                                               const VectorJob& job, const SharedCodebooks& books,
+__device__ __forceinline__ void encode_rotated(const float (&x)[kLaneCoords], double norm2, const LaneVector& v,
+                                               Format f, const VectorJob& job, const SharedCodebooks& books,
                                                const AppendLaunch& a) {
-  const double norm2 = group_norm2(x, v.lanes);
   const bool suspect = !isfinite(norm2);
   const bool write = (!__any_sync(kFullMask, suspect) ||
                       group_finite(!suspect || lane_input_finite<kInput>(job.input, job.in_at, job.count), job,
@@ -668,7 +668,7 @@ __global__ void __launch_bounds__(kAppendWarps * 32, kAppendBlocksPerSm) append_
     }
 #pragma unroll
     for (int j = 0; j < kLaneCoords; ++j) x[j] *= block_factor;
-    encode_rotated<kInput>(x, v, f, job, books, a);
+    encode_rotated<kInput>(x, group_norm2(x, v.lanes), v, f, job, books, a);
   }
 }
 
@@ -789,10 +789,11 @@ __device__ __forceinline__ uint32_t below_bf16(uint32_t x) {
 // rest; exact for |x| above ~2^-110): the mma's rows g take the first and third parts in two
 // passes, rows g + 8 the second part, and the two rows' fp32 sums are added (r85: three passes
 // into zero rows 8-15 took 149 us for the 32k chunk).
-template <InputKind kInput>
-__device__ __forceinline__ void rotate_mma(const uint32_t (&p)[kRowWords<kInput>], const uint4* fragments, int lane,
-                                           float (&y)[kLaneCoords]) {
+template <InputKind kInput, bool kGram>
+__device__ __forceinline__ float rotate_mma(const uint32_t (&p)[kRowWords<kInput>], const uint4* fragments, int lane,
+                                            float (&y)[kLaneCoords]) {
   constexpr bool kF16 = kMmaF16<kInput>;
+  float gram[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // f16/bf16: <x_g, x_n> in (row g, columns 2t, 2t + 1)
 #pragma unroll
   for (int a = 0; a < kMmaInner; ++a) {
     // A(g, k) = x_g[8 k + a]: k = 2t, 2t + 1 are elements a and 8 + a of the first 16, k = 2t + 8,
@@ -815,13 +816,41 @@ __device__ __forceinline__ void rotate_mma(const uint32_t (&p)[kRowWords<kInput>
       c0[0] += c0[2], c0[1] += c0[3], c1[0] += c1[2], c1[1] += c1[3];
     } else {
       const uint32_t sel = (a & 1) ? 0x7632u : 0x5410u;
-      multiply(__byte_perm(p[a >> 1], p[4 + (a >> 1)], sel), 0u, __byte_perm(p[8 + (a >> 1)], p[12 + (a >> 1)], sel),
-               0u);
+      const uint32_t a0 = __byte_perm(p[a >> 1], p[4 + (a >> 1)], sel);
+      const uint32_t a2 = __byte_perm(p[8 + (a >> 1)], p[12 + (a >> 1)], sel);
+      // Rows g + 8 of A take whatever their registers hold: only rows g of the products are used,
+      // and zeros there cost a move per register.
+      uint32_t a1, a3;
+      asm volatile("" : "=r"(a1));
+      asm volatile("" : "=r"(a3));
+      multiply(a0, a1, a2, a3);
+      // The tokens' Gram matrix X X^T over these 16 coordinates: B(k, n) = x_n[8 k + a] is this
+      // lane's own A pair (a0, a2) as column g. Products of f16/bf16 are exact in the fp32 sums.
+      if constexpr (kGram) mma_rotate<kF16>(gram, a0, a1, a2, a3, a0, a2);
     }
     // c0: b = 4t, 4t + 1; c1: b = 4t + 2, 4t + 3 (row g). j = 8 (b - 4t) + a.
     y[a] = c0[0], y[8 + a] = c0[1], y[16 + a] = c1[0], y[24 + a] = c1[1];
   }
   lane_butterflies<kMmaInner>(y);  // H_8 over a (the low 3 bits of j)
+  if constexpr (!kGram) return 0.0f;
+  // ||x_g||^2 sits in lane (g, g / 2), column g % 2; every lane of token g gets it.
+  const int g = lane >> 2;
+  return __shfl_sync(kFullMask, (g & 1) ? gram[1] : gram[0], 4 * g + (g >> 1));
+}
+
+// The group's squared norm of the rotated y, which is 128 x that of the input x (H_128 S has
+// orthogonal +-1 rows): with kGram from the Gram diagonal rotate_mma() returns (the tensor cores
+// do the squares instead of 32 FFMAs and a shuffle tree per lane and vector; with the unset rows
+// above, r201: the 32k-token f16 append 89.5 -> 86.6 us, bf16 89.4 -> 87.3), else, or where the
+// sum may have left float's normal range (group_norm2()'s rule, e.g. bf16 inputs near 1e+-30),
+// from y.
+template <InputKind kInput, bool kGram>
+__device__ __forceinline__ double mma_norm2(float gram, const float (&y)[kLaneCoords]) {
+  if constexpr (kGram) {
+    const float sum = gram * static_cast<float>(kMmaHeadDim);
+    if (__all_sync(kFullMask, sum >= 0x1p-80f && sum <= 3.0e38f)) return sum;
+  }
+  return group_norm2(y, kMmaHeadDim / kLaneCoords);
 }
 
 // kKeyBits, kValueBits: the formats' bits, compiled in for the built pairs (one path each: fewer
@@ -829,6 +858,9 @@ __device__ __forceinline__ void rotate_mma(const uint32_t (&p)[kRowWords<kInput>
 template <InputKind kInput, int kKeyBits, int kValueBits, bool kSidesApart>
 __global__ void __launch_bounds__(kMmaWarps * 32, kMmaBlocksPerSm) append_mma_kernel(const AppendLaunch a, double sqrt_head_dim) {
   static_assert((kKeyBits == 0) == (kValueBits == 0), "both formats compiled in, or neither");
+  // The norm from the Gram matrix (f16/bf16 inputs), except in tq3's looping kernels: there its
+  // registers spilled 8 B.
+  constexpr bool kGram = kInput != InputKind::f32 && (kSidesApart || kKeyBits != 3);
   __shared__ SharedCodebooks books;
   __shared__ uint4 fragments[kMmaInner * 32];
   const CacheView& cache = a.cache;
@@ -871,31 +903,31 @@ __global__ void __launch_bounds__(kMmaWarps * 32, kMmaBlocksPerSm) append_mma_ke
   if constexpr (kSidesApart) {
     if (tile >= tiles) return;
     float y[kLaneCoords];
-    rotate_mma<kInput>(p, fragments, lane, y);
+    const double norm2 = mma_norm2<kInput, kGram>(rotate_mma<kInput, kGram>(p, fragments, lane, y), y);
     const VectorJob job = vector_job(a, side, token, tokens_before, kLaneCoords * t, kLaneCoords, group_bits);
     if constexpr (kKeyBits == kValueBits) {
-      encode_rotated<kInput, kKeyBits>(y, v, side ? cache.format.value : cache.format.key, job, books, a);
+      encode_rotated<kInput, kKeyBits>(y, norm2, v, side ? cache.format.value : cache.format.key, job, books, a);
     } else if (side) {
-      encode_rotated<kInput, kValueBits>(y, v, cache.format.value, job, books, a);
+      encode_rotated<kInput, kValueBits>(y, norm2, v, cache.format.value, job, books, a);
     } else {
-      encode_rotated<kInput, kKeyBits>(y, v, cache.format.key, job, books, a);
+      encode_rotated<kInput, kKeyBits>(y, norm2, v, cache.format.key, job, books, a);
     }
   } else {
 #pragma unroll 1
     for (; tile < tiles; tile += tile_stride) {
       float y[kLaneCoords];
-      rotate_mma<kInput>(p, fragments, lane, y);
+      const float key_gram = rotate_mma<kInput, kGram>(p, fragments, lane, y);
       load_mma_row<kInput>(a.v, input_row(token), t, active, vector_loads, p);  // the values, while the keys encode
-      encode_rotated<kInput, kKeyBits>(y, v, cache.format.key,
+      encode_rotated<kInput, kKeyBits>(y, mma_norm2<kInput, kGram>(key_gram, y), v, cache.format.key,
                                        vector_job(a, 0, token, tokens_before, kLaneCoords * t, kLaneCoords, group_bits), books, a);
-      rotate_mma<kInput>(p, fragments, lane, y);
+      const float value_gram = rotate_mma<kInput, kGram>(p, fragments, lane, y);
       const VectorJob values = vector_job(a, 1, token, tokens_before, kLaneCoords * t, kLaneCoords, group_bits);
       // The next tile's keys, while these values encode.
       const int next = tile + tile_stride;
       token = next * kMmaTokens + g;
       active = next < tiles && token_kept(a, token, tokens_before + token);
       load_mma_row<kInput>(a.k, input_row(token), t, active, vector_loads, p);
-      encode_rotated<kInput, kValueBits>(y, v, cache.format.value, values, books, a);
+      encode_rotated<kInput, kValueBits>(y, mma_norm2<kInput, kGram>(value_gram, y), v, cache.format.value, values, books, a);
     }
   }
 }
