@@ -788,7 +788,8 @@ __device__ __forceinline__ uint32_t below_bf16(uint32_t x) {
 // three bf16 parts of 8 significant bits each (x's top 16 bits, then those of the rest, then the
 // rest; exact for |x| above ~2^-110): the mma's rows g take the first and third parts in two
 // passes, rows g + 8 the second part, and the two rows' fp32 sums are added (r85: three passes
-// into zero rows 8-15 took 149 us for the 32k chunk).
+// into zero rows 8-15 took 149 us for the 32k chunk). Returns ||x_g||^2 of the lane's token with
+// kGram (f16/bf16 inputs: the diagonal of the tile's Gram matrix, one more mma per a), else 0.
 template <InputKind kInput, bool kGram>
 __device__ __forceinline__ float rotate_mma(const uint32_t (&p)[kRowWords<kInput>], const uint4* fragments, int lane,
                                             float (&y)[kLaneCoords]) {
