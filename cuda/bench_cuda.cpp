@@ -850,9 +850,12 @@ Options parse(int argc, char** argv) {
 }
 
 std::vector<Shape> unfiltered_grid(const Options& o) {
-  if (o.grid == "full") return full_grid(o.formats.empty() ? built_pairs() : o.formats);
-  if (o.grid == "quick") return quick_grid(o.formats.empty() ? built_pairs() : o.formats);
-  if (o.grid == "batches") return batches_grid(o.formats.empty() ? built_pairs() : o.formats);
+  if (o.grid != "issue") {
+    const std::vector<KvFormat> formats = o.formats.empty() ? built_pairs() : o.formats;
+    if (o.grid == "full") return full_grid(formats);
+    if (o.grid == "quick") return quick_grid(formats);
+    return batches_grid(formats);  // parse() accepts no other grid
+  }
   std::vector<KvFormat> issue_formats;
   for (const char* name : {"tq4", "k8v4", "tq3", "tq2", "f16"}) issue_formats.push_back(parse_kv_format(name));
   return issue_grid(o.formats.empty() ? issue_formats : o.formats);

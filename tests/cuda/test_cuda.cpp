@@ -526,6 +526,16 @@ TEST_F(Cuda, CallerCodebookMatchesReference) {
     }
 }
 
+// decode_workspace_bytes for c's cache shape at `splits` (0: the automatic count), which tells the
+// split count the backend chose.
+std::size_t workspace_bytes(const Case& c, int splits) {
+  cuda::DeviceKvCache probe(test::cache_config(c.format, c.kv_heads, c.head_dim, c.capacity, c.batch));
+  DecodeParams p;
+  p.q_heads = c.q_heads;
+  p.splits = splits;
+  return cuda_backend::decode_workspace_bytes(probe.view(), p);
+}
+
 // More blocks than the card holds at once, in a partial last wave (9/3 heads at batch 128: 384
 // blocks; 264 slots on an H100): from 16k positions of capacity the automatic choice splits the
 // sequences so that the waves are fuller (backend.cpp, resolve_splits). Short sequences keep the
@@ -542,14 +552,8 @@ TEST_F(Cuda, PartialWaveTakesMoreSplitsAndMatchesReference) {
   std::uniform_int_distribution<int64_t> len(1, 200);
   for (int b = 0; b < c.batch; ++b) c.lengths.push_back(len(rng));
   c.params.splits = 0;
-  CacheConfig cfg = test::cache_config(c.format, c.kv_heads, c.head_dim, c.capacity, c.batch);
-  cuda::DeviceKvCache probe(cfg);
-  DecodeParams p;
-  p.q_heads = c.q_heads;
-  p.splits = 0;
-  EXPECT_GT(cuda_backend::decode_workspace_bytes(probe.view(), p), 0u) << "expected more than one split";
-  p.splits = 1;  // one split needs no workspace: the check above can fail
-  EXPECT_EQ(cuda_backend::decode_workspace_bytes(probe.view(), p), 0u);
+  EXPECT_GT(workspace_bytes(c, 0), 0u) << "expected more than one split";
+  EXPECT_EQ(workspace_bytes(c, 1), 0u);  // one split needs no workspace: the check above can fail
   check_decode(c, rng);
 }
 
@@ -579,14 +583,7 @@ TEST_F(Cuda, BatchEightTakesLonePairsAtOneBlockPerSm) {
   const bool pairs = cuda_detail::decode_tiles_per_iteration(c.format, c.head_dim, 4, c.capacity, lone_splits,
                                                              /*one_block_per_sm=*/true) == 2;
   if (lone_splits >= 2 && as_full && pairs) {
-    CacheConfig cfg = test::cache_config(c.format, c.kv_heads, c.head_dim, c.capacity, c.batch);
-    cuda::DeviceKvCache probe(cfg);
-    DecodeParams p;
-    p.q_heads = c.q_heads;
-    p.splits = lone_splits;
-    const std::size_t lone_bytes = cuda_backend::decode_workspace_bytes(probe.view(), p);
-    p.splits = 0;
-    EXPECT_EQ(cuda_backend::decode_workspace_bytes(probe.view(), p), lone_bytes)
+    EXPECT_EQ(workspace_bytes(c, 0), workspace_bytes(c, lone_splits))
         << "expected " << lone_splits << " splits (one block per SM) on " << sms << " SMs";
   } else {
     std::printf("[ NOTE     ] %d SMs: no lone-pairs grid at batch 8 on this device; only the decode is checked\n", sms);
