@@ -10,7 +10,8 @@
 // (kv_bytes_per_position: rows + scales); % read compares with a read-only kernel's bandwidth (a
 // decode step only reads), % copy with a device-to-device copy (bytes read + written).
 // --append also times append (quantize-on-write) of a 32k-token chunk, counting bytes read (f16, bf16 or
-// f32 input) plus bytes written, and a decode step (append_step + decode, run_step). --floors times,
+// f32 input) plus bytes written, over the GPU's time (the call queued behind a wait; from an idle
+// stream beside it), and a decode step (append_step + decode, run_step). --floors times,
 // instead of decode, what the card does with each shape's bytes without arithmetic (the split-K
 // skeleton of a step, bench_read.hpp).
 #include <cuda_runtime_api.h>
@@ -579,32 +580,45 @@ struct AppendSetup {
 };
 
 // Append of one 32k-token chunk to one sequence (8 KV heads, d = 128): bytes read (K and V
-// inputs) plus bytes written (codes and scales), over the median time of one append call.
+// inputs) plus bytes written (codes and scales), over the median time of one append call on the
+// GPU: the call is enqueued behind a wait (bench::launch_wait), as an engine's stream has work ahead
+// of it, so its events time the kernels and not the host's launch latency. The same call timed
+// from an idle stream (the host's enqueueing included) is printed beside it.
 void run_append(const std::string& format, cuda::InputType type, int reps, double copy_gbs) {
   constexpr int kTokens = 32768;
+  // Longer than the host takes to enqueue an append and two events.
+  constexpr double kQueueWaitUs = 50;
   AppendSetup a(format, 1, kTokens, false, kTokens, type);
   const std::size_t written =
       std::size_t(kTokens) * AppendSetup::kHeads * kv_bytes_per_position(parse_kv_format(format), AppendSetup::kDim);
   const std::size_t bytes = 2 * a.input_bytes + written;
-  std::vector<float> ms;
+  std::vector<float> queued_ms, idle_ms;
   cudaEvent_t e0, e1;
   cudaEventCreate(&e0);
   cudaEventCreate(&e1);
-  for (int i = 0; i < reps + 2; ++i) {
+  const auto time_call = [&](bool queued) {
     a.cache.reset(0, a.stream);
+    check(cudaStreamSynchronize(a.stream), "reset");
+    if (queued) check(bench::launch_wait(kQueueWaitUs, a.stream), "wait");
     cudaEventRecord(e0, a.stream);
     a.cache.append(0, a.k, a.v, kTokens, type, a.stream);
     cudaEventRecord(e1, a.stream);
     check(cudaEventSynchronize(e1), "append");
     float t = 0;
     cudaEventElapsedTime(&t, e0, e1);
-    if (i >= 2) ms.push_back(t);
+    return t;
+  };
+  for (int i = 0; i < reps + 2; ++i) {  // alternated, so that both see the same clocks
+    const float q = time_call(true), idle = time_call(false);
+    if (i < 2) continue;
+    queued_ms.push_back(q);
+    idle_ms.push_back(idle);
   }
   a.cache.check_appends(a.stream);
-  const double us = median(ms) * 1e3;
+  const double us = median(queued_ms) * 1e3;
   const double gbs = static_cast<double>(bytes) / (us * 1e-6) / 1e9;
-  std::printf("| append %-6s | %s input | 32768 x 8 x 128 | %9.1f | %7.1f | %5.1f%% |\n", format.c_str(),
-              input_name(type), us, gbs, 100.0 * gbs / copy_gbs);
+  std::printf("| append %-6s | %s input | 32768 x 8 x 128 | %9.1f | %7.1f | %5.1f%% | %9.1f |\n", format.c_str(),
+              input_name(type), us, gbs, 100.0 * gbs / copy_gbs, median(idle_ms) * 1e3);
   std::fflush(stdout);
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
@@ -960,7 +974,8 @@ int main(int argc, char** argv) {
                 static_cast<std::ptrdiff_t>(rows.size()) - timed,
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     if (!o.append) return 0;
-    std::printf("\n| append | input | chunk | median us | GB/s (read + written) | %% copy |\n| --- | --- | --- | --- | --- | --- |\n");
+    std::printf("\n| append | input | chunk | median us | GB/s (read + written) | %% copy | from an idle stream, us |\n"
+                "| --- | --- | --- | --- | --- | --- | --- |\n");
     for (const auto type : {cuda::InputType::f16, cuda::InputType::bf16, cuda::InputType::f32})
       run_append("tq4", type, o.grid == "quick" ? 5 : 20, info.bw.copy_gbs);
     std::printf("\n| decode step | batch | context | decode graph us/step | append_step + decode graph us/step | append us |\n"

@@ -32,6 +32,17 @@ __global__ void read_all_kernel(const uint4* __restrict__ data, std::size_t n, u
 
 __global__ void empty_kernel() {}
 
+__device__ __forceinline__ uint64_t global_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+__global__ void wait_kernel(uint64_t ns) {
+  const uint64_t start = global_ns();
+  while (global_ns() - start < ns) __nanosleep(1000);
+}
+
 // The (sequence, KV head) pair and the positions [first, last) block blockIdx.x streams: the pair's
 // context cut into p.splits chunks of whole 16-position tiles.
 struct BlockRange {
@@ -279,6 +290,11 @@ cudaError_t launch_tiled_read(const SplitReadProbe& probe, TiledCopies copies, c
 
 cudaError_t launch_empty(int blocks, cudaStream_t stream) {
   empty_kernel<<<blocks, 32, 0, stream>>>();
+  return cudaGetLastError();
+}
+
+cudaError_t launch_wait(double microseconds, cudaStream_t stream) {
+  wait_kernel<<<1, 1, 0, stream>>>(static_cast<uint64_t>(microseconds * 1e3));
   return cudaGetLastError();
 }
 

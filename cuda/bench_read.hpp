@@ -16,6 +16,11 @@ cudaError_t launch_read_all(const void* data, std::size_t bytes, unsigned* sink,
 // A kernel that does nothing, on `blocks` blocks of 32 threads: the launch floor of a step.
 cudaError_t launch_empty(int blocks, cudaStream_t stream);
 
+// One thread that waits `microseconds` of wall time and touches no memory: queued before a timed
+// call, it holds the stream while the host enqueues the call, so that the time between the call's
+// events is the GPU's work and not the host's launch latency.
+cudaError_t launch_wait(double microseconds, cudaStream_t stream);
+
 // The split-K skeleton of a decode step with no arithmetic (bench_cuda --floors): `pairs`
 // (sequence, KV head) pairs of `context` positions, each position `position_bytes[s]` bytes in each
 // of `streams` sections (K codes, V codes, K scales, V scales; pair p's positions contiguous from
