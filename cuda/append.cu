@@ -243,7 +243,9 @@ constexpr bool grid_pairs(InputKind input, int bits) { return input != InputKind
 struct CodeTables {
   uint32_t bounds;   // 2^b - 1 floats (tq8's bisection)
   uint32_t levels;   // 2^b floats
-  uint32_t grid;     // the GridTable (tq2, tq3, tq4) plus this lane's offset in it
+  // The GridTable (tq2, tq3, tq4) plus this lane's offset in it, less kGridOriginBits buckets
+  // (mod 2^32): code_bucket_bits() counts from the origin's bits.
+  uint32_t grid_less_origin;
   float scale, offset;
 };
 
@@ -251,7 +253,8 @@ struct CodeTables {
 template <int kBits, bool kPairLoad>
 __device__ __forceinline__ uint32_t level_offset_of(float z, const CodeTables& t, float middle) {
   if constexpr (kBits <= 4) {
-    const uint32_t at = t.grid + code_bucket(z, t.scale, t.offset) * kGridBucketBytes;
+    // t.grid_less_origin + bits * 128 = the grid + bucket * 128: one IMAD.
+    const uint32_t at = t.grid_less_origin + code_bucket_bits(z, t.scale, t.offset) * kGridBucketBytes;
     float bound;
     uint32_t code4;
     if constexpr (kPairLoad) {
@@ -536,7 +539,8 @@ __device__ __forceinline__ void encode_rotated(const float (&x)[kLaneCoords], do
   const uint32_t lane_offset = kPairLoad ? threadIdx.x % kGridCopies * sizeof(GridEntry) : threadIdx.x % 32 * 4;
   const CodeTables tables{static_cast<uint32_t>(__cvta_generic_to_shared(books.bounds[job.which])),
                           static_cast<uint32_t>(__cvta_generic_to_shared(books.levels[job.which])),
-                          static_cast<uint32_t>(__cvta_generic_to_shared(&books.grids[job.which])) + lane_offset,
+                          static_cast<uint32_t>(__cvta_generic_to_shared(&books.grids[job.which])) + lane_offset -
+                              kGridOriginBits * kGridBucketBytes,
                           grid.scale,
                           grid.offset};
   auto encode = [&](auto bits) {
@@ -748,19 +752,17 @@ template <InputKind kInput>
 inline constexpr int kRowWords = kInput == InputKind::f32 ? 32 : 16;
 
 // Lane t's inputs of one token: elements [16 t, 16 t + 16) and [16 t + 64, 16 t + 80) of the row
-// at element `at` (words [0, W/2) and [W/2, W)); zeros for an inactive token.
+// at element `at` (words [0, W/2) and [W/2, W)). The row must exist: the kernel clamps a token
+// past the chunk to its last (its values go nowhere), so that no load waits behind a branch (r210).
 template <InputKind kInput>
-__device__ __forceinline__ void load_mma_row(const void* input, std::size_t at, int t, bool active, bool vector_loads,
+__device__ __forceinline__ void load_mma_row(const void* input, std::size_t at, int t, bool vector_loads,
                                              uint32_t (&p)[kRowWords<kInput>]) {
   constexpr int kHalf = kRowWords<kInput> / 2;  // words per 16 elements
   constexpr int kElementBytes = kInput == InputKind::f32 ? 4 : 2;
 #pragma unroll
   for (int c = 0; c < 2; ++c) {
     const char* q = static_cast<const char*>(input) + kElementBytes * (at + 16 * t + 64 * c);
-    if (!active) {
-#pragma unroll
-      for (int i = 0; i < kHalf; ++i) p[kHalf * c + i] = 0u;
-    } else if (vector_loads) {
+    if (vector_loads) {
 #pragma unroll
       for (int i = 0; i < kHalf / 4; ++i) {
         const uint4 w = __ldg(reinterpret_cast<const uint4*>(q) + i);
@@ -869,9 +871,14 @@ __global__ void __launch_bounds__(kMmaWarps * 32, kMmaBlocksPerSm) append_mma_ke
   allow_next_grid();         // the counter commit may be scheduled; it waits for this grid
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int kv_head = blockIdx.y;
-  const int tiles = (a.n_tokens + kMmaTokens - 1) / kMmaTokens, tile_stride = gridDim.x * kMmaWarps;
+  const int tile_stride = gridDim.x * kMmaWarps;
+  // Whether tile i holds tokens of the chunk: from the launch's token count, not a tile count held
+  // in a register across the loop (it spilled 4 bytes, r210).
+  const auto has_tile = [&](int i) { return i * kMmaTokens < a.n_tokens; };
   const int64_t tokens_before = cache.tokens[a.seq_begin + blockIdx.z];
+  // The input row of `token`, clamped to the chunk (load_mma_row).
   const auto input_row = [&](int token) {
+    token = min(token, a.n_tokens - 1);
     return ((static_cast<std::size_t>(blockIdx.z) * a.n_tokens + token) * cache.kv_heads + kv_head) * kMmaHeadDim;
   };
   const bool vector_loads = ((reinterpret_cast<uintptr_t>(a.k) | reinterpret_cast<uintptr_t>(a.v)) & 15) == 0;
@@ -884,10 +891,9 @@ __global__ void __launch_bounds__(kMmaWarps * 32, kMmaBlocksPerSm) append_mma_ke
   const int side = kSidesApart ? warp & 1 : 0;  // 1: this warp encodes values only
   int tile = kSidesApart ? blockIdx.x * (kMmaWarps / 2) + (warp >> 1) : blockIdx.x * kMmaWarps + warp;
   int token = tile * kMmaTokens + g;
-  bool active = tile < tiles && token_kept(a, token, tokens_before + token);
   // The first inputs' loads go out before the block stages its tables.
   uint32_t p[kRowWords<kInput>];
-  load_mma_row<kInput>(side ? a.v : a.k, input_row(token), t, active, vector_loads, p);
+  load_mma_row<kInput>(side ? a.v : a.k, input_row(token), t, vector_loads, p);
   stage_codebooks<grid_pairs(kInput, kValueBits)>(a, books);
   const uint32_t* signs = head_signs(cache, kv_head);
   for (int i = threadIdx.x; i < kMmaInner * 32; i += kMmaWarps * 32)
@@ -901,11 +907,19 @@ __global__ void __launch_bounds__(kMmaWarps * 32, kMmaBlocksPerSm) append_mma_ke
   v.sqrt_d = sqrt_head_dim;
   v.inv_scale_divisor = 1.0 / (sqrt_head_dim * sqrt(static_cast<double>(kMmaHeadDim)));
   const unsigned group_bits = 0xfu << (4 * g);
+  // The job of the key (which 0) or value (1) of `token`. With the formats compiled in, the row's
+  // bytes are too (head_dim 128: 16 x bits, no padding), which drops encode_lane()'s checks of the
+  // lane's words against the row's end and its padding loop.
+  const auto job_of = [&](int which, int token) {
+    VectorJob job = vector_job(a, which, token, tokens_before, kLaneCoords * t, kLaneCoords, group_bits);
+    if constexpr (kKeyBits != 0) job.row_bytes = kMmaHeadDim / 8 * (which ? kValueBits : kKeyBits);
+    return job;
+  };
   if constexpr (kSidesApart) {
-    if (tile >= tiles) return;
+    if (!has_tile(tile)) return;
     float y[kLaneCoords];
     const double norm2 = mma_norm2<kInput, kGram>(rotate_mma<kInput, kGram>(p, fragments, lane, y), y);
-    const VectorJob job = vector_job(a, side, token, tokens_before, kLaneCoords * t, kLaneCoords, group_bits);
+    const VectorJob job = job_of(side, token);
     if constexpr (kKeyBits == kValueBits) {
       encode_rotated<kInput, kKeyBits>(y, norm2, v, side ? cache.format.value : cache.format.key, job, books, a);
     } else if (side) {
@@ -915,19 +929,18 @@ __global__ void __launch_bounds__(kMmaWarps * 32, kMmaBlocksPerSm) append_mma_ke
     }
   } else {
 #pragma unroll 1
-    for (; tile < tiles; tile += tile_stride) {
+    for (; has_tile(tile); tile += tile_stride) {
       float y[kLaneCoords];
       const float key_gram = rotate_mma<kInput, kGram>(p, fragments, lane, y);
-      load_mma_row<kInput>(a.v, input_row(token), t, active, vector_loads, p);  // the values, while the keys encode
-      encode_rotated<kInput, kKeyBits>(y, mma_norm2<kInput, kGram>(key_gram, y), v, cache.format.key,
-                                       vector_job(a, 0, token, tokens_before, kLaneCoords * t, kLaneCoords, group_bits), books, a);
+      load_mma_row<kInput>(a.v, input_row(token), t, vector_loads, p);  // the values, while the keys encode
+      encode_rotated<kInput, kKeyBits>(y, mma_norm2<kInput, kGram>(key_gram, y), v, cache.format.key, job_of(0, token),
+                                       books, a);
       const float value_gram = rotate_mma<kInput, kGram>(p, fragments, lane, y);
-      const VectorJob values = vector_job(a, 1, token, tokens_before, kLaneCoords * t, kLaneCoords, group_bits);
+      const VectorJob values = job_of(1, token);
       // The next tile's keys, while these values encode.
       const int next = tile + tile_stride;
       token = next * kMmaTokens + g;
-      active = next < tiles && token_kept(a, token, tokens_before + token);
-      load_mma_row<kInput>(a.k, input_row(token), t, active, vector_loads, p);
+      load_mma_row<kInput>(a.k, input_row(token), t, vector_loads, p);
       encode_rotated<kInput, kValueBits>(y, mma_norm2<kInput, kGram>(value_gram, y), v, cache.format.value, values, books, a);
     }
   }

@@ -20,8 +20,8 @@ namespace tqkv::cuda_detail {
 // evaluates (code_bucket).
 std::vector<CodeBucket> make_code_grid(const std::vector<float>& bounds, CodeGrid& grid) {
   const float lo = bounds.front(), hi = bounds.back();
-  grid.scale = static_cast<float>((kCodeBuckets - 4) / (static_cast<double>(hi) - lo));
-  grid.offset = kGridOrigin + std::round(2.0f - lo * grid.scale);  // an integer above 2^23: exact
+  grid.scale = static_cast<float>((kCodeBuckets - 4) / ((kCodeBuckets - 1) * (static_cast<double>(hi) - lo)));
+  grid.offset = static_cast<float>(2.0 / (kCodeBuckets - 1) - lo * static_cast<double>(grid.scale));
   std::vector<CodeBucket> table(kCodeBuckets, CodeBucket{std::numeric_limits<float>::infinity(), 0});
   std::vector<bool> holds(kCodeBuckets, false);
   int previous = -1;

@@ -135,23 +135,34 @@ struct CodeBucket {
   uint32_t base;
 };
 struct CodeGrid {
-  float scale = 0.0f;
-  float offset = 0.0f;                   // 2^23 plus an integer: t's bits count buckets
+  float scale = 0.0f;                    // u = z scale + offset, clamped to [0, 1]
+  float offset = 0.0f;
   const CodeBucket* buckets = nullptr;   // kCodeBuckets (device memory)
 };
-inline constexpr float kGridOrigin = 8388608.0f;  // 2^23: floats in [2^23, 2^24) step by 1
-inline constexpr int32_t kGridOriginBits = 0x4b000000;
+inline constexpr float kGridOrigin = 8388608.0f;     // 2^23: floats in [2^23, 2^24) step by 1
+inline constexpr uint32_t kGridOriginBits = 0x4b000000u;
 
-// Bucket of z: the bits of fma(z, scale, offset) above those of 2^23, clamped. Monotone in z
-// (fma rounds monotonically; positive floats order as their bits) for |z * scale| < 2^23, far
-// above any |z| <= sqrt(head_dim) a unit-scaled coordinate reaches. Host and device agree bit for
-// bit (fmaf is correctly rounded on both).
-TQKV_HD int code_bucket(float z, float scale, float offset) {
-  const float t = fmaf(z, scale, offset);
+// The bits of t = fma(u, kCodeBuckets - 1, 2^23), u = fma(z, scale, offset) clamped to [0, 1] (NaN
+// to 0, as the device's saturation does): t is 2^23 plus round((kCodeBuckets - 1) u), so its bits
+// past 2^23's are the bucket, in [0, kCodeBuckets) without a clamp of its own. Monotone in z. Host
+// and device agree bit for bit (fmaf is correctly rounded on both, the clamp exact). On the device
+// two FFMAs, one saturating, and no integer clamp (the grid's address takes t's bits in one IMAD):
+// the clamp of t's bits it replaced (VIADDMNMX on sm_90, three instructions on sm_80) held the
+// origin's bits in a register (r210).
+TQKV_HD uint32_t code_bucket_bits(float z, float scale, float offset) {
+#ifdef __CUDA_ARCH__
+  const float u = __saturatef(fmaf(z, scale, offset));
+#else
+  float u = fmaf(z, scale, offset);
+  u = u > 0.0f ? (u < 1.0f ? u : 1.0f) : 0.0f;
+#endif
+  const float t = fmaf(u, static_cast<float>(kCodeBuckets - 1), kGridOrigin);
   uint32_t bits;
   memcpy(&bits, &t, sizeof bits);
-  const int32_t b = static_cast<int32_t>(bits - static_cast<uint32_t>(kGridOriginBits));
-  return b < 0 ? 0 : b > kCodeBuckets - 1 ? kCodeBuckets - 1 : b;
+  return bits;
+}
+TQKV_HD int code_bucket(float z, float scale, float offset) {
+  return static_cast<int>(code_bucket_bits(z, scale, offset) - kGridOriginBits);
 }
 
 // The grid and its kCodeBuckets buckets (to upload) for sorted boundaries, at most

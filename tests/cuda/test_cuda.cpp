@@ -719,6 +719,52 @@ void device_append(cuda::DeviceKvCache& dev, int seq, const std::vector<float>& 
   }
 }
 
+// The append's code search (host code, runs without a GPU): base + (z >= bound) in code_bucket's
+// bucket of make_code_grid's table is Codebook::quantize(z) for every tq2-tq4 codebook, at random z,
+// on and 1-2 ulps around every boundary and every bucket edge, and far outside the boundaries (finite z
+// only: a non-finite vector is never encoded, and +inf would count the +inf bound of a bucket
+// without a boundary).
+TEST(CudaCodeGrid, BucketSearchEqualsCodebookQuantize) {
+  std::mt19937_64 rng(kSeed + 29);
+  std::normal_distribution<float> normal(0.0f, 1.5f);
+  const auto around = [](std::vector<float>& zs, float z) {
+    float below = z, above = z;
+    zs.push_back(z);
+    for (int i = 0; i < 2; ++i) {
+      below = std::nextafter(below, -INFINITY);
+      above = std::nextafter(above, INFINITY);
+      zs.push_back(below);
+      zs.push_back(above);
+    }
+  };
+  for (const CodebookKind kind : {CodebookKind::gaussian, CodebookKind::beta})
+    for (const int d : {64, 128, 256})
+      for (const int bits : {2, 3, 4}) {
+        const Codebook& cb = codebook(kind, bits, d);
+        cuda_detail::CodeGrid grid;
+        const std::vector<cuda_detail::CodeBucket> table = cuda_detail::make_code_grid(cb.boundaries_f32, grid);
+        ASSERT_EQ(table.size(), std::size_t(cuda_detail::kCodeBuckets));
+        std::vector<float> zs = {0.0f, -0.0f, 1e30f, -1e30f, std::sqrt(float(d)), -std::sqrt(float(d))};
+        for (const float b : cb.boundaries_f32) around(zs, b);
+        // Bucket k holds the z whose (kCodeBuckets - 1) u rounds to k: its edges are at k +- 1/2.
+        for (int k = 0; k < cuda_detail::kCodeBuckets; ++k)
+          around(zs, ((static_cast<float>(k) + 0.5f) / (cuda_detail::kCodeBuckets - 1) - grid.offset) / grid.scale);
+        for (int i = 0; i < 100000; ++i) zs.push_back(normal(rng));
+        std::size_t wrong = 0;
+        for (const float z : zs) {
+          const int b = cuda_detail::code_bucket(z, grid.scale, grid.offset);
+          ASSERT_GE(b, 0);
+          ASSERT_LT(b, cuda_detail::kCodeBuckets);
+          const uint32_t code = table[b].base + (z >= table[b].bound ? 1u : 0u);
+          if (code != cb.quantize(z) && wrong++ == 0)
+            ADD_FAILURE() << codebook_kind_name(kind) << " d " << d << " bits " << bits << ": z " << z << " bucket " << b
+                          << " gives code " << code << ", the codebook " << int(cb.quantize(z));
+        }
+        EXPECT_EQ(wrong, 0u) << codebook_kind_name(kind) << " d " << d << " bits " << bits << " (" << zs.size()
+                             << " z)";
+      }
+}
+
 TEST_F(Cuda, AppendMatchesCpuEncodeEveryFormatAndHeadDim) {
   std::mt19937_64 rng(kSeed + 6);
   AppendStats stats;
