@@ -281,7 +281,11 @@ __device__ __forceinline__ uint32_t level_offset_of(float z, const CodeTables& t
 // kBits 32-bit words. Coordinates past head_dim (j >= count) get code 0 and add nothing to the
 // least-squares sums zc = sum z c and cc = sum c^2, which the lane keeps in float (four chains of
 // at most 8 terms; test_cuda's kScaleRelative gives the bound this leads to).
-template <int kBits, bool kPairLoad>
+// kLastPairs: r still lacks the rotation's butterflies of length 4 (pairs j, j + 4; the tensor-core
+// encoder), which fuse with the scaling: z = fma(r[j], to_unit, +-r[j + 4] to_unit) is 3
+// instructions per pair instead of 2 FADD and 2 FMUL (z moves by an ulp from the CPU's, a boundary
+// tie at most, as the mma's order of sums).
+template <int kBits, bool kPairLoad, bool kLastPairs = false>
 __device__ __forceinline__ void quantize_lane(const float (&r)[kLaneCoords], float to_unit, int count,
                                               const CodeTables& t, uint32_t (&words)[kBits], float& zc,
                                               float& cc) {
@@ -295,7 +299,11 @@ __device__ __forceinline__ void quantize_lane(const float (&r)[kLaneCoords], flo
     if (half >= count) break;
 #pragma unroll
     for (int j = half; j < half + kLaneCoords / 2; ++j) {
-      const float z = r[j] * to_unit;
+      float z = r[j] * to_unit;
+      if constexpr (kLastPairs) {
+        const float upper = r[j | 4] * to_unit;  // one product per pair (the same expression)
+        z = (j & 4) ? fmaf(r[j & ~4], to_unit, -upper) : fmaf(r[j], to_unit, upper);
+      }
       const uint32_t code4 = level_offset_of<kBits, kPairLoad>(z, t, middle);  // 4 code
       const float c = lds_f32(t.levels + code4);
       zc_part[j % 4] = fmaf(z, c, zc_part[j % 4]);
@@ -361,8 +369,8 @@ __device__ __forceinline__ double group_norm2(const float (&x)[kLaneCoords], int
 
 // The lane's part of a rotated vector x of squared norm norm2: codes and scale; stores the lane's
 // words of the row and, from the group's lane 0, the scale, unless !write. Every lane of the warp
-// calls it (shuffles).
-template <int kBits, bool kPairLoad>
+// calls it (shuffles). kLastPairs: quantize_lane()'s.
+template <int kBits, bool kPairLoad, bool kLastPairs = false>
 __device__ __forceinline__ void encode_lane(const float (&x)[kLaneCoords], double norm2, const LaneVector& v,
                                             bool write, bool least_squares, const CodeTables& tables, uint8_t* row,
                                             int row_bytes, float* scale) {
@@ -374,7 +382,7 @@ __device__ __forceinline__ void encode_lane(const float (&x)[kLaneCoords], doubl
   const float to_unit = static_cast<float>(v.sqrt_d * inv_norm);
   uint32_t words[kBits];
   float zc, cc;
-  quantize_lane<kBits, kPairLoad>(x, to_unit, v.count, tables, words, zc, cc);
+  quantize_lane<kBits, kPairLoad, kLastPairs>(x, to_unit, v.count, tables, words, zc, cc);
   zc = group_sum(zc, v.lanes);
   cc = group_sum(cc, v.lanes);
   if (!write) return;
@@ -524,8 +532,8 @@ __device__ __forceinline__ bool group_finite(bool lane_finite, const VectorJob& 
 // `job` in format f (kBits: its bits when known at compile time, 0 when not). Every output of a butterfly depends on both inputs, so
 // a non-finite input makes its whole block, and the norm, non-finite; a finite input may also
 // overflow the rotation: only then (rare) are the inputs themselves checked. Every lane of the
-// warp calls it (shuffles).
-template <InputKind kInput, int kBits = 0>
+// warp calls it (shuffles). kLastPairs: quantize_lane()'s.
+template <InputKind kInput, int kBits = 0, bool kLastPairs = false>
 __device__ __forceinline__ void encode_rotated(const float (&x)[kLaneCoords], double norm2, const LaneVector& v,
                                                Format f, const VectorJob& job, const SharedCodebooks& books,
                                                const AppendLaunch& a) {
@@ -544,8 +552,8 @@ __device__ __forceinline__ void encode_rotated(const float (&x)[kLaneCoords], do
                           grid.scale,
                           grid.offset};
   auto encode = [&](auto bits) {
-    encode_lane<decltype(bits)::value, kPairLoad>(x, norm2, v, write, a.least_squares, tables, job.row,
-                                                  job.row_bytes, job.scale);
+    encode_lane<decltype(bits)::value, kPairLoad, kLastPairs>(x, norm2, v, write, a.least_squares, tables,
+                                                              job.row, job.row_bytes, job.scale);
   };
   if constexpr (kBits != 0) {
     encode(std::integral_constant<int, kBits>{});
@@ -791,7 +799,8 @@ __device__ __forceinline__ uint32_t below_bf16(uint32_t x) {
 // rest; exact for |x| above ~2^-110): the mma's rows g take the first and third parts in two
 // passes, rows g + 8 the second part, and the two rows' fp32 sums are added (r85: three passes
 // into zero rows 8-15 took 149 us for the 32k chunk). Returns ||x_g||^2 of the lane's token with
-// kGram (f16/bf16 inputs: the diagonal of the tile's Gram matrix, one more mma per a), else 0.
+// kGram (f16/bf16 inputs: the diagonal of the tile's Gram matrix, one more mma per a), else 0;
+// with kGram y also lacks the butterflies of length 4, which the quantizer fuses with its scaling.
 template <InputKind kInput, bool kGram>
 __device__ __forceinline__ float rotate_mma(const uint32_t (&p)[kRowWords<kInput>], const uint4* fragments, int lane,
                                             float (&y)[kLaneCoords]) {
@@ -834,7 +843,9 @@ __device__ __forceinline__ float rotate_mma(const uint32_t (&p)[kRowWords<kInput
     // c0: b = 4t, 4t + 1; c1: b = 4t + 2, 4t + 3 (row g). j = 8 (b - 4t) + a.
     y[a] = c0[0], y[8 + a] = c0[1], y[16 + a] = c1[0], y[24 + a] = c1[1];
   }
-  lane_butterflies<kMmaInner>(y);  // H_8 over a (the low 3 bits of j)
+  // H_8 over a (the low 3 bits of j); with kGram its length-4 butterflies are left to the quantizer
+  // (quantize_lane's kLastPairs).
+  lane_butterflies<kGram ? kMmaInner / 2 : kMmaInner>(y);
   if constexpr (!kGram) return 0.0f;
   // ||x_g||^2 sits in lane (g, g / 2), column g % 2; every lane of token g gets it.
   const int g = lane >> 2;
@@ -852,6 +863,8 @@ __device__ __forceinline__ double mma_norm2(float gram, const float (&y)[kLaneCo
   if constexpr (kGram) {
     const float sum = gram * static_cast<float>(kMmaHeadDim);
     if (__all_sync(kFullMask, sum >= 0x1p-80f && sum <= 3.0e38f)) return sum;
+    // y still lacks the length-4 butterflies (rotate_mma), each of which doubles a pair's squared norm.
+    return 2.0 * group_norm2(y, kMmaHeadDim / kLaneCoords);
   }
   return group_norm2(y, kMmaHeadDim / kLaneCoords);
 }
@@ -921,11 +934,11 @@ __global__ void __launch_bounds__(kMmaWarps * 32, kMmaBlocksPerSm) append_mma_ke
     const double norm2 = mma_norm2<kInput, kGram>(rotate_mma<kInput, kGram>(p, fragments, lane, y), y);
     const VectorJob job = job_of(side, token);
     if constexpr (kKeyBits == kValueBits) {
-      encode_rotated<kInput, kKeyBits>(y, norm2, v, side ? cache.format.value : cache.format.key, job, books, a);
+      encode_rotated<kInput, kKeyBits, kGram>(y, norm2, v, side ? cache.format.value : cache.format.key, job, books, a);
     } else if (side) {
-      encode_rotated<kInput, kValueBits>(y, norm2, v, cache.format.value, job, books, a);
+      encode_rotated<kInput, kValueBits, kGram>(y, norm2, v, cache.format.value, job, books, a);
     } else {
-      encode_rotated<kInput, kKeyBits>(y, norm2, v, cache.format.key, job, books, a);
+      encode_rotated<kInput, kKeyBits, kGram>(y, norm2, v, cache.format.key, job, books, a);
     }
   } else {
 #pragma unroll 1
@@ -933,15 +946,16 @@ __global__ void __launch_bounds__(kMmaWarps * 32, kMmaBlocksPerSm) append_mma_ke
       float y[kLaneCoords];
       const float key_gram = rotate_mma<kInput, kGram>(p, fragments, lane, y);
       load_mma_row<kInput>(a.v, input_row(token), t, vector_loads, p);  // the values, while the keys encode
-      encode_rotated<kInput, kKeyBits>(y, mma_norm2<kInput, kGram>(key_gram, y), v, cache.format.key, job_of(0, token),
-                                       books, a);
+      encode_rotated<kInput, kKeyBits, kGram>(y, mma_norm2<kInput, kGram>(key_gram, y), v, cache.format.key,
+                                              job_of(0, token), books, a);
       const float value_gram = rotate_mma<kInput, kGram>(p, fragments, lane, y);
       const VectorJob values = job_of(1, token);
       // The next tile's keys, while these values encode.
       const int next = tile + tile_stride;
       token = next * kMmaTokens + g;
       load_mma_row<kInput>(a.k, input_row(token), t, vector_loads, p);
-      encode_rotated<kInput, kValueBits>(y, mma_norm2<kInput, kGram>(value_gram, y), v, cache.format.value, values, books, a);
+      encode_rotated<kInput, kValueBits, kGram>(y, mma_norm2<kInput, kGram>(value_gram, y), v, cache.format.value,
+                                                values, books, a);
     }
   }
 }
