@@ -32,7 +32,10 @@
 // 43 % of a copy). The tensor-core encoder with float sums executes ~102 (r83: f16 and bf16 95 us,
 // 60 %); f32 through it (r88) 145 us, 70 % of its copy time, from 177 us. The grid lookups without
 // bank conflicts (r97): ~99 instructions, f16 93-94 us (61 %), f32 144 us (70.5 %). The norm from
-// the tokens' Gram matrix on the tensor cores (r201): f16 87 us (65 %).
+// the tokens' Gram matrix on the tensor cores (r201): f16 87 us. Timed as the GPU's work (queued,
+// r204: the earlier figures held ~4 us of host launch latency) 85.5 us; branch-free loads,
+// compiled-in row bytes and a two-FFMA code bucket (r210), the last butterflies fused with the
+// scaling (r212): f16 78.8 us (73 % of a copy), bf16 77.8 us, f32 130 us (79 %) (r213).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -299,10 +302,12 @@ __device__ __forceinline__ void quantize_lane(const float (&r)[kLaneCoords], flo
     if (half >= count) break;
 #pragma unroll
     for (int j = half; j < half + kLaneCoords / 2; ++j) {
-      float z = r[j] * to_unit;
+      float z;
       if constexpr (kLastPairs) {
         const float upper = r[j | 4] * to_unit;  // one product per pair (the same expression)
         z = (j & 4) ? fmaf(r[j & ~4], to_unit, -upper) : fmaf(r[j], to_unit, upper);
+      } else {
+        z = r[j] * to_unit;
       }
       const uint32_t code4 = level_offset_of<kBits, kPairLoad>(z, t, middle);  // 4 code
       const float c = lds_f32(t.levels + code4);
@@ -863,10 +868,10 @@ __device__ __forceinline__ double mma_norm2(float gram, const float (&y)[kLaneCo
   if constexpr (kGram) {
     const float sum = gram * static_cast<float>(kMmaHeadDim);
     if (__all_sync(kFullMask, sum >= 0x1p-80f && sum <= 3.0e38f)) return sum;
-    // y still lacks the length-4 butterflies (rotate_mma), each of which doubles a pair's squared norm.
-    return 2.0 * group_norm2(y, kMmaHeadDim / kLaneCoords);
   }
-  return group_norm2(y, kMmaHeadDim / kLaneCoords);
+  // With kGram y lacks the length-4 butterflies (rotate_mma), each of which doubles a pair's
+  // squared norm.
+  return (kGram ? 2.0 : 1.0) * group_norm2(y, kMmaHeadDim / kLaneCoords);
 }
 
 // kKeyBits, kValueBits: the formats' bits, compiled in for the built pairs (one path each: fewer

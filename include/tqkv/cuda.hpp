@@ -15,7 +15,7 @@
 // reads the counters before that wait, which holds as long as every kernel between the previous
 // append and this one waits for its predecessor before it completes (a kernel launched without
 // the programmatic attribute always does). A decode step's append (append_step, one token) costs
-// 4.3 us over the decode alone at batch 1, 4k (r127, H100; 8.6 us with plain launches, r120).
+// 4.5 us over the decode alone at batch 1, 4k (r213, H100; 8.6 us with plain launches, r120).
 //
 // Decode with params.splits = 0 sizes its grid to the device: one wave of blocks, at batch 1
 // often one block per SM (tq4 at head_dim 128 also at small batches, e.g. batch 8 with 8 KV
