@@ -44,8 +44,7 @@ struct SplitPositions {
   int64_t begin;
   int count;
 };
-__device__ inline SplitPositions split_positions(const DecodeLaunch& a, int b, int split, int tile) {
-  const int64_t tokens = a.cache.tokens[b];
+__device__ inline SplitPositions split_positions_at(const DecodeLaunch& a, int64_t tokens, int split, int tile) {
   const int valid = valid_slots(tokens, a.cache.capacity);
   const int64_t first_visible = first_visible_position(tokens, a.window);
   const int64_t lo = first_visible > tokens - valid ? first_visible : tokens - valid;
@@ -55,6 +54,9 @@ __device__ inline SplitPositions split_positions(const DecodeLaunch& a, int b, i
   const int begin = split * per_split;
   const int end = visible < begin + per_split ? visible : begin + per_split;
   return {lo + begin, end > begin ? end - begin : 0};
+}
+__device__ inline SplitPositions split_positions(const DecodeLaunch& a, int b, int split, int tile) {
+  return split_positions_at(a, a.cache.tokens[b], split, tile);
 }
 
 // The rotation's sign words for a warp's slots: slot j holds coordinates 32 j + lane, so word j

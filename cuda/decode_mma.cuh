@@ -428,6 +428,17 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   // different bank groups. The levels come from global memory up to d = 128 and through shared
   // memory above: the other way round, ptxas allocated the loops worse (SASS per tile, tq4: +33 to
   // +63 instructions at d = 64-128 through shared memory, +16 to +193 at d = 256-576 from global).
+  // tq4 at d = 128 issues its first tile copies from the token count as it reads it here, before
+  // the wait (possibly stale: the previous kernel may be the one that advances it), and checks that
+  // guess against the count read after the wait: the copies need not wait for that load's round trip.
+  // r219, alternated 4x against the copies after the count, graph us: b1 64k 32.5 -> 32.2, b8 16k
+  // 58.2 -> 57.8, b8 64k 212.5 -> 211.9, b32 16k 214.9 -> 214.1, b1 4k 7.9 -> 7.9. Elsewhere it did
+  // not pay (r217/r219: tq3 b1 +0.1-0.2 us, tq4 d = 64 mixed, +1.6-1.8 % at two shapes; d = 256 and
+  // 512 within their spread), so every other kernel keeps the old order, and the same SASS.
+  constexpr bool kGuessedCopies = KF == Format::tq4 && VF == Format::tq4 && D == 128;
+  [[maybe_unused]] int64_t tokens_guess = 0;
+  if constexpr (kGuessedCopies)
+    asm volatile("ld.relaxed.gpu.global.s64 %0, [%1];" : "=l"(tokens_guess) : "l"(c.tokens + b));
   if (!a.codebook_settled) wait_for_previous_grid();
   if constexpr (S::kTableBytes > 0) {
     const float* k_levels = c.k_levels;
@@ -456,6 +467,10 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     }
   }
   wait_for_previous_grid();  // everything below reads the cache, the query or the workspace
+  // The real count's load goes out now, before the guessed copies (r216: behind them, every phase
+  // after its use came ~0.5 us later).
+  [[maybe_unused]] int64_t tokens_now = 0;
+  if constexpr (kGuessedCopies) tokens_now = c.tokens[b];
 
   // Up to d = 128 the query and its signs go to shared memory first (cp.async, their own group):
   // loaded after the token count's use in split_positions(), they came back one round trip later
@@ -483,12 +498,17 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     cp_async_commit();
   }
 
-  // This split's positions (as decode_kernel), in 16-position tiles dealt round-robin to workers.
-  const SplitPositions positions = split_positions(a, b, split, T);
-  const int64_t begin = positions.begin;
-  const int n_pos = positions.count;
-  const int n_tiles = (n_pos + T - 1) / T;
-  const int my_tiles = n_tiles > worker ? (n_tiles - worker + S::kWorkers - 1) / S::kWorkers : 0;
+  // This split's positions (as decode_kernel), in 16-position tiles dealt round-robin to workers;
+  // with guessed copies, the guess's until the first copies are out. Any count the counter has held
+  // gives rows inside the cache; one it cannot hold (negative, past a contiguous cache's capacity)
+  // gives no copies.
+  const bool plausible = tokens_guess >= 0 && (c.ring || tokens_guess <= c.capacity);
+  const SplitPositions positions =
+      kGuessedCopies ? split_positions_at(a, plausible ? tokens_guess : 0, split, T) : split_positions(a, b, split, T);
+  int64_t begin = positions.begin;
+  int n_pos = positions.count;
+  int n_tiles = (n_pos + T - 1) / T;
+  int my_tiles = n_tiles > worker ? (n_tiles - worker + S::kWorkers - 1) / S::kWorkers : 0;
 
   const std::size_t head_row0 = row_index(c, b, kv_head, 0);
   const uint8_t* k_rows = c.k_codes + head_row0 * S::kRowK;
@@ -591,12 +611,32 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   static_assert(K == 1 || (PACKED_LO && S::kWpt == 1 && S::kKGroups == 1 && S::kScoreChains == 1 && quantized(VF)),
                 "several tiles per iteration: transposed scores, one warp per tile, one key group, and "
                 "quantized values (a missing tile's stale stage must decode to finite values)");
+  auto first_copies = [&] {
 #pragma unroll
-  for (int s = 0; s < kGroups - 1; ++s) {
+    for (int s = 0; s < kGroups - 1; ++s) {
 #pragma unroll
-    for (int u = 0; u < K; ++u)
-      if (s * K + u < my_tiles) load_tile(s * K + u);
-    cp_async_commit();
+      for (int u = 0; u < K; ++u)
+        if (s * K + u < my_tiles) load_tile(s * K + u);
+      cp_async_commit();
+    }
+  };
+  first_copies();
+  if constexpr (kGuessedCopies) {
+    // The guessed copies stand if they hold the rows the real count gives, with the same zero-filled
+    // ones: the same first position, and the same count or counts that fill all of the worker's
+    // first tiles. Otherwise each thread waits for its own copies before writing those bytes again.
+    const SplitPositions real = split_positions_at(a, tokens_now, split, T);
+    constexpr int kFirstTiles = (kGroups - 1) * K;
+    const int filled = (worker + (kFirstTiles - 1) * S::kWorkers + 1) * T;
+    const bool same_rows = real.begin == begin && (real.count == n_pos || (real.count >= filled && n_pos >= filled));
+    begin = real.begin;
+    n_pos = real.count;
+    n_tiles = (n_pos + T - 1) / T;
+    my_tiles = n_tiles > worker ? (n_tiles - worker + S::kWorkers - 1) / S::kWorkers : 0;
+    if (!same_rows) {
+      cp_async_wait<0>();
+      first_copies();
+    }
   }
 
   // The query, scaled and rotated into the key domain: one warp per head, in registers.

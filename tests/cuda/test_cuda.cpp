@@ -13,6 +13,7 @@
 
 #include "backend.hpp"
 #include "launch.hpp"
+#include "late_counts.hpp"
 #include "stale_shared.hpp"
 #include "tqkv/attention.hpp"
 #include "tqkv/cache.hpp"
@@ -145,18 +146,72 @@ struct Case {
   bool caller_codebook = false;
   // Fill every SM's shared memory with NaN before the decode (stale_shared.cu).
   bool nan_shared = false;
+  // The device counters hold these when the decode is launched; a kernel just before it on its
+  // stream writes `lengths` into them only after the decode's blocks have started and read them
+  // (late_counts.cu; checked through the blocks' entry times): tq4's first copies, issued from the
+  // count read before griddepcontrol.wait, must be checked against the real one.
+  std::vector<int64_t> stale_lengths;
 };
 
 std::string describe(const Case& c) {
   std::string lengths;
   for (auto l : c.lengths) lengths += std::to_string(l) + " ";
+  std::string stale = c.stale_lengths.empty() ? "" : "stale counts before the decode's wait: ";
+  for (auto l : c.stale_lengths) stale += std::to_string(l) + " ";
   return kv_format_name(c.format) + " d=" + std::to_string(c.head_dim) + " batch=" + std::to_string(c.batch) +
          " heads=" + std::to_string(c.q_heads) + "/" + std::to_string(c.kv_heads) +
          " capacity=" + std::to_string(c.capacity) + (c.ring ? " ring" : "") + " window=" +
          std::to_string(c.params.window) + " splits=" + std::to_string(c.params.splits) +
          " softcap=" + std::to_string(c.params.softcap) + (c.params.sinks ? " sinks" : "") +
          (c.caller_codebook ? " caller codebook" : "") + (c.nan_shared ? " NaN shared memory" : "") +
-         " lengths: " + lengths;
+         " lengths: " + lengths + stale;
+}
+
+// Calls decode(ctx) on a stream of its own right behind write_counts_late(): the device counters
+// hold c.stale_lengths until the decode's blocks have started, then c.lengths. Checks through the
+// decode timeline that blocks entered at least 2 us before the counters were written (those read
+// the stale counts; a grid larger than one wave has later blocks too, which read the new ones).
+template <typename Decode>
+void decode_behind_late_counts(const Case& c, const CacheView& view, Decode&& decode) {
+  ASSERT_EQ(c.stale_lengths.size(), c.lengths.size());
+  ASSERT_LE(c.batch, test::kMaxLateCounts);
+  int64_t* tokens = const_cast<int64_t*>(view.tokens);
+  ASSERT_EQ(cudaMemcpy(tokens, c.stale_lengths.data(), c.batch * sizeof(int64_t), cudaMemcpyHostToDevice), cudaSuccess);
+  test::LateCounts counts{};
+  counts.n = c.batch;
+  for (int b = 0; b < c.batch; ++b) counts.values[b] = c.lengths[b];
+  constexpr std::size_t kMaxBlocks = 4096;
+  DeviceArray<unsigned long long> timeline(kMaxBlocks * cuda_detail::kTimelineSlots), written_at(1);
+  ASSERT_EQ(cudaMemset(timeline.ptr, 0, timeline.n * sizeof(unsigned long long)), cudaSuccess);
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  ExecContext ctx;
+  ctx.stream = stream;
+  cuda_detail::set_decode_timeline(timeline.ptr);
+  ASSERT_EQ(test::write_counts_late(tokens, counts, /*delay_ns=*/200000, written_at.ptr, stream), cudaSuccess);
+  decode(ctx);
+  cuda_detail::set_decode_timeline(nullptr);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  ASSERT_EQ(cudaStreamDestroy(stream), cudaSuccess);
+  const unsigned long long written = written_at.download()[0];
+  const std::vector<unsigned long long> t = timeline.download();
+  int blocks = 0, early = 0;
+  for (std::size_t blk = 0; blk < kMaxBlocks; ++blk) {
+    const unsigned long long entry = t[blk * cuda_detail::kTimelineSlots];
+    if (entry == 0) continue;
+    ++blocks;
+    if (entry + 2000 < written) ++early;
+  }
+  EXPECT_GT(blocks, 0) << describe(c);
+  bool overlaps = false;
+  ASSERT_EQ(test::programmatic_launch_overlaps(&overlaps), cudaSuccess);
+  if (overlaps) {
+    EXPECT_GT(early, 0) << "no block of " << blocks << " entered before the counts were written: the decode did not "
+                        << "start early, so its stale-count path went untested: " << describe(c);
+  } else {
+    std::printf("[ NOTE     ] kernels here do not start early (compute-sanitizer, or no sm_90): the decode read the "
+                "counts after they were written: %s\n", describe(c).c_str());
+  }
 }
 
 // Runs one case on the GPU and on the reference (same packed bytes) and checks nmse, every output
@@ -209,7 +264,13 @@ void check_decode(Case c, std::mt19937_64& rng, bool with_sinks = false, const E
   if (c.nan_shared) {
     ASSERT_EQ(test::fill_shared_memory_with_nan(), cudaSuccess);
   }
-  cuda_backend::decode_attention(view, dq.ptr, dout.ptr, p, ctx);
+  if (!c.stale_lengths.empty()) {
+    decode_behind_late_counts(c, view, [&](const ExecContext& late_ctx) {
+      cuda_backend::decode_attention(view, dq.ptr, dout.ptr, p, late_ctx);
+    });
+  } else {
+    cuda_backend::decode_attention(view, dq.ptr, dout.ptr, p, ctx);
+  }
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::vector<uint8_t> got_bytes = dout.download();
 
@@ -417,6 +478,38 @@ TEST_F(Cuda, RingWrapWindowSoftcapSinks) {
       check_decode(c, rng, /*with_sinks=*/window >= 100);
     }
   }
+}
+
+TEST_F(Cuda, StaleTokenCountsBeforeTheWaitAreChecked) {
+  // tq4 at d = 128 issues its first tile copies from the count it reads before griddepcontrol.wait
+  // (decode_mma.cuh); at d = 256 it reads the count after, as every other kernel. Here the counters
+  // hold other values until the decode's blocks have started: smaller and larger counts, a first
+  // position that moves (other split sizes, a ring's window), partial tiles, a count one short (same
+  // rows: the guessed copies stand), 0, and one past a contiguous cache's capacity.
+  std::mt19937_64 rng(kSeed + 23);
+  for (int d : {128, 256})
+    for (int splits : {0, 2, 5}) {
+      Case c;
+      c.format = parse_kv_format("tq4");
+      c.head_dim = d;
+      c.kv_heads = 2;
+      c.q_heads = 8;
+      c.params.splits = splits;
+      c.batch = 6;
+      c.capacity = 4096;
+      c.lengths = {4096, 1000, 97, 4096, 300, 2000};
+      c.stale_lengths = {1000, 4096, 92, 4095, 0, 5000};
+      check_decode(c, rng);
+      c.batch = 4;
+      c.capacity = 512;
+      c.ring = true;
+      c.lengths = {3000, 700, 513, 40};
+      c.stale_lengths = {2999, 1, 600, 41};
+      for (int window : {0, 300}) {
+        c.params.window = window;
+        check_decode(c, rng);
+      }
+    }
 }
 
 TEST_F(Cuda, FullyMaskedSplitsStayFinite) {
