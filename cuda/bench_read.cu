@@ -32,15 +32,9 @@ __global__ void read_all_kernel(const uint4* __restrict__ data, std::size_t n, u
 
 __global__ void empty_kernel() {}
 
-__device__ __forceinline__ uint64_t global_ns() {
-  uint64_t t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
-
 __global__ void wait_kernel(uint64_t ns) {
-  const uint64_t start = global_ns();
-  while (global_ns() - start < ns) __nanosleep(1000);
+  const uint64_t start = cuda_detail::global_timer_ns();
+  while (cuda_detail::global_timer_ns() - start < ns) __nanosleep(1000);
 }
 
 // The (sequence, KV head) pair and the positions [first, last) block blockIdx.x streams: the pair's

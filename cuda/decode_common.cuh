@@ -26,8 +26,7 @@ __device__ __forceinline__ float output_factor(float m, float d, const float* si
 // Time stamp of `phase` by thread 0 (launch.hpp: kTimelinePhases), when a timeline is set.
 __device__ __forceinline__ void timeline_mark(const DecodeLaunch& a, int phase) {
   if (a.timeline == nullptr || threadIdx.x != 0) return;
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  const unsigned long long t = global_timer_ns();
   const std::size_t block = blockIdx.x + gridDim.x * (blockIdx.y + std::size_t{gridDim.y} * blockIdx.z);
   a.timeline[block * kTimelineSlots + phase] = t;
   if (phase == 0) {

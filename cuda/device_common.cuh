@@ -128,6 +128,13 @@ __device__ __forceinline__ void cp_async4_zfill(void* smem, const void* gmem, bo
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 
+// %globaltimer: wall-clock nanoseconds, comparable across SMs and kernels (timelines, waits).
+__device__ __forceinline__ uint64_t global_timer_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
 // Programmatic dependent launch (sm_90; no-ops before). A kernel launched with
 // cudaLaunchAttributeProgrammaticStreamSerialization may start while the previous kernel on the
 // stream finishes; wait_for_previous_grid() returns once that kernel has completed and its writes

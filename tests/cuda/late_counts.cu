@@ -1,29 +1,26 @@
 // See late_counts.hpp.
 #include "late_counts.hpp"
 
+#include "device_common.cuh"
+
 namespace tqkv::test {
 namespace {
 
-__device__ unsigned long long global_time() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
+using cuda_detail::allow_next_grid;
+using cuda_detail::global_timer_ns;
 
 __global__ void late_counts_kernel(int64_t* tokens, LateCounts counts, unsigned long long delay_ns,
                                    unsigned long long* written_at) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-  const unsigned long long start = global_time();
+  allow_next_grid();  // the next kernel's blocks may start now
+  const unsigned long long start = global_timer_ns();
   unsigned long long now = start;
-  while (now - start < delay_ns) now = global_time();
+  while (now - start < delay_ns) now = global_timer_ns();
   if (threadIdx.x == 0) *written_at = now;
   for (int i = threadIdx.x; i < counts.n; i += blockDim.x) tokens[i] = counts.values[i];
 }
 
 __global__ void entry_time_kernel(unsigned long long* entered_at) {
-  if (threadIdx.x == 0) *entered_at = global_time();
+  if (threadIdx.x == 0) *entered_at = global_timer_ns();
 }
 
 }  // namespace
