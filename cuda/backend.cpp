@@ -90,11 +90,12 @@ int resolve_splits(const CacheView& c, const DecodeParams& p, int sms) {
   // instruction-bound tq2/tq3 loops (64k +1-4 %) lose more to the halved occupancy than the merge
   // gains. Batch 8 and up kept two blocks per SM (r56: their 4 splits were the fastest with single tiles;
   // tq4 at d = 128 now takes its lone pairs below, r191).
-  // One block per SM also gives tq4 at d <= 128 tile pairs in blocks that have their SM alone, and
-  // tq3's pairs an SM each (decode_pairs_alone); where that gives every worker at least
-  // kLonePairsMinTiles tiles, it pays at any head dim and for tq3 too (r182, 8 KV heads, against
-  // 33 splits: tq4 d = 64 64k 23.9 -> 21.2 us, 128k 38.5 -> 35.7; r185, tq3 with the SM reserved:
-  // d = 128 64k 32.3 -> 29.9, d = 64 24.5 -> 23.3).
+  // One block per SM also gives tq4 at d <= 128 and tq2 at d = 128 tile pairs in blocks that
+  // have their SM alone, and tq3's pairs an SM each (decode_pairs_alone); where that gives every
+  // worker at least kLonePairsMinTiles tiles, it pays at any head dim and for tq3 and tq2 too (r182,
+  // 8 KV heads, against 33 splits: tq4 d = 64 64k 23.9 -> 21.2 us, 128k 38.5 -> 35.7; r185, tq3
+  // with the SM reserved: d = 128 64k 32.3 -> 29.9, d = 64 24.5 -> 23.3; r227, tq2 d = 128 64k
+  // 26.0 -> 23.6).
   constexpr int64_t kManySplits = 16;
   constexpr int64_t kShortReach = 16384;
   constexpr int64_t kLonePairsMinTiles = 32;

@@ -76,7 +76,7 @@ int decode_tiles_per_iteration(KvFormat format, int head_dim, int group, int rea
   if (!tile_pairs_pay(reach, splits)) return 1;
   const bool packed_lo = group <= 4 && has_packed_lo(format.key, format.value, head_dim);
   if (has_tile_pairs(format.key, format.value, head_dim, packed_lo)) return 2;
-  // What prefers an SM alone and has no pairs for two blocks per SM: tq4's lone pairs.
+  // What prefers an SM alone and has no pairs for two blocks per SM: the lone pairs (tq4, tq2 at d = 128).
   return one_block_per_sm && decode_pairs_alone(format, head_dim, group) ? 2 : 1;
 }
 

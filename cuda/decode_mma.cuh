@@ -356,18 +356,21 @@ constexpr bool has_tile_pairs(Format kf, Format vf, int d, bool packed_lo) {
   if (!packed_lo || kf != vf) return false;
   return (kf == Format::tq3 && d <= 128) || (kf == Format::tq2 && d == 64);
 }
-// Tile pairs in a block that has its SM alone: tq4 at d <= 128, whose 4 stages beside the 64 KB
-// table fit once per SM (the launch bound then allows 168 registers at d = 128: 472 instructions
-// per tile instead of 511). Only grids of at most one block per SM take them, at batch 1 (r180,
-// 8 KV heads, graph steps: d = 128 16k 13.2 -> 12.3 us, 64k 33.4 -> 32.4; three tiles per
-// iteration were slower than one, r181).
+// Tile pairs in a block that has its SM alone: tq4 at d <= 128 and tq2 at d = 128, whose 4 stages
+// beside the 64 KB table fit once per SM (the launch bound then allows 168 registers at
+// d = 128: tq4 472 instructions per tile instead of 511; tq2 165 registers, no spills). Only grids
+// of at most one block per SM take them (r180, tq4, 8 KV heads, graph steps: d = 128 16k 13.2 ->
+// 12.3 us, 64k 33.4 -> 32.4; three tiles per iteration were slower than one, r181; r227, tq2 at
+// d = 128: 16k 11.7 -> 11.3, 64k 26.0 -> 23.6, where batches 2-8 at one block per SM, as tq4's
+// rule in resolve_splits would give them, lost 1-4 % at 64k; tq2 at d = 80 and 96 is not measured).
 constexpr bool has_lone_tile_pairs(Format kf, Format vf, int d, bool packed_lo) {
-  return packed_lo && kf == vf && kf == Format::tq4 && d <= 128;
+  return packed_lo && kf == vf && (kf == Format::tq4 ? d <= 128 : kf == Format::tq2 && d == 128);
 }
 // Pairs with which a batch-1 grid is faster at one block per SM than at two from 64k (the split
-// rule, resolve_splits): tq4's lone pairs (r182, d = 64: 64k 23.9 -> 21.2 us) and tq3's (r177,
-// r182, with the SM reserved, DecodeInstance::alone_smem: d = 128 64k 32.2 -> 29.8, d = 64 24.4 ->
-// 23.3). Not tq2's (r182: equal at 64k, slower at 128k).
+// rule, resolve_splits): the lone pairs (r182, tq4 d = 64: 64k 23.9 -> 21.2 us; r227, tq2 d = 128)
+// and tq3's (r177, r182, with the SM reserved, DecodeInstance::alone_smem: d = 128 64k 32.2 ->
+// 29.8, d = 64 24.4 -> 23.3). Not tq2's pairs at d = 64, which fit twice per SM (r182: equal at
+// 64k, slower at 128k).
 constexpr bool pairs_prefer_sm_alone(Format kf, Format vf, int d, bool packed_lo) {
   return has_lone_tile_pairs(kf, vf, d, packed_lo) || (kf == Format::tq3 && has_tile_pairs(kf, vf, d, packed_lo));
 }

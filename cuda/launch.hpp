@@ -111,8 +111,8 @@ inline bool tile_pairs_pay(int reach, int splits) {
   return (reach + parts - 1) / parts >= kPairMinTilesPerWorker * kDecodeSplitGranule;
 }
 // Whether a grid of at most one block per SM of this shape takes tile pairs in blocks that have
-// their SM alone on the current device (pairs_prefer_sm_alone, groups <= 4: tq4 at d <= 128,
-// whose pairs run only so, and tq3 at d <= 128, whose pairs reserve the SM then).
+// their SM alone on the current device (pairs_prefer_sm_alone, groups <= 4: tq4 at d <= 128 and
+// tq2 at d = 128, whose pairs run only so, and tq3 at d <= 128, whose pairs reserve the SM then).
 bool decode_pairs_alone(KvFormat format, int head_dim, int group) noexcept;
 // Tiles the decode kernel takes per loop iteration for this launch (decode_launch.cuh): 2 where
 // tile_pairs_pay(reach, splits) and a kernel with tile pairs exists, for lone blocks only if the
