@@ -392,8 +392,9 @@ TEST_F(Cuda, TwoTilesPerIterationIgnoreStaleStages) {
           c.params.splits = splits;
           c.params.softcap = group == 3 && splits == 1 ? 8.0f : 0.0f;
           c.nan_shared = true;
-          // With one block per SM: tq3 and tq2 at d = 64 have pairs that fit twice per SM, tq4 and tq2
-          // at d = 128 pairs that need the SM alone (has_lone_tile_pairs); tq2 at d = 80, 96 none.
+          // With one block per SM: tq3 (every d here) and tq2 at d = 64 have pairs that fit twice per
+          // SM, tq4 and tq2 at d = 128 pairs that need the SM alone (has_lone_tile_pairs); tq2 at d = 80
+          // and 96 none.
           const int pairs = std::string(fmt) == "tq2" && (d == 80 || d == 96) ? 1 : 2;
           ASSERT_EQ(cuda_detail::decode_tiles_per_iteration(c.format, d, group, c.capacity, splits, true), pairs)
               << describe(c);
