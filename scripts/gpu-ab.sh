@@ -4,11 +4,11 @@
 # each bench_cuda grid for each variant, alternated ROUNDS times, so that every variant meets the
 # card in the same states. Tables go to OUTDIR/RUN-ab.tgz (a device call returns few files), the log
 # and the tests' output to OUTDIR/RUN/. Medians per shape and variant:
-#   python3 docs/gpu/2026-11-27-h100-r191/ab_medians.py DIR new,prev   (DIR holds the unpacked ab/)
+#   python3 scripts/gpu-bench/ab_medians.py DIR new,prev   (DIR holds the unpacked ab/)
 #
 # usage: scripts/gpu-ab.sh OUTDIR RUN ROUNDS GRID...
 #   GRID: one bench_cuda argument string, e.g. "--grid issue --formats tq4"
-#   VARIANTS (default "new prev"): each NAME or NAME:ENV=VALUE:...; NAME's binaries are the pack's
+#   VARIANTS (default "new prev"): each NAME (no "-") or NAME:ENV=VALUE:...; NAME's binaries are the pack's
 #     top level for "new", else its NAME/ folder (gpu-pack.sh BUILD NAME=DIR); ENV settings apply to
 #     that variant's bench runs (trial knobs), e.g. VARIANTS="base new:TQKV_X=1" with base=new's binaries
 #     when the pack has no base/ folder
@@ -32,6 +32,10 @@ bin_dir() {  # the binaries of variant NAME
   if [[ $1 == new || ! -d $B/$1 ]]; then echo $B; else echo $B/$1; fi
 }
 {
+  for variant in ${VARIANTS:-new prev}; do
+    name=${variant%%:*}
+    [[ $name == new || -d $B/$name ]] || echo "note: the pack has no $name/: variant $name runs the top-level binaries"
+  done
   date -u
   nvidia-smi --query-gpu=name,driver_version,power.limit --format=csv
   env "${test_env[@]}" timeout 300 $B/test_cuda --gtest_color=no >"$D/test.log" 2>&1
