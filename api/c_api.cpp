@@ -143,18 +143,52 @@ tqkv_status tqkv_cache_storage_bytes(const tqkv_cache* cache, size_t* bytes) {
   });
 }
 
+namespace {
+
+tqkv::OutputType checked_out_type(int32_t out_type) {
+  if (out_type < TQKV_OUT_F32 || out_type > TQKV_OUT_BF16)
+    tqkv::raise(tqkv::Status::invalid_argument,
+                fmt::format("out_type = {} is not an output type", out_type));
+  return static_cast<tqkv::OutputType>(out_type);
+}
+
+}  // namespace
+
 tqkv_status tqkv_decode_attention(const tqkv_cache* cache, const float* q, void* out,
                                   const tqkv_decode_params* params) {
+  return tqkv_decode_attention_lse(cache, q, out, nullptr, params);
+}
+
+tqkv_status tqkv_merge_attention_states(const void* out_a, const float* lse_a, const void* out_b,
+                                        const float* lse_b, void* out, float* lse, int32_t rows,
+                                        int32_t head_dim, int32_t out_type) {
+  return guarded([&] {
+    const tqkv::OutputType type = checked_out_type(out_type);
+    if (rows > 0) {
+      const std::size_t element = tqkv::output_type_bytes(type);
+      check_pointer(out_a, element, "out_a");
+      check_pointer(lse_a, alignof(float), "lse_a");
+      check_pointer(out_b, element, "out_b");
+      check_pointer(lse_b, alignof(float), "lse_b");
+      check_pointer(out, element, "out");
+      if (lse) check_pointer(lse, alignof(float), "lse");
+    }
+    tqkv::ExecContext ctx;
+    ctx.backend = tqkv::Backend::cpu;
+    tqkv::merge_attention_states(out_a, lse_a, out_b, lse_b, out, lse, rows, head_dim, type, ctx);
+  });
+}
+
+tqkv_status tqkv_decode_attention_lse(const tqkv_cache* cache, const float* q, void* out,
+                                      float* lse, const tqkv_decode_params* params) {
   return guarded([&] {
     check_pointer(cache, alignof(tqkv_cache), "cache");
     check_pointer(params, alignof(tqkv_decode_params), "params");
     check_pointer(q, alignof(float), "q");
-    if (params->out_type < TQKV_OUT_F32 || params->out_type > TQKV_OUT_BF16)
-      tqkv::raise(tqkv::Status::invalid_argument,
-                  fmt::format("out_type = {} is not an output type", params->out_type));
-    const auto out_type = static_cast<tqkv::OutputType>(params->out_type);
+    const tqkv::OutputType out_type = checked_out_type(params->out_type);
     check_pointer(out, tqkv::output_type_bytes(out_type), "out");
     if (params->sinks) check_pointer(params->sinks, alignof(float), "sinks");
+    if (lse) check_pointer(lse, alignof(float), "lse");
     if (params->backend < TQKV_BACKEND_AUTO || params->backend > TQKV_BACKEND_CUDA)
       tqkv::raise(tqkv::Status::invalid_argument,
                   fmt::format("backend = {} is not a backend", params->backend));
@@ -166,6 +200,7 @@ tqkv_status tqkv_decode_attention(const tqkv_cache* cache, const float* q, void*
     p.sinks = params->sinks;
     p.splits = params->splits;
     p.out_type = out_type;
+    p.lse = lse;
     tqkv::ExecContext ctx;
     ctx.backend = static_cast<tqkv::Backend>(params->backend);
     tqkv::decode_attention(cache->cache.view(), q, out, p, ctx);

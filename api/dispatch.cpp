@@ -125,4 +125,35 @@ void decode_attention(const CacheView& cache, const float* q, void* out, const D
                     backend_name(backend)));
 }
 
+void merge_attention_states(const void* out_a, const float* lse_a, const void* out_b,
+                            const float* lse_b, void* out, float* lse, int rows, int head_dim,
+                            OutputType type, const ExecContext& ctx) {
+  Backend backend = ctx.backend;
+  if (backend == Backend::automatic) {
+    backend = Backend::cpu;
+#if TQKV_HAVE_CUDA
+    if (cuda_backend::is_device_pointer(out_a)) backend = Backend::cuda;
+#endif
+  }
+  switch (backend) {
+    case Backend::cpu_reference:
+    case Backend::cpu:  // one pass over the rows: the double-precision loop is fast enough
+      merge_attention_states_reference(out_a, lse_a, out_b, lse_b, out, lse, rows, head_dim, type);
+      return;
+    case Backend::cuda:
+#if TQKV_HAVE_CUDA
+      if (cuda_backend::device_count() == 0) no_cuda("no CUDA device is present");
+      cuda_backend::merge_attention_states(out_a, lse_a, out_b, lse_b, out, lse, rows, head_dim, type, ctx);
+      return;
+#else
+      no_cuda("this build has no CUDA (configure with nvcc present or -DTQKV_CUDA=ON)");
+#endif
+    case Backend::automatic:
+      break;
+  }
+  raise(Status::invalid_argument,
+        fmt::format("backend {} ({}) is not a backend", static_cast<int>(backend),
+                    backend_name(backend)));
+}
+
 }  // namespace tqkv

@@ -345,14 +345,16 @@ void decode_attention(const CacheView& c, const float* q, void* out, const Decod
   if (is_quantized(c.format.key)) require_device_pointer(c.k_levels, what, "cache.k_levels");
   if (is_quantized(c.format.value)) require_device_pointer(c.v_levels, what, "cache.v_levels");
   if (p.sinks) require_device_pointer(p.sinks, what, "params.sinks");
+  if (p.lse) require_device_pointer(p.lse, what, "params.lse");
   // 16-byte loads of rows (row bytes are multiples of 16), 4-byte loads of scales and q.
   auto aligned = [](const void* ptr, std::size_t n) { return reinterpret_cast<uintptr_t>(ptr) % n == 0; };
   if (!aligned(c.k_codes, 16) || !aligned(c.v_codes, 16))
     raise(Status::invalid_argument,
           fmt::format("{}: cache codes must be 16-byte aligned (k_codes = {}, v_codes = {})", what,
                       fmt::ptr(c.k_codes), fmt::ptr(c.v_codes)));
-  if (!aligned(q, 4) || !aligned(c.k_scales, 4) || !aligned(c.v_scales, 4) || !aligned(out, 2))
-    raise(Status::invalid_argument, fmt::format("{}: q, scales or out are misaligned", what));
+  if (!aligned(q, 4) || !aligned(c.k_scales, 4) || !aligned(c.v_scales, 4) || !aligned(out, 2) ||
+      !aligned(p.lse, 4))
+    raise(Status::invalid_argument, fmt::format("{}: q, scales, out or params.lse are misaligned", what));
 
   auto stream = static_cast<cudaStream_t>(ctx.stream);
   DecodeLaunch launch;
@@ -360,6 +362,7 @@ void decode_attention(const CacheView& c, const float* q, void* out, const Decod
   launch.q = q;
   launch.out = out;
   launch.sinks = p.sinks;
+  launch.lse = p.lse;
   launch.scale = p.scale > 0 ? p.scale : 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   launch.softcap = p.softcap;
   launch.window = p.window;
@@ -398,6 +401,37 @@ void decode_attention(const CacheView& c, const float* q, void* out, const Decod
     launch.part_md = reinterpret_cast<float*>(static_cast<uint8_t*>(ws) + layout.md_offset);
   }
   check_cuda(launch_decode(launch, stream), what);
+}
+
+void merge_attention_states(const void* out_a, const float* lse_a, const void* out_b, const float* lse_b,
+                            void* out, float* lse, int rows, int head_dim, OutputType type,
+                            const ExecContext& ctx) {
+  constexpr const char* what = "merge_attention_states (cuda)";
+  require_device(what);
+  validate_merge(out_a, lse_a, out_b, lse_b, out, rows, head_dim, type);
+  if (rows == 0) return;
+  require_device_pointer(out_a, what, "out_a");
+  require_device_pointer(lse_a, what, "lse_a");
+  require_device_pointer(out_b, what, "out_b");
+  require_device_pointer(lse_b, what, "lse_b");
+  require_device_pointer(out, what, "out");
+  if (lse) require_device_pointer(lse, what, "lse");
+  const std::size_t element = output_type_bytes(type);
+  auto aligned = [](const void* ptr, std::size_t n) { return reinterpret_cast<uintptr_t>(ptr) % n == 0; };
+  if (!aligned(out_a, element) || !aligned(out_b, element) || !aligned(out, element) || !aligned(lse_a, 4) ||
+      !aligned(lse_b, 4) || !aligned(lse, 4))
+    raise(Status::invalid_argument, fmt::format("{}: an output or lse array is misaligned", what));
+  MergeStatesLaunch launch;
+  launch.out_a = out_a;
+  launch.lse_a = lse_a;
+  launch.out_b = out_b;
+  launch.lse_b = lse_b;
+  launch.out = out;
+  launch.lse = lse;
+  launch.rows = rows;
+  launch.head_dim = head_dim;
+  launch.type = type;
+  check_cuda(launch_merge_states(launch, static_cast<cudaStream_t>(ctx.stream)), what);
 }
 
 }  // namespace tqkv::cuda_backend

@@ -21,5 +21,9 @@ std::size_t decode_workspace_bytes(const CacheView& cache, const DecodeParams& p
 // cache, q, out, params.sinks and ctx.workspace all in device memory; runs on ctx.stream.
 void decode_attention(const CacheView& cache, const float* q, void* out, const DecodeParams& params,
                       const ExecContext& ctx);
+// All arrays in device memory; runs on ctx.stream.
+void merge_attention_states(const void* out_a, const float* lse_a, const void* out_b, const float* lse_b,
+                            void* out, float* lse, int rows, int head_dim, OutputType type,
+                            const ExecContext& ctx);
 
 }  // namespace tqkv::cuda_backend

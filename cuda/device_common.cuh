@@ -177,6 +177,14 @@ __device__ inline bool count_split_done(unsigned* counter, int splits) {
 
 // ---- Output ----
 
+__device__ __forceinline__ float load_output(const void* data, std::size_t index, OutputType type) {
+  switch (type) {
+    case OutputType::f32: return static_cast<const float*>(data)[index];
+    case OutputType::f16: return __half2float(static_cast<const __half*>(data)[index]);
+    case OutputType::bf16: return __bfloat162float(static_cast<const __nv_bfloat16*>(data)[index]);
+  }
+  return 0.0f;
+}
 __device__ __forceinline__ void store_output(void* out, std::size_t index, float value,
                                              OutputType type) {
   switch (type) {

@@ -34,6 +34,7 @@ struct DecodeLaunch {
   const float* q = nullptr;       // [batch][q_heads][head_dim]
   void* out = nullptr;            // [batch][q_heads][head_dim] of out_type
   const float* sinks = nullptr;   // [q_heads] or null
+  float* lse = nullptr;           // [batch][q_heads] or null (DecodeParams::lse)
   float* part_o = nullptr;        // [batch][q_heads][splits][head_dim] (splits > 1 only)
   float* part_md = nullptr;       // [batch][q_heads][splits][2]: running max, denominator
   // [batch][kv_heads * head_chunks]: splits finished so far (splits > 1 only). Zero before the
@@ -90,6 +91,19 @@ bool decode_pair_built(KvFormat format) noexcept;
 // The decode kernel on `stream` (one launch; with splits > 1 the last block of each sequence and
 // KV head merges the partials).
 cudaError_t launch_decode(const DecodeLaunch& launch, cudaStream_t stream);
+
+// merge_attention_states on device arrays (merge_states.cu; arguments checked by the caller).
+struct MergeStatesLaunch {
+  const void* out_a = nullptr;
+  const float* lse_a = nullptr;
+  const void* out_b = nullptr;
+  const float* lse_b = nullptr;
+  void* out = nullptr;
+  float* lse = nullptr;  // or null
+  int rows = 0, head_dim = 0;
+  OutputType type = OutputType::f32;
+};
+cudaError_t launch_merge_states(const MergeStatesLaunch& launch, cudaStream_t stream);
 // Resident decode blocks per SM for this shape (the split choice fills one wave with them).
 cudaError_t decode_blocks_per_sm(KvFormat format, int head_dim, int* blocks);
 // Positions the longest sequence of a cache can show (its capacity, or the window): device

@@ -339,14 +339,16 @@ class TqkvStore final : public KvStore {
     });
   }
 
-  // decode_attention over positions [0, visible) of the cache.
+  // decode_attention over positions [0, visible) of the cache; lse (optional) gets each head's
+  // log-sum-exp.
   void decode_prefix(int64_t visible, const float* q, float* out, int q_heads,
-                     const float* sinks) const {
+                     const float* sinks, float* lse = nullptr) const {
     CacheView view = cache_.view();
     view.tokens = &visible;
     DecodeParams params;
     params.q_heads = q_heads;
     params.sinks = sinks;
+    params.lse = lse;
     ExecContext ctx;
     ctx.threads = 1;
     ctx.backend = backend_;
@@ -354,64 +356,33 @@ class TqkvStore final : public KvStore {
   }
 
   // Positions [visible - recent_, visible) exactly from the f16 window, older ones from the
-  // cache. decode_attention returns normalised outputs only, without the softmax mass S_c of
-  // the old part, so the mass comes from a second call: with a sink logit L equal to the
-  // window's log-mass, that call returns S_c / (S_c + e^L) * o_c, and the ratio to the first
-  // call's o_c gives the weight. Exact up to rounding; a library call that also returned the
-  // log-sum-exp (or the partial) would save the second call.
+  // cache; the two attention states merged through their log-sum-exps.
   void attend_with_window(int64_t visible, const float* q, float* out, int q_heads) const {
     const int d = cache_.head_dim();
     const int group = q_heads / cache_.kv_heads();
     const float scale = 1.0f / std::sqrt(static_cast<float>(d));
     const int64_t old = std::max<int64_t>(0, visible - recent_);
     std::vector<double> recent_out(static_cast<std::size_t>(q_heads) * d);
-    std::vector<float> sinks(static_cast<std::size_t>(q_heads));
+    std::vector<float> recent_f(recent_out.size()), recent_lse(static_cast<std::size_t>(q_heads));
     for (int h = 0; h < q_heads; ++h) {
       const ExactPartial part = exact_attention(
           q + static_cast<std::size_t>(h) * d, recent_k_.data(), recent_v_.data(), old, visible,
           row_, static_cast<std::size_t>(h / group) * d, d, scale,
           &recent_out[static_cast<std::size_t>(h) * d]);
-      sinks[static_cast<std::size_t>(h)] = static_cast<float>(part.log_mass());
+      recent_lse[static_cast<std::size_t>(h)] = static_cast<float>(part.log_mass());
     }
+    std::transform(recent_out.begin(), recent_out.end(), recent_f.begin(),
+                   [](double x) { return static_cast<float>(x); });
     if (old == 0) {
-      std::transform(recent_out.begin(), recent_out.end(), out,
-                     [](double x) { return static_cast<float>(x); });
+      std::copy(recent_f.begin(), recent_f.end(), out);
       return;
     }
-    std::vector<float> old_out(recent_out.size()), damped(recent_out.size());
-    decode_prefix(old, q, old_out.data(), q_heads, nullptr);
-    decode_prefix(old, q, damped.data(), q_heads, sinks.data());
-    for (int h = 0; h < q_heads; ++h) {
-      const std::size_t at = static_cast<std::size_t>(h) * d;
-      double dot = 0.0, norm = 0.0;
-      for (int i = 0; i < d; ++i) {
-        dot += static_cast<double>(damped[at + i]) * old_out[at + i];
-        norm += static_cast<double>(old_out[at + i]) * old_out[at + i];
-      }
-      // damped = (1 - w) * old_out, w = e^L / (S_c + e^L) the window's share of the softmax.
-      const double w = norm > 0.0 ? 1.0 - dot / norm
-                                  : window_weight_from_reference(old, q, h, q_heads, sinks[h]);
-      for (int i = 0; i < d; ++i) {
-        out[at + i] = static_cast<float>(damped[at + i] + w * recent_out[at + i]);
-      }
-    }
-  }
-
-  // When the old part's output is exactly zero its mass cannot be read from the outputs: take
-  // it from the scalar reference's partial state instead (rare: all old values cancel).
-  double window_weight_from_reference(int64_t old, const float* q, int h, int q_heads,
-                                  float window_log_mass) const {
-    CacheView view = cache_.view();
-    view.tokens = &old;
-    DecodeParams params;
-    params.q_heads = q_heads;
-    const int d = cache_.head_dim();
-    const int kv_head = h / (q_heads / cache_.kv_heads());
-    std::vector<double> qd(q + static_cast<std::size_t>(h) * d, q + static_cast<std::size_t>(h + 1) * d);
-    if (is_quantized(view.format.key)) cache_.rotation(kv_head).forward(qd.data(), qd.data());
-    const AttentionPartial part = attention_partial_reference(view, 0, h, qd.data(), 0, old, params);
-    const double log_old = part.m + std::log(part.d);
-    return 1.0 / (1.0 + std::exp(log_old - static_cast<double>(window_log_mass)));
+    std::vector<float> old_lse(static_cast<std::size_t>(q_heads));
+    decode_prefix(old, q, out, q_heads, nullptr, old_lse.data());
+    ExecContext ctx;
+    ctx.backend = Backend::cpu;
+    merge_attention_states(out, old_lse.data(), recent_f.data(), recent_lse.data(), out, nullptr, q_heads,
+                           d, OutputType::f32, ctx);
   }
 
   KvCache cache_;

@@ -213,6 +213,9 @@ void decode_attention(const CacheView& cache, const float* q, void* out, const D
       for (int i = 0; i < d; ++i) o[i] *= inv;
       if (value_rotated) rotations[kv_head].inverse(o.data(), o.data());
       store_output(params.out_type, o.data(), d, out, bh * head_floats);
+      if (params.lse)
+        params.lse[bh] = denominator > 0 ? static_cast<float>(m_max + std::log(denominator))
+                                         : -std::numeric_limits<float>::infinity();
     }
   }
 }

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
+#include <tuple>
 #include <vector>
 
 #include <fmt/format.h>
@@ -41,6 +43,19 @@ void store_output(OutputType t, const double* o, int d, void* out, std::size_t i
       return;
     }
   }
+}
+
+double load_output(OutputType t, const void* data, std::size_t index) {
+  switch (t) {
+    case OutputType::f32: return static_cast<const float*>(data)[index];
+    case OutputType::f16: return half_to_float(static_cast<const uint16_t*>(data)[index]);
+    case OutputType::bf16: return bf16_to_float(static_cast<const uint16_t*>(data)[index]);
+  }
+  return 0.0;
+}
+
+double log_sum_exp(const AttentionPartial& p) {
+  return p.d > 0 ? p.m + std::log(p.d) : -std::numeric_limits<double>::infinity();
 }
 
 }  // namespace
@@ -166,7 +181,46 @@ void decode_attention_reference(const CacheView& c, const float* q, void* out,
       for (int i = 0; i < d; ++i) o[i] = total.d > 0 ? total.o[i] / total.d : 0.0;
       if (is_quantized(c.format.value)) rot.inverse(o.data(), o.data());
       store_output(p.out_type, o.data(), d, out, (static_cast<std::size_t>(b) * p.q_heads + h) * d);
+      if (p.lse) p.lse[static_cast<std::size_t>(b) * p.q_heads + h] = static_cast<float>(log_sum_exp(total));
     }
+  }
+}
+
+void validate_merge(const void* out_a, const float* lse_a, const void* out_b, const float* lse_b,
+                    const void* out, int rows, int head_dim, OutputType type) {
+  if (rows < 0)
+    raise(Status::invalid_argument, fmt::format("merge_attention_states: rows = {} is negative", rows));
+  if (head_dim <= 0)
+    raise(Status::invalid_argument,
+          fmt::format("merge_attention_states: head_dim = {} must be positive", head_dim));
+  if (type != OutputType::f32 && type != OutputType::f16 && type != OutputType::bf16)
+    raise(Status::invalid_argument, fmt::format("merge_attention_states: type = {} is not an output type",
+                                                static_cast<int>(type)));
+  if (rows == 0) return;
+  const char* null = !out_a ? "out_a" : !lse_a ? "lse_a" : !out_b ? "out_b" : !lse_b ? "lse_b" : !out ? "out" : nullptr;
+  if (null)
+    raise(Status::invalid_argument, fmt::format("merge_attention_states: {} is null", null));
+}
+
+void merge_attention_states_reference(const void* out_a, const float* lse_a, const void* out_b,
+                                      const float* lse_b, void* out, float* lse, int rows,
+                                      int head_dim, OutputType type) {
+  validate_merge(out_a, lse_a, out_b, lse_b, out, rows, head_dim, type);
+  std::vector<double> o(static_cast<std::size_t>(head_dim));
+  for (int r = 0; r < rows; ++r) {
+    AttentionPartial a, b;  // normalised outputs as partials with d = e^(lse - m), m = lse
+    const std::size_t at = static_cast<std::size_t>(r) * head_dim;
+    for (auto [part, data, l] : {std::tuple{&a, out_a, lse_a[r]}, std::tuple{&b, out_b, lse_b[r]}}) {
+      if (l == -std::numeric_limits<float>::infinity()) continue;  // empty: d = 0
+      part->m = l;
+      part->d = 1.0;
+      part->o.resize(static_cast<std::size_t>(head_dim));
+      for (int i = 0; i < head_dim; ++i) part->o[i] = load_output(type, data, at + i);
+    }
+    const AttentionPartial total = merge(a, b);
+    for (int i = 0; i < head_dim; ++i) o[i] = total.d > 0 ? total.o[i] / total.d : 0.0;
+    store_output(type, o.data(), head_dim, out, at);
+    if (lse) lse[r] = static_cast<float>(log_sum_exp(total));
   }
 }
 

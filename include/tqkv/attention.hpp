@@ -24,10 +24,21 @@ struct DecodeParams {
                                  // only, as exp(sink - max)); null = none. Same memory as q.
   int splits = 1;                // split-K partitions of the KV positions; 0 = backend's choice
   OutputType out_type = OutputType::f32;
+  // Optional output, [batch][q_heads] float32 in the memory of `out`: the natural log of the
+  // softmax denominator that normalised each output row, ln(sum_j e^(logit_j) + e^sink) over
+  // the visible positions (logits after scale and softcap; the sink term only with sinks);
+  // -inf where nothing was visible and there is no sink. With it, attention over other positions
+  // (an engine's own exact window of the newest tokens, a shared prefix) can be combined with
+  // this output by merge_attention_states. null = not written.
+  float* lse = nullptr;
 };
 
 // Throws Error naming the first parameter that does not fit the cache.
 void validate(const CacheView& cache, const DecodeParams& params);
+// Throws Error naming the first bad argument of merge_attention_states (pointers are checked
+// only when rows > 0).
+void validate_merge(const void* out_a, const float* lse_a, const void* out_b, const float* lse_b,
+                    const void* out, int rows, int head_dim, OutputType type);
 
 // The online-softmax state of one (sequence, query head) over a subset of positions:
 // o = sum_j exp(l_j - m) v_j (unnormalised, in the accumulation domain), d = sum_j exp(l_j - m).
@@ -50,6 +61,11 @@ AttentionPartial merge(const AttentionPartial& a, const AttentionPartial& b);
 // AttentionPartial, and the partials merged (equal to one pass to rounding).
 void decode_attention_reference(const CacheView& cache, const float* q, void* out,
                                 const DecodeParams& params);
+
+// merge_attention_states on host arrays, in double (the oracle of the CUDA merge).
+void merge_attention_states_reference(const void* out_a, const float* lse_a, const void* out_b,
+                                      const float* lse_b, void* out, float* lse, int rows,
+                                      int head_dim, OutputType type);
 
 // The partial state of positions [begin, end) (absolute positions; clipped to what is visible)
 // for one sequence and query head. q_key_domain is the query in the domain of the key format
@@ -98,5 +114,17 @@ std::size_t decode_workspace_bytes(const CacheView& cache, const DecodeParams& p
 // during this one's merge and must wait (cudaGridDependencySynchronize) before reading `out`.
 void decode_attention(const CacheView& cache, const float* q, void* out, const DecodeParams& params,
                       const ExecContext& ctx = {});
+
+// Combines two attention results over disjoint sets of positions of the same queries, each row
+// (one query head of one sequence: `rows` of them, head_dim values each) with its log-sum-exp
+// (DecodeParams::lse): out = (e^lse_a out_a + e^lse_b out_b) / (e^lse_a + e^lse_b) and, if `lse`
+// is not null, lse = ln(e^lse_a + e^lse_b). A side with lse = -inf (nothing visible) contributes
+// nothing; both at -inf give zeros and -inf. A sink belongs to one side only (pass sinks to one
+// of the two decodes). out_a, out_b and out are of `type`; out may be out_a or out_b, lse may be
+// lse_a or lse_b. Runs where the arrays live (automatic: CUDA for device pointers, on
+// ctx.stream), like decode_attention.
+void merge_attention_states(const void* out_a, const float* lse_a, const void* out_b,
+                            const float* lse_b, void* out, float* lse, int rows, int head_dim,
+                            OutputType type, const ExecContext& ctx = {});
 
 }  // namespace tqkv

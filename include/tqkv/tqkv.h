@@ -82,6 +82,17 @@ tqkv_status tqkv_cache_storage_bytes(const tqkv_cache* cache, size_t* bytes);
 /* q: [batch][q_heads][head_dim] float32; out: [batch][q_heads][head_dim] of params->out_type. */
 tqkv_status tqkv_decode_attention(const tqkv_cache* cache, const float* q, void* out,
                                   const tqkv_decode_params* params);
+/* As tqkv_decode_attention, and lse: [batch][q_heads] float32, the natural log of each output
+ * row's softmax denominator (-inf where nothing was visible); see tqkv::DecodeParams::lse. */
+tqkv_status tqkv_decode_attention_lse(const tqkv_cache* cache, const float* q, void* out,
+                                      float* lse, const tqkv_decode_params* params);
+/* Combines two attention results over disjoint positions of the same queries (rows x head_dim
+ * values of out_type each, with their lse): out = (e^lse_a out_a + e^lse_b out_b) /
+ * (e^lse_a + e^lse_b); lse (may be NULL) = ln(e^lse_a + e^lse_b). Host memory; out may alias
+ * out_a or out_b. See tqkv::merge_attention_states. */
+tqkv_status tqkv_merge_attention_states(const void* out_a, const float* lse_a, const void* out_b,
+                                        const float* lse_b, void* out, float* lse, int32_t rows,
+                                        int32_t head_dim, int32_t out_type);
 
 #ifdef __cplusplus
 }

@@ -94,6 +94,40 @@ int main(void) {
   CHECK(finite, "an output element was not written (still NaN)");
   CHECK(ref > 0 && err / ref <= kKernelFidelityNmse, "cpu vs reference nmse %g", err / ref);
 
+  /* The log-sum-exp output (same output as without it), and the merge of two attention states:
+   * with an empty side (lse -inf) a state comes back unchanged; two of equal mass average. (That
+   * merged parts equal the whole is tested on the C++ side: tests/cpu, tests/cuda.) */
+  static float lse[B * QH], out_lse[B * QH * D], merged[B * QH * D], merged_lse[B * QH], none[B * QH];
+  for (int i = 0; i < B * QH; ++i) lse[i] = NAN, none[i] = -INFINITY;
+  CHECK(tqkv_decode_attention_lse(cache, q, out_lse, lse, &p) == TQKV_OK, "lse: %s", tqkv_last_error());
+  int lse_finite = 1, same = 1;
+  for (int i = 0; i < B * QH; ++i) lse_finite &= isfinite(lse[i]);
+  for (int i = 0; i < B * QH * D; ++i) same &= out_lse[i] == out_cpu[i];
+  CHECK(lse_finite, "an lse element was not written (still NaN)");
+  CHECK(same, "asking for lse changed the output");
+  CHECK(tqkv_merge_attention_states(out_lse, lse, out_ref, none, merged, merged_lse, B * QH, D,
+                                    TQKV_OUT_F32) == TQKV_OK, "merge: %s", tqkv_last_error());
+  same = 1;
+  for (int i = 0; i < B * QH * D; ++i) same &= merged[i] == out_lse[i];
+  for (int i = 0; i < B * QH; ++i) same &= merged_lse[i] == lse[i];
+  CHECK(same, "merging with an empty side (lse -inf) changed the state");
+  /* Two halves of the softmax mass: equal lse, the mean of the outputs, lse + ln 2. */
+  CHECK(tqkv_merge_attention_states(out_lse, lse, out_ref, lse, merged, merged_lse, B * QH, D,
+                                    TQKV_OUT_F32) == TQKV_OK, "merge halves: %s", tqkv_last_error());
+  double merge_err = 0;
+  for (int i = 0; i < B * QH * D; ++i) merge_err = fmax(merge_err, fabs(merged[i] - 0.5 * (out_lse[i] + out_ref[i])));
+  for (int i = 0; i < B * QH; ++i) merge_err = fmax(merge_err, fabs(merged_lse[i] - (lse[i] + log(2.0))));
+  const double kFloatRoundingOfMerge = 1e-5;
+  CHECK(merge_err <= kFloatRoundingOfMerge, "merge of equal halves off by %g", merge_err);
+  expect_error(tqkv_merge_attention_states(out_lse, NULL, out_ref, lse, merged, NULL, 1, D, TQKV_OUT_F32),
+               TQKV_INVALID_ARGUMENT, "lse_a", "null lse_a");
+  expect_error(tqkv_merge_attention_states(out_lse, lse, out_ref, lse, merged, NULL, -2, D, TQKV_OUT_F32),
+               TQKV_INVALID_ARGUMENT, "rows = -2", "negative rows");
+  expect_error(tqkv_merge_attention_states(out_lse, lse, out_ref, lse, merged, NULL, 1, D, 9),
+               TQKV_INVALID_ARGUMENT, "out_type = 9", "merge out type");
+  expect_error(tqkv_decode_attention_lse(cache, q, out_lse, (float*)((char*)lse + 1), &p),
+               TQKV_INVALID_ARGUMENT, "lse", "misaligned lse");
+
   /* Bad input: each names the parameter. */
   expect_error(tqkv_cache_append(cache, 0, NULL, v, 1), TQKV_INVALID_ARGUMENT, "k", "null k");
   expect_error(tqkv_cache_append(cache, 0, (const float*)((const char*)k + 1), v, 1),

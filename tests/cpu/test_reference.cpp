@@ -536,5 +536,152 @@ TEST(ReferenceAttention, BadInputIsRejected) {
                Status::invalid_argument, {"null"});
 }
 
+
+// ---- log-sum-exp output and the merge of attention states ----
+
+// lse is stored as float: its rounding, relative to max(1, |lse|).
+constexpr double kLseFloatRounding = 1e-6;
+// Two fp32 outputs with fp32 lse merged in double against the one-pass fp32 output: the lse
+// roundings (above, times |lse| <= ~20 here) move the weights by ~1e-6 (measured: below 3e-7).
+constexpr double kMergeOfFloatStates = 1e-5;
+
+double lse_diff(float got, double want) {
+  if (std::isinf(want) && want < 0) return got == -INFINITY ? 0.0 : INFINITY;
+  return std::fabs(double(got) - want) / std::max(1.0, std::fabs(want));
+}
+
+TEST(ReferenceAttention, LseIsTheLogOfTheSoftmaxDenominator) {
+  auto rng = seeded_rng(113);
+  for (KvFormat f : kPairs) {
+    const int kvh = 2, q_heads = 4, d = 96, n = 37;
+    KvCache cache(config(f, kvh, d, 64));
+    fill(cache, 0, n, rng);
+    const auto q = normal_vector(rng, static_cast<std::size_t>(q_heads) * d, 2.0);
+    const std::vector<float> sinks = {1.5f, -0.5f, 6.0f, -INFINITY};
+    for (int variant = 0; variant < 4; ++variant) {  // plain, sinks, softcap + splits, all
+      SCOPED_TRACE(testing::Message() << kv_format_name(f) << " variant " << variant);
+      DecodeParams p;
+      p.q_heads = q_heads;
+      p.sinks = variant % 2 ? sinks.data() : nullptr;
+      p.softcap = variant >= 2 ? 4.0f : 0.0f;
+      p.splits = variant >= 2 ? 3 : 1;
+      std::vector<float> out(q.size()), lse(q_heads, NAN);
+      p.lse = lse.data();
+      decode_attention_reference(cache.view(), q.data(), out.data(), p);
+      for (int h = 0; h < q_heads; ++h) {  // ln(sum_t e^l_t + e^sink) from fp64 K in the original domain
+        const int kv = h / (q_heads / kvh);
+        std::vector<double> logits;
+        for (int t = 0; t < n; ++t) {
+          const auto k = dequantize_fp64(cache, true, 0, kv, t);
+          double l = 0;
+          for (int i = 0; i < d; ++i) l += q[h * d + i] * k[i];
+          l /= std::sqrt(double(d));
+          logits.push_back(p.softcap > 0 ? p.softcap * std::tanh(l / p.softcap) : l);
+        }
+        if (p.sinks) logits.push_back(p.sinks[h]);
+        const double m = *std::max_element(logits.begin(), logits.end());
+        double den = 0;
+        for (double l : logits) den += std::exp(l - m);
+        EXPECT_LT(lse_diff(lse[h], m + std::log(den)), kLseFloatRounding) << "head " << h << " lse " << lse[h];
+      }
+    }
+  }
+}
+
+TEST(ReferenceAttention, MergeAttentionStatesByHand) {
+  // Weights 1 : 3 (lse 0 and ln 3), the merged lse ln 4.
+  const std::vector<float> a = {1.0f, 2.0f}, b = {3.0f, 4.0f};
+  const std::vector<float> la = {0.0f}, lb = {std::log(3.0f)};
+  std::vector<float> out(2), lse(1);
+  merge_attention_states_reference(a.data(), la.data(), b.data(), lb.data(), out.data(), lse.data(), 1, 2,
+                                   OutputType::f32);
+  EXPECT_NEAR(out[0], 2.5, kHandComputation);
+  EXPECT_NEAR(out[1], 3.5, kHandComputation);
+  EXPECT_NEAR(lse[0], std::log(4.0), kHandComputation);
+  // A side at -inf contributes nothing, whatever its values; both at -inf give zeros and -inf.
+  const std::vector<float> poison = {NAN, INFINITY}, minus_inf = {-INFINITY};
+  merge_attention_states_reference(poison.data(), minus_inf.data(), b.data(), lb.data(), out.data(), lse.data(),
+                                   1, 2, OutputType::f32);
+  EXPECT_EQ(out, b);
+  EXPECT_EQ(lse[0], lb[0]);
+  merge_attention_states_reference(poison.data(), minus_inf.data(), poison.data(), minus_inf.data(), out.data(),
+                                   lse.data(), 1, 2, OutputType::f32);
+  EXPECT_EQ(out, (std::vector<float>{0.0f, 0.0f}));
+  EXPECT_EQ(lse[0], -INFINITY);
+  // In place, into a's arrays; and f16 rows.
+  std::vector<float> a2 = a, la2 = la;
+  merge_attention_states_reference(a2.data(), la2.data(), b.data(), lb.data(), a2.data(), la2.data(), 1, 2,
+                                   OutputType::f32);
+  EXPECT_NEAR(a2[0], 2.5, kHandComputation);
+  EXPECT_NEAR(la2[0], std::log(4.0), kHandComputation);
+  const std::vector<uint16_t> ha = {float_to_half(1.0f), float_to_half(2.0f)},
+                              hb = {float_to_half(3.0f), float_to_half(4.0f)};
+  std::vector<uint16_t> hout(2);
+  merge_attention_states_reference(ha.data(), la.data(), hb.data(), lb.data(), hout.data(), nullptr, 1, 2,
+                                   OutputType::f16);
+  EXPECT_EQ(half_to_float(hout[0]), 2.5f);
+  EXPECT_EQ(half_to_float(hout[1]), 3.5f);
+}
+
+TEST(ReferenceAttention, MergeAttentionStatesRejectsBadArguments) {
+  std::vector<float> x(4), l(2);
+  auto merge_with = [&](int rows, int head_dim, OutputType t, const float* lse_b) {
+    merge_attention_states_reference(x.data(), l.data(), x.data(), lse_b, x.data(), nullptr, rows, head_dim, t);
+  };
+  expect_error([&] { merge_with(-1, 2, OutputType::f32, l.data()); }, Status::invalid_argument, {"rows = -1"});
+  expect_error([&] { merge_with(2, 0, OutputType::f32, l.data()); }, Status::invalid_argument, {"head_dim = 0"});
+  expect_error([&] { merge_with(2, 2, static_cast<OutputType>(7), l.data()); }, Status::invalid_argument,
+               {"type = 7"});
+  expect_error([&] { merge_with(2, 2, OutputType::f32, nullptr); }, Status::invalid_argument, {"lse_b"});
+  EXPECT_NO_THROW(merge_with(0, 2, OutputType::f32, nullptr));  // no rows: nothing is read
+}
+
+// What an engine with an exact window of its newest tokens does (docs/real-model.md: the
+// newest few keys are what 4-bit costs): attention over the older positions (a view that stops
+// before the window) and over the window (DecodeParams::window), merged through their lse, is
+// attention over all positions. Sinks go to one side only.
+TEST(ReferenceAttention, OlderPositionsAndNewestWindowMergeToTheWhole) {
+  auto rng = seeded_rng(114);
+  const int lengths[] = {9, 31, 97, 12, 64, 17, 50};  // batch 7; every length > the window
+  const int batch = 7, kvh = 2, q_heads = 8, d = 64, window = 8;
+  for (KvFormat f : {KvFormat{Format::tq4, Format::tq4}, KvFormat{Format::f16, Format::tq2}}) {
+    KvCache cache(config(f, kvh, d, 97, batch));
+    for (int b = 0; b < batch; ++b) fill(cache, b, lengths[b], rng);
+    const auto q = normal_vector(rng, static_cast<std::size_t>(batch) * q_heads * d, 2.0);
+    const auto sinks = normal_vector(rng, q_heads, 2.0);
+    for (bool with_sinks : {false, true}) {
+      SCOPED_TRACE(testing::Message() << kv_format_name(f) << (with_sinks ? " sinks" : ""));
+      const std::size_t rows = static_cast<std::size_t>(batch) * q_heads;
+      auto run = [&](const CacheView& view, int win, const float* s, std::vector<float>& out, std::vector<float>& lse) {
+        out.assign(rows * d, NAN);
+        lse.assign(rows, NAN);
+        DecodeParams p;
+        p.q_heads = q_heads;
+        p.window = win;
+        p.sinks = s;
+        p.splits = 2;
+        p.lse = lse.data();
+        decode_attention_reference(view, q.data(), out.data(), p);
+      };
+      const float* s = with_sinks ? sinks.data() : nullptr;
+      std::vector<float> whole, whole_lse, older, older_lse, newest, newest_lse;
+      run(cache.view(), 0, s, whole, whole_lse);
+      std::vector<int64_t> before_window(lengths, lengths + batch);
+      for (auto& n : before_window) n -= window;
+      CacheView older_view = cache.view();
+      older_view.tokens = before_window.data();
+      run(older_view, 0, s, older, older_lse);
+      run(cache.view(), window, nullptr, newest, newest_lse);
+      std::vector<float> merged(rows * d), merged_lse(rows);
+      merge_attention_states_reference(older.data(), older_lse.data(), newest.data(), newest_lse.data(), merged.data(),
+                                       merged_lse.data(), static_cast<int>(rows), d, OutputType::f32);
+      for (std::size_t r = 0; r < rows; ++r) {
+        EXPECT_LT(relative_diff(merged.data() + r * d, whole.data() + r * d, d), kMergeOfFloatStates) << "row " << r;
+        EXPECT_LT(lse_diff(merged_lse[r], whole_lse[r]), kMergeOfFloatStates) << "row " << r;
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace tqkv

@@ -19,6 +19,9 @@ namespace {
 // Kernel fidelity: fp32 accumulation against the reference's fp64 (issue 5). Measured values
 // are ~1e-13..1e-12; quantization error does not enter (both read the same bytes).
 constexpr double kMaxNmseF32 = 1e-6;
+// DecodeParams::lse from fp32 logits and sums against the reference's fp64, relative to
+// max(1, |lse|) (measured: up to 1.2e-6).
+constexpr double kMaxLseDiffF32 = 1e-5;
 
 struct Case {
   KvFormat format{};
@@ -65,12 +68,16 @@ void check_case(Case c, uint64_t seed) {
     sinks = normal_vector(rng, static_cast<std::size_t>(p.q_heads), 2.0);
     p.sinks = sinks.data();
   }
-  std::vector<float> want(n_out);
+  const std::size_t rows = c.lengths.size() * p.q_heads;
+  std::vector<float> want(n_out), want_lse(rows);
+  p.lse = want_lse.data();
   decode_attention_reference(view, q.data(), want.data(), p);
 
-  double worst = 0;
+  double worst = 0, worst_lse = 0;
   for_each_target([&](const std::string&) {
     std::vector<float> got(n_out, std::numeric_limits<float>::quiet_NaN());
+    std::vector<float> got_lse(rows, std::numeric_limits<float>::quiet_NaN());
+    p.lse = got_lse.data();
     cpu_fast::decode_attention(view, q.data(), got.data(), p, c.threads);
     std::size_t unwritten = 0;
     for (float x : got) unwritten += !std::isfinite(x);
@@ -78,8 +85,15 @@ void check_case(Case c, uint64_t seed) {
     const double e = nmse(got, want);
     worst = std::max(worst, e);
     EXPECT_LE(e, kMaxNmseF32);
+    for (std::size_t r = 0; r < rows; ++r) {
+      const double diff = want_lse[r] == got_lse[r] ? 0.0  // also both -inf
+                                                    : std::fabs(double(got_lse[r]) - want_lse[r]) /
+                                                          std::max(1.0, std::fabs(double(want_lse[r])));
+      worst_lse = std::max(worst_lse, std::isnan(diff) ? INFINITY : diff);
+    }
+    EXPECT_LE(worst_lse, kMaxLseDiffF32);
   });
-  std::printf("[   nmse   ] %.2e  %s\n", worst, describe(c).c_str());
+  std::printf("[   nmse   ] %.2e  lse %.1e  %s\n", worst, worst_lse, describe(c).c_str());
 }
 
 TEST(CpuFastDecode, EveryFormatPairAgainstReference) {

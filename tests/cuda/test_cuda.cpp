@@ -42,6 +42,13 @@ constexpr double kMaxTieFraction = 1e-3;
 // (sqrt(norm) zc / cc) is within 1.7e-6 of the CPU's double sums, plus one float rounding and the
 // rotation's ulps: bounded with a factor 2 of margin.
 constexpr double kScaleRelative = 4e-6;
+// DecodeParams::lse against the reference's, relative to max(1, |lse|): the kernel's logits carry
+// the fp16 roundings of lambda * level (at most 9.3e-5 relative for tq4; tq8 keys hi + lo) and of
+// the query's hi + lo parts, and lse moves by at most the largest logit error (r232: at most
+// 4.2e-4 over every check_decode case).
+constexpr double kLseTensorCoreLogits = 2e-3;
+// The merge kernel in float against merge_attention_states_reference in double, f32 rows.
+constexpr double kMergeF32Relative = 1e-6;
 
 const uint64_t kSeed = [] {
   const uint64_t s = 0x5eed2026cafeull;
@@ -217,6 +224,27 @@ void decode_behind_late_counts(const Case& c, const CacheView& view, Decode&& de
   }
 }
 
+// Runs f and expects an Error of `status` whose message mentions `needle`.
+template <typename F>
+void expect_error(Status status, const std::string& needle, F&& f) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected " << status_name(status) << " mentioning '" << needle << "'";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.status(), status) << e.what();
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+// The largest lse difference seen by check_decode (printed at the end of the process: what
+// kLseTensorCoreLogits is measured against).
+double g_worst_lse = 0;
+struct PrintWorstLse {
+  ~PrintWorstLse() {
+    if (g_worst_lse > 0) std::printf("[ lse      ] largest relative lse difference over all cases: %.2e\n", g_worst_lse);
+  }
+} g_print_worst_lse;
+
 // Runs one case on the GPU and on the reference (same packed bytes) and checks nmse, every output
 // written (poisoned with NaN before), and finiteness.
 void check_decode(Case c, std::mt19937_64& rng, bool with_sinks = false, const ExecContext& ctx = {}) {
@@ -244,14 +272,20 @@ void check_decode(Case c, std::mt19937_64& rng, bool with_sinks = false, const E
   DecodeParams p = c.params;
   p.q_heads = c.q_heads;
   const std::size_t out_bytes = n_out * output_type_bytes(p.out_type);
+  const std::size_t rows = std::size_t(c.batch) * c.q_heads;
   std::vector<uint8_t> ref(out_bytes);
+  std::vector<float> ref_lse(rows);
   p.sinks = with_sinks ? sinks.data() : nullptr;
+  p.lse = ref_lse.data();
   c.params.sinks = p.sinks;
   decode_attention_reference(host.view(), q.data(), ref.data(), p);
 
   DeviceArray<uint8_t> dout(out_bytes);
+  DeviceArray<float> dlse(rows);
   dout.poison();
+  dlse.poison();
   p.sinks = with_sinks ? dsinks.ptr : nullptr;
+  p.lse = dlse.ptr;
   CacheView view = dev.view();
   std::unique_ptr<DeviceArray<float>> k_levels, v_levels;  // the caller's codebook copies
   auto own_codebook = [](Format f, const float*& levels, std::unique_ptr<DeviceArray<float>>& copy) {
@@ -284,6 +318,15 @@ void check_decode(Case c, std::mt19937_64& rng, bool with_sinks = false, const E
   }
   const double bound = p.out_type == OutputType::f32 ? kNmseF32 : p.out_type == OutputType::f16 ? kNmseF16 : kNmseBf16;
   EXPECT_LE(nmse(got, want), bound) << describe(c);
+  const std::vector<float> got_lse = dlse.download();
+  double worst_lse = 0;
+  for (std::size_t r = 0; r < rows; ++r) {
+    ASSERT_FALSE(std::isnan(got_lse[r])) << "lse " << r << " not written: " << describe(c);
+    worst_lse = std::max(worst_lse, std::fabs(double(got_lse[r]) - ref_lse[r]) /
+                                        std::max(1.0, std::fabs(double(ref_lse[r]))));
+  }
+  EXPECT_LE(worst_lse, kLseTensorCoreLogits) << describe(c);
+  g_worst_lse = std::max(g_worst_lse, worst_lse);
 }
 
 // The built pairs (cuda/decode_pairs.hpp) as the tests see them: pairs are probed through the
@@ -703,13 +746,145 @@ TEST_F(Cuda, EmptySequenceGivesZeros) {
   q.poison();
   out.poison();
   CUDA_OK(cudaMemset(q.ptr, 0, 64 * sizeof(float)));
+  DeviceArray<float> lse(1), sink(1);
+  sink.upload({2.5f});
   DecodeParams p;
   p.q_heads = 1;
-  for (int splits : {1, 4}) {
-    p.splits = splits;
-    cuda_backend::decode_attention(dev.view(), q.ptr, out.ptr, p, {});
-    for (float x : out.download()) {
-      EXPECT_EQ(x, 0.0f) << "splits " << splits;
+  p.lse = lse.ptr;
+  for (bool with_sink : {false, true})
+    for (int splits : {1, 4}) {
+      p.splits = splits;
+      p.sinks = with_sink ? sink.ptr : nullptr;
+      lse.poison();
+      cuda_backend::decode_attention(dev.view(), q.ptr, out.ptr, p, {});
+      for (float x : out.download()) {
+        EXPECT_EQ(x, 0.0f) << "splits " << splits;
+      }
+      // Nothing visible: the denominator is the sink's alone, or 0.
+      EXPECT_EQ(lse.download()[0], with_sink ? 2.5f : -INFINITY) << "splits " << splits;
+    }
+}
+
+// The merge kernel against the double-precision reference: random rows, lse at -inf on either
+// or both sides (whose rows hold NaN: they must not be read), every output type, in place.
+TEST_F(Cuda, MergeAttentionStatesMatchesReference) {
+  std::mt19937_64 rng(kSeed + 77);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const int rows = 17 * 8, d = 96;
+  for (OutputType t : {OutputType::f32, OutputType::f16, OutputType::bf16}) {
+    for (bool in_place : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "type " << static_cast<int>(t) << (in_place ? " in place" : ""));
+      const std::size_t n = std::size_t(rows) * d, bytes = n * output_type_bytes(t);
+      std::vector<float> la(rows), lb(rows);
+      std::vector<uint8_t> a(bytes), b(bytes);
+      for (int r = 0; r < rows; ++r) {
+        la[r] = r % 7 == 3 || r % 11 == 5 ? -INFINITY : 4.0f * normal(rng);
+        lb[r] = r % 5 == 2 || r % 11 == 5 ? -INFINITY : 4.0f * normal(rng);
+      }
+      std::vector<float> values(n);
+      for (auto* side : {&a, &b}) {
+        const std::vector<float>& l = side == &a ? la : lb;
+        for (std::size_t i = 0; i < n; ++i) values[i] = l[i / d] == -INFINITY ? NAN : normal(rng);
+        for (std::size_t i = 0; i < n; ++i) {
+          if (t == OutputType::f32) reinterpret_cast<float*>(side->data())[i] = values[i];
+          else reinterpret_cast<uint16_t*>(side->data())[i] = t == OutputType::f16 ? float_to_half(values[i]) : float_to_bf16(values[i]);
+        }
+      }
+      std::vector<uint8_t> want(bytes);
+      std::vector<float> want_lse(rows);
+      merge_attention_states_reference(a.data(), la.data(), b.data(), lb.data(), want.data(), want_lse.data(), rows, d, t);
+      DeviceArray<uint8_t> da(bytes), db(bytes), dout(bytes);
+      DeviceArray<float> dla(rows), dlb(rows), dlse(rows);
+      da.upload(a);
+      db.upload(b);
+      dla.upload(la);
+      dlb.upload(lb);
+      dout.poison();
+      dlse.poison();
+      uint8_t* out = in_place ? da.ptr : dout.ptr;
+      float* lse = in_place ? dla.ptr : dlse.ptr;
+      cuda_backend::merge_attention_states(da.ptr, dla.ptr, db.ptr, dlb.ptr, out, lse, rows, d, t, {});
+      CUDA_OK(cudaDeviceSynchronize());
+      const auto got_bytes = in_place ? da.download() : dout.download();
+      const auto got = decode_outputs(got_bytes.data(), n, t), ref = decode_outputs(want.data(), n, t);
+      // One rounding of the output type apart at most (the two sides may round a tie differently).
+      const double ulp = t == OutputType::f32 ? kMergeF32Relative : t == OutputType::f16 ? 1.0 / 1024 : 1.0 / 128;
+      for (std::size_t i = 0; i < n; ++i) {
+        ASSERT_TRUE(std::isfinite(got[i])) << "element " << i << " (row " << i / d << ")";
+        ASSERT_LE(std::fabs(got[i] - ref[i]), ulp * std::max(1.0, std::fabs(ref[i]))) << "element " << i;
+      }
+      const auto got_lse = in_place ? dla.download() : dlse.download();
+      for (int r = 0; r < rows; ++r) {
+        if (want_lse[r] == -INFINITY) {
+          EXPECT_EQ(got_lse[r], -INFINITY) << "row " << r;
+        } else {
+          EXPECT_NEAR(got_lse[r], want_lse[r], kMergeF32Relative * std::max(1.0f, std::fabs(want_lse[r]))) << "row " << r;
+        }
+      }
+    }
+  }
+  expect_error(Status::invalid_argument, "lse_b", [&] {
+    DeviceArray<float> x(d), l(1);
+    cuda_backend::merge_attention_states(x.ptr, l.ptr, x.ptr, nullptr, x.ptr, nullptr, 1, d, OutputType::f32, {});
+  });
+}
+
+// An engine's exact window on the GPU: the decode of the positions before the window (a view
+// whose token counts stop there) and of the window (DecodeParams::window), merged on the device
+// through their lse (merge_attention_states), equal the decode of all of them.
+TEST_F(Cuda, OlderPositionsAndNewestWindowMergeToTheWhole) {
+  std::mt19937_64 rng(kSeed + 78);
+  const std::vector<int64_t> lengths = {9, 31, 97, 1000, 4096, 17, 2000};  // batch 7, all > window
+  const int batch = 7, kvh = 8, q_heads = 32, d = 128, window = 8, capacity = 4096;
+  for (KvFormat f : {KvFormat{Format::tq4, Format::tq4}, KvFormat{Format::tq8, Format::tq4}}) {
+    SCOPED_TRACE(kv_format_name(f));
+    CacheConfig cfg = test::cache_config(f, kvh, d, capacity, batch, false);
+    KvCache host(cfg);
+    fill_host_cache(host, lengths, rng, 512);
+    cuda::DeviceKvCache dev(cfg);
+    dev.upload(host);
+    const std::size_t rows = std::size_t(batch) * q_heads, n = rows * d;
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<float> q(n), sinks(q_heads);
+    for (auto& x : q) x = normal(rng);
+    for (auto& x : sinks) x = 2.0f * normal(rng);
+    DeviceArray<float> dq(n), dsinks(q_heads), whole(n), whole_lse(rows), older(n), older_lse(rows), newest(n),
+        newest_lse(rows), merged(n), merged_lse(rows);
+    dq.upload(q);
+    dsinks.upload(sinks);
+    std::vector<int64_t> before(lengths);
+    for (auto& l : before) l -= window;
+    DeviceArray<int64_t> dbefore(batch);
+    dbefore.upload(before);
+    for (bool with_sinks : {false, true}) {
+      auto run = [&](const CacheView& view, int win, bool sink, DeviceArray<float>& out, DeviceArray<float>& lse) {
+        DecodeParams p;
+        p.q_heads = q_heads;
+        p.window = win;
+        p.sinks = sink ? dsinks.ptr : nullptr;
+        p.splits = 0;
+        p.lse = lse.ptr;
+        out.poison();
+        lse.poison();
+        cuda_backend::decode_attention(view, dq.ptr, out.ptr, p, {});
+      };
+      CacheView older_view = dev.view();
+      older_view.tokens = dbefore.ptr;
+      run(dev.view(), 0, with_sinks, whole, whole_lse);
+      run(older_view, 0, with_sinks, older, older_lse);
+      run(dev.view(), window, false, newest, newest_lse);
+      merged.poison();
+      cuda_backend::merge_attention_states(older.ptr, older_lse.ptr, newest.ptr, newest_lse.ptr, merged.ptr,
+                                           merged_lse.ptr, static_cast<int>(rows), d, OutputType::f32, {});
+      CUDA_OK(cudaDeviceSynchronize());
+      const auto w = whole.download(), m = merged.download();
+      const auto wl = whole_lse.download(), ml = merged_lse.download();
+      // The parts read the same bytes as the whole; they differ by the kernel's own roundings.
+      EXPECT_LE(nmse(std::vector<double>(m.begin(), m.end()), std::vector<double>(w.begin(), w.end())), kNmseF32)
+          << (with_sinks ? "sinks" : "");
+      for (std::size_t r = 0; r < rows; ++r)
+        EXPECT_LE(std::fabs(double(ml[r]) - wl[r]) / std::max(1.0, std::fabs(double(wl[r]))), kLseTensorCoreLogits)
+            << "row " << r;
     }
   }
 }
@@ -1123,17 +1298,6 @@ TEST_F(Cuda, AppendStepAndGraphReplayThenDecode) {
 }
 
 // ---- errors ----
-
-template <typename F>
-void expect_error(Status status, const std::string& needle, F&& f) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected " << status_name(status) << " mentioning '" << needle << "'";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.status(), status) << e.what();
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
 
 // The append kernel finds a non-finite input from the rotated vector's norm (append.cu): the
 // vector's rows stay as they were, the others of its tokens are written, and the check names it.

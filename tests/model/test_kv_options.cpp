@@ -550,8 +550,8 @@ TEST(KvOptions, RecentWindowCombinesBothPartsExactly) {
   }
 }
 
-// When every old value is zero the old part's output is zero and its softmax mass cannot be
-// read from it; the store then takes the mass from the reference kernel's partial state.
+// When every old value is zero the old part's output is zero: its softmax mass must come from
+// the decode's log-sum-exp (DecodeParams::lse), not from the output.
 TEST(KvOptions, RecentWindowWithZeroOldValues) {
   const int n = 40, window = 8;
   Activations a = outlier_activations(n, kSeed + 3);
