@@ -52,7 +52,8 @@ constexpr const char* kUsage =
     "  --copies   rotating cache copies (1 = warm L2); default: enough for a cold L2\n"
     "  --splits   splits of each sequence's positions (DecodeParams::splits); default: the automatic choice\n"
     "  --append   also time append of a 32k-token chunk, and a decode step (append_step + decode) on a\n"
-    "             ring cache against decode alone (--extras: the same)\n"
+    "             ring cache against decode alone, and decode with lse + merge_attention_states\n"
+    "             (--extras: the same)\n"
     "  --floors   instead of decode rows: the launch floor and, per shape, the split-K skeleton of a step\n"
     "             (the same bytes, partials and merge, no arithmetic) at every split count\n"
     "  --plan     print the rows, copies, repetitions and an estimate of the run time; run nothing\n"
@@ -626,17 +627,26 @@ void run_append(const std::string& format, cuda::InputType type, int reps, doubl
 
 // A decode step of one layer as an engine runs it: append_step (one f16 token per sequence, its
 // quantization and the counter commit) then decode_attention, against decode_attention alone, on a
-// ring cache of `context` positions filled by appends (32/8 heads, d = 128). Graph replays of
-// kGraphSteps steps; the cache stays in L2 when it fits (b1 4k: 4.5 MB), as a layer's would not.
+// ring cache of `context` positions filled by appends (32/8 heads, d = 128). Also the decode with
+// DecodeParams::lse followed by merge_attention_states with another state (what an engine adds to
+// merge its own exact attention over a window of the newest tokens; that attention not included).
+// Graph replays of kGraphSteps steps; the cache stays in L2 when it fits (b1 4k: 4.5 MB), as a
+// layer's would not.
 void run_step(const std::string& format, int batch, int context) {
   constexpr int kQHeads = 32, kReplays = 50;
   AppendSetup a(format, batch, context, true, context, cuda::InputType::f16);
   for (int b = 0; b < batch; ++b) a.cache.append(b, a.k, a.v, context, cuda::InputType::f16, a.stream);
   const std::size_t n_q = std::size_t(batch) * kQHeads * AppendSetup::kDim;
-  float *q = nullptr, *out = nullptr;
+  const int rows = batch * kQHeads;
+  float *q = nullptr, *out = nullptr, *lse = nullptr, *other = nullptr, *other_lse = nullptr;
   check(cudaMalloc(reinterpret_cast<void**>(&q), n_q * 4), "malloc q");
   check(cudaMalloc(reinterpret_cast<void**>(&out), n_q * 4), "malloc out");
+  check(cudaMalloc(reinterpret_cast<void**>(&other), n_q * 4), "malloc other");
+  check(cudaMalloc(reinterpret_cast<void**>(&lse), rows * 4), "malloc lse");
+  check(cudaMalloc(reinterpret_cast<void**>(&other_lse), rows * 4), "malloc other lse");
   check(cudaMemsetAsync(q, 0, n_q * 4, a.stream), "q");
+  check(cudaMemsetAsync(other, 0, n_q * 4, a.stream), "other");
+  check(cudaMemsetAsync(other_lse, 0, rows * 4, a.stream), "other lse");  // lse 0: a state of mass 1
   DecodeParams p;
   p.q_heads = kQHeads;
   p.splits = g_splits;
@@ -649,15 +659,22 @@ void run_step(const std::string& format, int batch, int context) {
     a.cache.append_step(a.k, a.v, cuda::InputType::f16, a.stream);
     cuda_backend::decode_attention(a.cache.view(), q, out, p, ctx);
   };
+  DecodeParams with_lse = p;
+  with_lse.lse = lse;
+  auto merged = [&](std::size_t) {
+    cuda_backend::decode_attention(a.cache.view(), q, out, with_lse, ctx);
+    cuda_backend::merge_attention_states(out, lse, other, other_lse, out, nullptr, rows, AppendSetup::kDim,
+                                         OutputType::f32, ctx);
+  };
   const double decode_us = graph_us_per_step(a.stream, plan, decode);
   const double step_us = graph_us_per_step(a.stream, plan, step);
+  const double merged_us = graph_us_per_step(a.stream, plan, merged);
   check(cudaStreamSynchronize(a.stream), "step");
   a.cache.check_appends(a.stream);
-  std::printf("| %-6s | %5d | %7d | %9.1f | %9.1f | %6.1f |\n", format.c_str(), batch, context, decode_us, step_us,
-              step_us - decode_us);
+  std::printf("| %-6s | %5d | %7d | %9.1f | %9.1f | %6.1f | %9.1f | %6.1f |\n", format.c_str(), batch, context,
+              decode_us, step_us, step_us - decode_us, merged_us, merged_us - decode_us);
   std::fflush(stdout);
-  cudaFree(q);
-  cudaFree(out);
+  for (float* ptr : {q, out, other, lse, other_lse}) cudaFree(ptr);
 }
 
 std::vector<std::string> split_list(const std::string& list) {
@@ -978,9 +995,10 @@ int main(int argc, char** argv) {
                 "| --- | --- | --- | --- | --- | --- | --- |\n");
     for (const auto type : {cuda::InputType::f16, cuda::InputType::bf16, cuda::InputType::f32})
       run_append("tq4", type, o.grid == "quick" ? 5 : 20, info.bw.copy_gbs);
-    std::printf("\n| decode step | batch | context | decode graph us/step | append_step + decode graph us/step | append us |\n"
-                "| --- | --- | --- | --- | --- | --- |\n");
-    for (const auto& [b, ctx_len] : {std::pair{1, 4096}, {8, 4096}, {1, 16384}})
+    std::printf("\n| decode step | batch | context | decode graph us/step | append_step + decode graph us/step | append us "
+                "| decode (lse) + merge graph us/step | merge us |\n"
+                "| --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    for (const auto& [b, ctx_len] : {std::pair{1, 4096}, {8, 4096}, {1, 16384}, {8, 16384}})
       run_step("tq4", b, ctx_len);
   } catch (const tqkv::Error& e) {
     std::fprintf(stderr, "bench_cuda: %s\n", e.what());

@@ -11,24 +11,16 @@
 
 namespace tqkv::cuda_detail {
 
-// The softmax denominator of a head with running max m and denominator d (natural-log units),
-// the sink logit (if any) added: e^max * den, where the positions' share is e^m * d = e^max * w * d.
-struct Denominator {
-  float max, den, w;
-};
-__device__ __forceinline__ Denominator denominator(float m, float d, const float* sinks, int q_head) {
-  if (sinks == nullptr) return {m, d, 1.0f};
+// out = o * factor: normalises by the denominator, with the sink logit (if any) added to it.
+// Stays finite and gives 0 when nothing was visible.
+__device__ __forceinline__ float output_factor(float m, float d, const float* sinks, int q_head) {
+  if (sinks == nullptr) return d > 0.0f ? 1.0f / d : 0.0f;
   const float sink = sinks[q_head];
   const float m2 = fmaxf(m, sink);
-  if (m2 == -INFINITY) return {m2, 0.0f, 0.0f};
+  if (m2 == -INFINITY) return 0.0f;
   const float w = (m == -INFINITY) ? 0.0f : expf(m - m2);
-  return {m2, d * w + expf(sink - m2), w};
-}
-// out = o * factor: normalises by the denominator. Stays finite and gives 0 when nothing was visible.
-__device__ __forceinline__ float output_factor(const Denominator& n) { return n.den > 0.0f ? n.w / n.den : 0.0f; }
-// DecodeParams::lse: the denominator's natural log, -inf when it is 0.
-__device__ __forceinline__ float log_denominator(const Denominator& n) {
-  return n.den > 0.0f ? n.max + logf(n.den) : -INFINITY;
+  const float den = d * w + expf(sink - m2);
+  return den > 0.0f ? w / den : 0.0f;
 }
 
 // Time stamp of `phase` by thread 0 (launch.hpp: kTimelinePhases), when a timeline is set.
@@ -82,9 +74,7 @@ template <int D, bool Rotated>
 __device__ __forceinline__ void finalize_head(float (&x)[kWarpSlots<D>], float m, float d, int q_head, int b,
                                               const DecodeLaunch& a, const uint32_t (&sign_word)[kWarpSlots<D>]) {
   const int lane = threadIdx.x & 31;
-  const Denominator n = denominator(m, d, a.sinks, q_head);
-  const float f = output_factor(n);
-  if (a.lse != nullptr && lane == 0) a.lse[static_cast<std::size_t>(b) * a.q_heads + q_head] = log_denominator(n);
+  const float f = output_factor(m, d, a.sinks, q_head);
   static_for<kWarpSlots<D>>([&](auto J) { x[decltype(J)::value] *= f; });
   if constexpr (Rotated) warp_fwht_unnormalized<D>(x);
   const std::size_t out_base = (static_cast<std::size_t>(b) * a.q_heads + q_head) * D;
@@ -99,6 +89,11 @@ __device__ __forceinline__ void finalize_head(float (&x)[kWarpSlots<D>], float m
     }
     store_output(a.out, out_base + i, v, a.out_type);
   });
+  // DecodeParams::lse: o was summed against e^m, so the denominator (sink included) is e^m / f; with
+  // nothing visible (f = 0) it is the sink's alone. From f rather than afresh from m, d and the
+  // sink: that made sm_80's tq8 d = 128 kernel spill 8-16 B.
+  if (a.lse != nullptr && lane == 0)
+    a.lse[out_base / D] = f > 0.0f ? m - __logf(f) : (a.sinks != nullptr ? a.sinks[q_head] : -INFINITY);
 }
 
 // finalize_head() for the n_heads outputs o[g * D + i] in shared memory, one warp per head.

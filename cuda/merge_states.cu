@@ -1,7 +1,9 @@
 // merge_attention_states on the GPU: one block per row (one query head of one sequence), each
-// thread a strided share of its head_dim values. Memory-bound and small next to a decode step.
+// thread a strided share of its head_dim values. Memory-bound and small next to a decode step; as
+// a programmatic dependent launch (sm_90) its blocks start while the decode before it finishes.
 #include "device_common.cuh"
 #include "launch.hpp"
+#include "programmatic_launch.cuh"
 
 namespace tqkv::cuda_detail {
 namespace {
@@ -10,6 +12,7 @@ constexpr int kMergeThreads = 128;
 
 __global__ void __launch_bounds__(kMergeThreads) merge_states_kernel(const MergeStatesLaunch a) {
   const int row = blockIdx.x;
+  wait_for_previous_grid();  // the inputs may be the previous kernel's outputs
   const float la = a.lse_a[row], lb = a.lse_b[row];
   const float m = fmaxf(la, lb);
   // A side at -inf weighs exactly 0 and its values are not read (they may be anything).
@@ -32,8 +35,8 @@ __global__ void __launch_bounds__(kMergeThreads) merge_states_kernel(const Merge
 
 cudaError_t launch_merge_states(const MergeStatesLaunch& launch, cudaStream_t stream) {
   if (launch.rows == 0) return cudaSuccess;
-  merge_states_kernel<<<launch.rows, kMergeThreads, 0, stream>>>(launch);
-  return cudaGetLastError();
+  static KernelSetup setup;
+  return launch_programmatic(merge_states_kernel, dim3(launch.rows), dim3(kMergeThreads), 0, stream, setup, launch);
 }
 
 }  // namespace tqkv::cuda_detail

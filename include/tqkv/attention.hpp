@@ -122,7 +122,8 @@ void decode_attention(const CacheView& cache, const float* q, void* out, const D
 // nothing; both at -inf give zeros and -inf. A sink belongs to one side only (pass sinks to one
 // of the two decodes). out_a, out_b and out are of `type`; out may be out_a or out_b, lse may be
 // lse_a or lse_b. Runs where the arrays live (automatic: CUDA for device pointers, on
-// ctx.stream), like decode_attention.
+// ctx.stream), like decode_attention; on Hopper it is a programmatic dependent launch too (r235:
+// 2.2 us per graph step after a batch-1 decode, 2.9 at batch 8).
 void merge_attention_states(const void* out_a, const float* lse_a, const void* out_b,
                             const float* lse_b, void* out, float* lse, int rows, int head_dim,
                             OutputType type, const ExecContext& ctx = {});
