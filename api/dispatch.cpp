@@ -29,6 +29,20 @@ std::string_view backend_name(Backend b) {
   raise(Status::backend_unavailable, fmt::format("the CUDA backend is unavailable: {}", why));
 }
 
+// Returns when the CUDA backend can run here; else Error(backend_unavailable) saying why.
+void require_cuda() {
+#if TQKV_HAVE_CUDA
+  if (cuda_backend::device_count() == 0) no_cuda("no CUDA device is present");
+#else
+  no_cuda("this build has no CUDA (configure with nvcc present or -DTQKV_CUDA=ON)");
+#endif
+}
+
+[[noreturn]] void not_a_backend(Backend b) {
+  raise(Status::invalid_argument,
+        fmt::format("backend {} ({}) is not a backend", static_cast<int>(b), backend_name(b)));
+}
+
 Backend resolve(const CacheView& cache, Backend requested) {
   if (requested != Backend::automatic) return requested;
 #if TQKV_HAVE_CUDA
@@ -92,10 +106,11 @@ std::size_t decode_workspace_bytes(const CacheView& cache, const DecodeParams& p
                                    Backend backend) {
   validate(cache, params);
   if (resolve(cache, backend) != Backend::cuda) return 0;  // CPU paths allocate per call
+  require_cuda();
 #if TQKV_HAVE_CUDA
   return cuda_backend::decode_workspace_bytes(cache, params);
 #else
-  no_cuda("this build has no CUDA (configure with nvcc present or -DTQKV_CUDA=ON)");
+  return 0;  // not reached: require_cuda() raised
 #endif
 }
 
@@ -110,19 +125,15 @@ void decode_attention(const CacheView& cache, const float* q, void* out, const D
       cpu_fast::decode_attention(cache, q, out, params, ctx.threads);
       return;
     case Backend::cuda:
+      require_cuda();
 #if TQKV_HAVE_CUDA
-      if (cuda_backend::device_count() == 0) no_cuda("no CUDA device is present");
       cuda_backend::decode_attention(cache, q, out, params, ctx);
-      return;
-#else
-      no_cuda("this build has no CUDA (configure with nvcc present or -DTQKV_CUDA=ON)");
 #endif
+      return;
     case Backend::automatic:
       break;
   }
-  raise(Status::invalid_argument,
-        fmt::format("backend {} ({}) is not a backend", static_cast<int>(backend),
-                    backend_name(backend)));
+  not_a_backend(backend);
 }
 
 void merge_attention_states(const void* out_a, const float* lse_a, const void* out_b,
@@ -141,19 +152,15 @@ void merge_attention_states(const void* out_a, const float* lse_a, const void* o
       merge_attention_states_reference(out_a, lse_a, out_b, lse_b, out, lse, rows, head_dim, type);
       return;
     case Backend::cuda:
+      require_cuda();
 #if TQKV_HAVE_CUDA
-      if (cuda_backend::device_count() == 0) no_cuda("no CUDA device is present");
       cuda_backend::merge_attention_states(out_a, lse_a, out_b, lse_b, out, lse, rows, head_dim, type, ctx);
-      return;
-#else
-      no_cuda("this build has no CUDA (configure with nvcc present or -DTQKV_CUDA=ON)");
 #endif
+      return;
     case Backend::automatic:
       break;
   }
-  raise(Status::invalid_argument,
-        fmt::format("backend {} ({}) is not a backend", static_cast<int>(backend),
-                    backend_name(backend)));
+  not_a_backend(backend);
 }
 
 }  // namespace tqkv
