@@ -347,13 +347,12 @@ void decode_attention(const CacheView& c, const float* q, void* out, const Decod
   if (p.sinks) require_device_pointer(p.sinks, what, "params.sinks");
   if (p.lse) require_device_pointer(p.lse, what, "params.lse");
   // 16-byte loads of rows (row bytes are multiples of 16), 4-byte loads of scales and q.
-  auto aligned = [](const void* ptr, std::size_t n) { return reinterpret_cast<uintptr_t>(ptr) % n == 0; };
-  if (!aligned(c.k_codes, 16) || !aligned(c.v_codes, 16))
+  if (!is_aligned(c.k_codes, 16) || !is_aligned(c.v_codes, 16))
     raise(Status::invalid_argument,
           fmt::format("{}: cache codes must be 16-byte aligned (k_codes = {}, v_codes = {})", what,
                       fmt::ptr(c.k_codes), fmt::ptr(c.v_codes)));
-  if (!aligned(q, 4) || !aligned(c.k_scales, 4) || !aligned(c.v_scales, 4) || !aligned(out, 2) ||
-      !aligned(p.lse, 4))
+  if (!is_aligned(q, 4) || !is_aligned(c.k_scales, 4) || !is_aligned(c.v_scales, 4) || !is_aligned(out, 2) ||
+      !is_aligned(p.lse, 4))
     raise(Status::invalid_argument, fmt::format("{}: q, scales, out or params.lse are misaligned", what));
 
   auto stream = static_cast<cudaStream_t>(ctx.stream);
@@ -389,7 +388,7 @@ void decode_attention(const CacheView& c, const float* q, void* out, const Decod
               fmt::format("{}: workspace_bytes = {} is smaller than the {} bytes needed for {} splits", what,
                           ctx.workspace_bytes, need, launch.splits));
       require_device_pointer(ws, what, "ctx.workspace");
-      if (!aligned(ws, kWorkspaceAlignment))
+      if (!is_aligned(ws, kWorkspaceAlignment))
         raise(Status::invalid_argument,
               fmt::format("{}: ctx.workspace must be {}-byte aligned", what, kWorkspaceAlignment));
     } else {
@@ -417,9 +416,8 @@ void merge_attention_states(const void* out_a, const float* lse_a, const void* o
   require_device_pointer(out, what, "out");
   if (lse) require_device_pointer(lse, what, "lse");
   const std::size_t element = output_type_bytes(type);
-  auto aligned = [](const void* ptr, std::size_t n) { return reinterpret_cast<uintptr_t>(ptr) % n == 0; };
-  if (!aligned(out_a, element) || !aligned(out_b, element) || !aligned(out, element) || !aligned(lse_a, 4) ||
-      !aligned(lse_b, 4) || !aligned(lse, 4))
+  if (!is_aligned(out_a, element) || !is_aligned(out_b, element) || !is_aligned(out, element) || !is_aligned(lse_a, 4) ||
+      !is_aligned(lse_b, 4) || !is_aligned(lse, 4))
     raise(Status::invalid_argument, fmt::format("{}: an output or lse array is misaligned", what));
   MergeStatesLaunch launch;
   launch.out_a = out_a;

@@ -237,7 +237,7 @@ void launch_append_checked(DeviceKvCache::Impl& m, const CacheView& view, int se
   require_device_pointer(v, what, "v");
   const InputKind kind = input_kind(type);
   const std::size_t elem = kind == InputKind::f32 ? 4 : 2;
-  if (reinterpret_cast<uintptr_t>(k) % elem != 0 || reinterpret_cast<uintptr_t>(v) % elem != 0)
+  if (!is_aligned(k, elem) || !is_aligned(v, elem))
     raise(Status::invalid_argument, fmt::format("{}: k and v must be aligned to their {}-byte elements", what, elem));
   if (!c.ring)
     for (int s = seq_begin; s < seq_begin + n_seqs; ++s)

@@ -8,6 +8,7 @@ for f in glob.glob(f'{D}/ab/*.md'):
     for l in open(f):
         if not l.startswith('| ') or 'format' in l or '---' in l: continue
         c=[x.strip() for x in l.strip().strip('|').split('|')]
+        if len(c)<16: continue  # decode rows only (the --append tables have fewer columns)
         try: med=float(c[7]); gr=float(c[8])
         except: continue
         rows[(c[0],int(c[2]),c[3],int(c[4]),int(c[5]),v)].append((med,gr))
