@@ -42,10 +42,10 @@ void check_finite(const float* x, const char* what, int seq, int64_t first_posit
 
 void encode_vectors_scalar(const VectorCodec& codec, int head_dim, const float* x,
                            std::size_t x_stride, int n, uint8_t* rows, std::size_t row_stride,
-                           float* scales) {
+                           ScalePair* scales, ScaleSide side) {
   (void)head_dim;  // the codec's rotation knows it
   for (int i = 0; i < n; ++i)
-    encode_vector(codec, x + i * x_stride, rows + i * row_stride, scales + i);
+    encode_vector(codec, x + i * x_stride, rows + i * row_stride, &(scales[i].*side));
 }
 
 void validate(const CacheConfig& c) {
@@ -102,8 +102,7 @@ KvCache::KvCache(const CacheConfig& config) : config_(config) {
       static_cast<std::size_t>(config_.batch) * config_.kv_heads * config_.capacity;
   k_codes_.assign(rows * k_row_bytes_, 0);
   v_codes_.assign(rows * v_row_bytes_, 0);
-  k_scales_.assign(rows, 0.0f);
-  v_scales_.assign(rows, 0.0f);
+  scales_.assign(rows, ScalePair{});
   tokens_.assign(static_cast<std::size_t>(config_.batch), 0);
 }
 
@@ -151,9 +150,9 @@ void KvCache::append(int seq, const float* k, const float* v, int n_tokens) {
       const std::size_t r = row_index(layout, seq, h, slot);
       const std::size_t x = t * per_token + static_cast<std::size_t>(h) * d;
       encoder_(key_codec(h), d, k + x, per_token, run, &k_codes_[r * k_row_bytes_], k_row_bytes_,
-               &k_scales_[r]);
+               &scales_[r], &ScalePair::k_bits);
       encoder_(value_codec(h), d, v + x, per_token, run, &v_codes_[r * v_row_bytes_],
-               v_row_bytes_, &v_scales_[r]);
+               v_row_bytes_, &scales_[r], &ScalePair::v_bits);
     }
     t += run;
   }
@@ -186,9 +185,9 @@ void KvCache::decode(bool key, int seq, int kv_head, int64_t position, float* ou
   const int slot = position_slot(position, config_.capacity, config_.ring);
   const std::size_t r = row_index(view(), seq, kv_head, slot);
   if (key)
-    decode_vector(key_codec(kv_head), &k_codes_[r * k_row_bytes_], k_scales_[r], out);
+    decode_vector(key_codec(kv_head), &k_codes_[r * k_row_bytes_], scales_[r].key(), out);
   else
-    decode_vector(value_codec(kv_head), &v_codes_[r * v_row_bytes_], v_scales_[r], out);
+    decode_vector(value_codec(kv_head), &v_codes_[r * v_row_bytes_], scales_[r].value(), out);
 }
 
 void KvCache::decode_key(int seq, int kv_head, int64_t position, float* out) const {
@@ -201,9 +200,8 @@ void KvCache::decode_value(int seq, int kv_head, int64_t position, float* out) c
 CacheView KvCache::view() const {
   CacheView v = view_shape(config_);
   v.k_codes = k_codes_.data();
-  v.k_scales = k_scales_.data();
   v.v_codes = v_codes_.data();
-  v.v_scales = v_scales_.data();
+  v.scales = scales_.data();
   v.tokens = tokens_.data();
   v.sign_bits = sign_bits_.data();
   v.k_levels = k_codebook_ ? k_codebook_->levels_f32.data() : nullptr;
@@ -212,7 +210,7 @@ CacheView KvCache::view() const {
 }
 
 std::size_t KvCache::storage_bytes() const {
-  return k_codes_.size() + v_codes_.size() + (k_scales_.size() + v_scales_.size()) * sizeof(float);
+  return k_codes_.size() + v_codes_.size() + scales_.size() * sizeof(ScalePair);
 }
 
 }  // namespace tqkv

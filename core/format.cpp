@@ -1,5 +1,7 @@
 #include "tqkv/format.hpp"
 
+#include "tqkv/layout.hpp"
+
 #include <bit>
 #include <cstring>
 
@@ -95,9 +97,9 @@ std::string kv_format_name(KvFormat f) {
 }
 
 std::size_t kv_bytes_per_position(KvFormat f, int head_dim) {
-  // f16 rows carry no scale; tq rows one fp32 scale.
-  auto one = [&](Format x) { return packed_bytes(x, head_dim) + (is_quantized(x) ? sizeof(float) : 0); };
-  return one(f.key) + one(f.value);
+  // The codes, and one 4-byte ScalePair (two bfloat16 scales) when either side is quantized.
+  const bool scaled = is_quantized(f.key) || is_quantized(f.value);
+  return packed_bytes(f.key, head_dim) + packed_bytes(f.value, head_dim) + (scaled ? sizeof(uint32_t) : 0);
 }
 
 bool is_supported_head_dim(int head_dim) noexcept {
@@ -213,6 +215,6 @@ uint16_t float_to_bf16(float x) noexcept {
   return static_cast<uint16_t>((u + rounding) >> 16);
 }
 
-float bf16_to_float(uint16_t h) noexcept { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+float bf16_to_float(uint16_t h) noexcept { return bf16_bits_to_float(h); }
 
 }  // namespace tqkv

@@ -33,7 +33,7 @@ void decode_row_impl(Format format, const float* levels, int head_dim, const uin
 
 }  // namespace
 
-void encode_vector(const VectorCodec& codec, const float* x, uint8_t* row, float* scale) {
+void encode_vector(const VectorCodec& codec, const float* x, uint8_t* row, uint16_t* scale_bits) {
   const int d = codec.rotation->head_dim();
   const std::size_t rb = row_bytes(codec.format, d);
   if (codec.format == Format::f16) {
@@ -42,7 +42,7 @@ void encode_vector(const VectorCodec& codec, const float* x, uint8_t* row, float
       const uint16_t h = float_to_half(x[i]);
       std::memcpy(row + 2 * i, &h, 2);
     }
-    *scale = 1.0f;
+    *scale_bits = float_to_bf16(1.0f);
     return;
   }
   if (codec.codebook == nullptr || codec.codebook->bits != format_bits(codec.format))
@@ -56,7 +56,7 @@ void encode_vector(const VectorCodec& codec, const float* x, uint8_t* row, float
   const double norm = std::sqrt(norm2);
   if (norm == 0.0) {  // zero vector: scale 0 decodes to exactly 0 whatever the codes
     std::memset(row, 0, rb);
-    *scale = 0.0f;
+    *scale_bits = 0;
     return;
   }
   const double sqrt_d = std::sqrt(static_cast<double>(d));
@@ -73,7 +73,7 @@ void encode_vector(const VectorCodec& codec, const float* x, uint8_t* row, float
   pack_codes(codec.format, codes.data(), d, row);
   // Stored scale multiplies a level to give the rotated coordinate: s / sqrt(d).
   const double s = codec.scale_rule == ScaleRule::least_squares && cc > 0 ? norm * zc / cc : norm;
-  *scale = static_cast<float>(s / sqrt_d);
+  *scale_bits = float_to_bf16(static_cast<float>(s / sqrt_d));
 }
 
 void decode_row(Format format, const float* levels, int head_dim, const uint8_t* row, float scale,

@@ -378,7 +378,7 @@ __device__ __forceinline__ double group_norm2(const float (&x)[kLaneCoords], int
 template <int kBits, bool kPairLoad, bool kLastPairs = false>
 __device__ __forceinline__ void encode_lane(const float (&x)[kLaneCoords], double norm2, const LaneVector& v,
                                             bool write, bool least_squares, const CodeTables& tables, uint8_t* row,
-                                            int row_bytes, float* scale) {
+                                            int row_bytes, uint16_t* scale_bits) {
   // No double divisions (a called subroutine, which spilled with the tensor-core encoder's
   // registers live): rsqrt and __drcp_rn are within an ulp of double, far below float's.
   const double inv_norm = rsqrt(norm2);  // inf for a zero vector (codes unused), 0 for inf
@@ -399,7 +399,8 @@ __device__ __forceinline__ void encode_lane(const float (&x)[kLaneCoords], doubl
     *reinterpret_cast<uint32_t*>(row + at) = 0u;
   if (v.group_lane == 0) {
     const double s = least_squares && cc > 0.0f ? norm * static_cast<double>(zc) * __drcp_rn(cc) : norm;
-    *scale = zero ? 0.0f : static_cast<float>(s * v.inv_scale_divisor);
+    // bfloat16, rounded to nearest even as the host's float_to_bf16 (ScalePair, layout.hpp).
+    *scale_bits = zero ? uint16_t{0} : __bfloat16_as_ushort(__float2bfloat16_rn(static_cast<float>(s * v.inv_scale_divisor)));
   }
 }
 
@@ -519,7 +520,7 @@ struct VectorJob {
   int count;
   uint8_t* row;
   int row_bytes;
-  float* scale;
+  uint16_t* scale_bits;  // the vector's half of its position's ScalePair
   unsigned group_bits;  // the lanes of the vector's group in a warp ballot
 };
 
@@ -558,7 +559,7 @@ __device__ __forceinline__ void encode_rotated(const float (&x)[kLaneCoords], do
                           grid.offset};
   auto encode = [&](auto bits) {
     encode_lane<decltype(bits)::value, kPairLoad, kLastPairs>(x, norm2, v, write, a.least_squares, tables,
-                                                              job.row, job.row_bytes, job.scale);
+                                                              job.row, job.row_bytes, job.scale_bits);
   };
   if constexpr (kBits != 0) {
     encode(std::integral_constant<int, kBits>{});
@@ -599,7 +600,8 @@ __device__ __forceinline__ VectorJob vector_job(const AppendLaunch& a, int which
   const std::size_t row = row_index(c, job.seq, job.kv_head, slot);
   job.row_bytes = static_cast<int>(which ? c.v_row_bytes : c.k_row_bytes);
   job.row = writable(which ? c.v_codes : c.k_codes) + row * job.row_bytes;
-  job.scale = writable(which ? c.v_scales : c.k_scales) + row;
+  ScalePair* pair = writable(c.scales) + row;
+  job.scale_bits = which ? &pair->v_bits : &pair->k_bits;
   job.group_bits = group_bits;
   return job;
 }
@@ -658,7 +660,7 @@ __global__ void __launch_bounds__(kAppendWarps * 32, kAppendBlocksPerSm) append_
       for (int j = 0; j < kLaneCoords; ++j) probe = fmaf(x[j], 0.0f, probe);
       const bool write = group_finite(!isnan(probe), job, v.group_lane, a) && job.active;
       if (write) store_half_row(x, job.row + 2 * first, 2 * first, job.row_bytes);
-      if (write && v.group_lane == 0) *job.scale = 1.0f;
+      if (write && v.group_lane == 0) *job.scale_bits = __bfloat16_as_ushort(__float2bfloat16_rn(1.0f));
       continue;
     }
 

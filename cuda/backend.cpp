@@ -338,8 +338,7 @@ void decode_attention(const CacheView& c, const float* q, void* out, const Decod
   require_device_pointer(out, what, "out");
   require_device_pointer(c.k_codes, what, "cache.k_codes");
   require_device_pointer(c.v_codes, what, "cache.v_codes");
-  require_device_pointer(c.k_scales, what, "cache.k_scales");
-  require_device_pointer(c.v_scales, what, "cache.v_scales");
+  require_device_pointer(c.scales, what, "cache.scales");
   require_device_pointer(c.tokens, what, "cache.tokens");
   require_device_pointer(c.sign_bits, what, "cache.sign_bits");
   if (is_quantized(c.format.key)) require_device_pointer(c.k_levels, what, "cache.k_levels");
@@ -351,7 +350,7 @@ void decode_attention(const CacheView& c, const float* q, void* out, const Decod
     raise(Status::invalid_argument,
           fmt::format("{}: cache codes must be 16-byte aligned (k_codes = {}, v_codes = {})", what,
                       fmt::ptr(c.k_codes), fmt::ptr(c.v_codes)));
-  if (!is_aligned(q, 4) || !is_aligned(c.k_scales, 4) || !is_aligned(c.v_scales, 4) || !is_aligned(out, 2) ||
+  if (!is_aligned(q, 4) || !is_aligned(c.scales, 4) || !is_aligned(out, 2) ||
       !is_aligned(p.lse, 4))
     raise(Status::invalid_argument, fmt::format("{}: q, scales, out or params.lse are misaligned", what));
 

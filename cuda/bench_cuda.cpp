@@ -111,9 +111,9 @@ Pattern make_pattern(uint64_t seed) {
   for (auto& x : h) x = float_to_half(normal(rng));
   p.halves.resize(kPatternBytes);
   std::memcpy(p.halves.data(), h.data(), kPatternBytes);
-  std::vector<float> s(kPatternBytes / 4);
+  std::vector<ScalePair> s(kPatternBytes / sizeof(ScalePair));
   std::uniform_real_distribution<float> uni(0.05f, 0.15f);
-  for (auto& x : s) x = uni(rng);
+  for (auto& x : s) x = {float_to_bf16(uni(rng)), float_to_bf16(uni(rng))};
   p.scales.resize(kPatternBytes);
   std::memcpy(p.scales.data(), s.data(), kPatternBytes);
   return p;
@@ -268,7 +268,7 @@ struct Plan {
   std::size_t k_codes = 0, v_codes = 0, scales = 0;  // bytes of each section of one copy (aligned)
   std::size_t copies = 0;         // 0: one copy does not fit in device memory
   int reps = 0, graph_replays = 0;
-  std::size_t copy_bytes() const { return k_codes + v_codes + 2 * scales; }
+  std::size_t copy_bytes() const { return k_codes + v_codes + scales; }
   std::size_t graphs() const { return (copies + kGraphSteps - 1) / kGraphSteps; }
   // Decode steps the row runs: warm-up, single launches, graph replays.
   std::size_t steps() const {
@@ -281,7 +281,7 @@ Plan make_plan(const Shape& s, std::size_t free_bytes, int max_reps) {
   p.bytes_read = kv_bytes_per_position(s.format, s.head_dim) * s.rows();
   p.k_codes = align_up(s.rows() * row_bytes(s.format.key, s.head_dim), kSectionAlignment);
   p.v_codes = align_up(s.rows() * row_bytes(s.format.value, s.head_dim), kSectionAlignment);
-  p.scales = align_up(s.rows() * sizeof(float), kSectionAlignment);
+  p.scales = align_up(s.rows() * sizeof(ScalePair), kSectionAlignment);
   const std::size_t fit = free_bytes > kReserveBytes ? (free_bytes - kReserveBytes) / p.copy_bytes() : 0;
   const std::size_t wanted = g_copies_override ? g_copies_override : (kColdBytes + p.bytes_read - 1) / p.bytes_read;
   p.copies = std::min(std::max<std::size_t>(wanted, 1), fit);
@@ -462,7 +462,7 @@ class Copies {
     tile_on_device(base, n * plan.k_codes, is_quantized(s.format.key) ? pattern.codes : pattern.halves);
     tile_on_device(base + n * plan.k_codes, n * plan.v_codes,
                    is_quantized(s.format.value) ? pattern.codes : pattern.halves);
-    tile_on_device(base + n * (plan.k_codes + plan.v_codes), 2 * n * plan.scales, pattern.scales);
+    tile_on_device(base + n * (plan.k_codes + plan.v_codes), n * plan.scales, pattern.scales);
     view_ = shared_->view();
     view_.capacity = s.context;
   }
@@ -478,9 +478,7 @@ class Copies {
     CacheView v = view_;
     v.k_codes = base + c * plan_.k_codes;
     v.v_codes = base + n * plan_.k_codes + c * plan_.v_codes;
-    v.k_scales = reinterpret_cast<const float*>(base + n * (plan_.k_codes + plan_.v_codes) + c * plan_.scales);
-    v.v_scales = reinterpret_cast<const float*>(base + n * (plan_.k_codes + plan_.v_codes + plan_.scales) +
-                                                c * plan_.scales);
+    v.scales = reinterpret_cast<const ScalePair*>(base + n * (plan_.k_codes + plan_.v_codes) + c * plan_.scales);
     return v;
   }
 
@@ -721,12 +719,11 @@ void run_floors(const Shape& s, const Plan& plan, const DevicePattern& pattern, 
     bench::SplitReadProbe p;
     p.base[0] = static_cast<const uint8_t*>(v.k_codes);
     p.base[1] = static_cast<const uint8_t*>(v.v_codes);
-    p.base[2] = reinterpret_cast<const uint8_t*>(v.k_scales);
-    p.base[3] = reinterpret_cast<const uint8_t*>(v.v_scales);
+    p.base[2] = reinterpret_cast<const uint8_t*>(v.scales);
     p.position_bytes[0] = row_bytes(s.format.key, s.head_dim);
     p.position_bytes[1] = row_bytes(s.format.value, s.head_dim);
-    p.position_bytes[2] = p.position_bytes[3] = sizeof(float);
-    p.streams = 4;
+    p.position_bytes[2] = sizeof(ScalePair);
+    p.streams = 3;
     p.context = s.context;
     p.pairs = pairs;
     p.splits = splits;

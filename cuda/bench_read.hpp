@@ -23,7 +23,7 @@ cudaError_t launch_wait(double microseconds, cudaStream_t stream);
 
 // The split-K skeleton of a decode step with no arithmetic (bench_cuda --floors): `pairs`
 // (sequence, KV head) pairs of `context` positions, each position `position_bytes[s]` bytes in each
-// of `streams` sections (K codes, V codes, K scales, V scales; pair p's positions contiguous from
+// of `streams` sections (K codes, V codes, the ScalePairs; pair p's positions contiguous from
 // base[s] + p * context * position_bytes[s]). Block (pair, split) streams its share of positions
 // with 16-byte loads, stores a partial of kSplitPartialBytes (what a group of 4 query heads at
 // d = 128 stores: 4 x 128 outputs and a maximum and sum per head), and the last split of a pair to

@@ -157,7 +157,10 @@ struct MmaShape {
   static constexpr int kTableBytes = cmax(table_rows(KF), table_rows(VF)) * kTableRowBytes;
   static constexpr int kOffStages = kOffTable + kTableBytes;
   static constexpr int kStageV = 16 * kStrideK;
-  static constexpr int kStageScales = kStageV + 16 * kStrideV;  // K scales [16], V scales [16]
+  // ScalePair [16], then 16 words of zeros: the whole first warp of a worker copies, lanes 16-31
+  // zero-filling (no global read), because with lanes 0-15 alone (a divergent branch) kernels at
+  // d = 64-96 spilled 8-16 B.
+  static constexpr int kStageScales = kStageV + 16 * kStrideV;
   static constexpr int kStageBytes = kStageScales + 2 * 16 * 4;
   // The warps of a tile split the key steps between them (kSplitKeys) when the step groups divide
   // evenly, and add up their partial scores through kOffKeyScratch (a float4 per lane and warp).
@@ -516,8 +519,7 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   const std::size_t head_row0 = row_index(c, b, kv_head, 0);
   const uint8_t* k_rows = c.k_codes + head_row0 * S::kRowK;
   const uint8_t* v_rows = c.v_codes + head_row0 * S::kRowV;
-  const float* k_scales = c.k_scales + head_row0;
-  const float* v_scales = c.v_scales + head_row0;
+  const ScalePair* scales = c.scales + head_row0;
   uint8_t* my_stages = smem + S::kOffStages + worker * STAGES * S::kStageBytes;
   const int wt = wi * 32 + lane;  // thread index inside the worker
 
@@ -543,14 +545,8 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
         const int j = idx / kPiecesV;
         cp_async16(st + S::kStageV + j * S::kStrideV + (idx - j * kPiecesV) * 16, vt + idx * 16);
       });
-      if (wt < 2 * T) {
-        float* dst = reinterpret_cast<float*>(st + S::kStageScales) + wt;
-        if (wt >= T) {
-          if constexpr (quantized(VF)) cp_async4(dst, v_scales + slot0 + (wt - T));
-        } else {
-          if constexpr (quantized(KF)) cp_async4(dst, k_scales + slot0 + wt);
-        }
-      }
+      if constexpr (quantized(KF) || quantized(VF))
+        if (wt < 2 * T) cp_async4_zfill(st + S::kStageScales + wt * 4, scales + slot0 + (wt & (T - 1)), wt < T);
       return;
     }
     // A tile holds at most `valid` <= capacity positions, so one wrap at most.
@@ -567,17 +563,11 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
       cp_async16_zfill(st + S::kStageV + j * S::kStrideV + piece * 16,
                        v_rows + static_cast<std::size_t>(slot) * S::kRowV + piece * 16, j < n);
     });
-    if (wt < 2 * T) {
-      const int j = wt & (T - 1);
-      const bool value = wt >= T;
-      const int slot = j < n ? slot_of(j) : slot0;
-      float* dst = reinterpret_cast<float*>(st + S::kStageScales) + wt;
-      if (value) {
-        if constexpr (quantized(VF)) cp_async4_zfill(dst, v_scales + slot, j < n);
-      } else {
-        if constexpr (quantized(KF)) cp_async4_zfill(dst, k_scales + slot, j < n);
+    if constexpr (quantized(KF) || quantized(VF))
+      if (wt < 2 * T) {
+        const int j = wt & (T - 1);
+        cp_async4_zfill(st + S::kStageScales + wt * 4, scales + (j < n ? slot_of(j) : slot0), wt < n);
       }
-    }
   };
   // A worker of one warp syncs with __syncwarp, a worker of several warps with its own named
   // barrier, so that workers do not wait for each other inside the loop (r41: d = 512 10-16 %
@@ -835,24 +825,31 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     // (block 1); PACKED_LO: head t at positions g and 8 + g (columns 2t, 2t+1 = its hi and lo parts).
     // Sub-tile u's scores are x[u * NX ...].
     constexpr int NX = PACKED_LO ? 2 : 4;
-    const float* sc = reinterpret_cast<const float*>(st + S::kStageScales);
+    // A position's ScalePair word: the key's bfloat16 scale in the low half, the value's in the high.
+    const uint32_t* sc = reinterpret_cast<const uint32_t*>(st + S::kStageScales);
+    auto key_scale = [](uint32_t w) { return __uint_as_float(__byte_perm(w, 0u, 0x1044)); };
+    auto value_scale = [](uint32_t w) { return __uint_as_float(w & 0xffff0000u); };
     if constexpr (S::kScoreChains == 2) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) s0[0][e] += s0_odd[e], s1[e] += s1_odd[e];
     }
     float x[K * NX];
     int pos[K * NX];
-    float ks[K * NX], vs[K * NX];
+    // Both scales of a position come in one word. Groups of at most 4 (PACKED_LO) take both here;
+    // larger groups take the value scales where P is scaled (below): each the form that spills
+    // nothing (the other spilled 8 B in tq8 d = 96, and in tq2 / tq4 d = 64).
+    float ks[K * NX];
+    [[maybe_unused]] float vs[K * NX];
     if constexpr (PACKED_LO) {
 #pragma unroll
       for (int u = 0; u < K; ++u) {
-        const float* scu = sc + u * S::kStageBytes / 4;
+        const uint32_t* scu = sc + u * S::kStageBytes / 4;
         x[2 * u] = s0[u][0] + s0[u][1], x[2 * u + 1] = s0[u][2] + s0[u][3];
         pos[2 * u] = g, pos[2 * u + 1] = 8 + g;
 #pragma unroll
         for (int k = 2 * u; k < 2 * u + 2; ++k) {
-          ks[k] = quantized(KF) ? scu[pos[k]] : 1.0f;
-          vs[k] = quantized(VF) ? scu[T + pos[k]] : 1.0f;
+          ks[k] = quantized(KF) ? key_scale(scu[pos[k]]) : 1.0f;
+          vs[k] = quantized(VF) ? value_scale(scu[pos[k]]) : 1.0f;
           if (u > 0 && pos[k] >= n[u]) vs[k] = 0.0f;  // a stale stage's scales may be anything
         }
       }
@@ -871,17 +868,13 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
         x[0] = sum.x, x[1] = sum.y, x[2] = sum.z, x[3] = sum.w;
       }
       pos[0] = 2 * t, pos[1] = 2 * t + 1, pos[2] = 8 + 2 * t, pos[3] = 9 + 2 * t;
-      float2 ks0 = make_float2(1.0f, 1.0f), ks1 = ks0, vs0 = ks0, vs1 = ks0;
       if constexpr (quantized(KF)) {
-        ks0 = *reinterpret_cast<const float2*>(sc + 2 * t);
-        ks1 = *reinterpret_cast<const float2*>(sc + 8 + 2 * t);
+        const uint2 w0 = *reinterpret_cast<const uint2*>(sc + 2 * t);
+        const uint2 w1 = *reinterpret_cast<const uint2*>(sc + 8 + 2 * t);
+        ks[0] = key_scale(w0.x), ks[1] = key_scale(w0.y), ks[2] = key_scale(w1.x), ks[3] = key_scale(w1.y);
+      } else {
+        ks[0] = ks[1] = ks[2] = ks[3] = 1.0f;
       }
-      if constexpr (quantized(VF)) {
-        vs0 = *reinterpret_cast<const float2*>(sc + T + 2 * t);
-        vs1 = *reinterpret_cast<const float2*>(sc + T + 8 + 2 * t);
-      }
-      ks[0] = ks0.x, ks[1] = ks0.y, ks[2] = ks1.x, ks[3] = ks1.y;
-      vs[0] = vs0.x, vs[1] = vs0.y, vs[2] = vs1.x, vs[3] = vs1.y;
     }
 #pragma unroll
     for (int k = 0; k < K * NX; ++k) x[k] *= ks[k] * k_mul;
@@ -955,8 +948,14 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
         ph1 = __byte_perm(even, odd, 0x7632);
         pl0 = pl1 = 0u;
       } else {
-        split_half2(p[0] * vs[0], p[1] * vs[1], ph0, pl0);
-        split_half2(p[2] * vs[2], p[3] * vs[3], ph1, pl1);
+        float vs4[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+        if constexpr (quantized(VF)) {
+          const uint2 w0 = *reinterpret_cast<const uint2*>(sc + 2 * t);
+          const uint2 w1 = *reinterpret_cast<const uint2*>(sc + 8 + 2 * t);
+          vs4[0] = value_scale(w0.x), vs4[1] = value_scale(w0.y), vs4[2] = value_scale(w1.x), vs4[3] = value_scale(w1.y);
+        }
+        split_half2(p[0] * vs4[0], p[1] * vs4[1], ph0, pl0);
+        split_half2(p[2] * vs4[2], p[3] * vs4[3], ph1, pl1);
       }
 
       // Values: rows 2t, 2t+1, 2t+8, 2t+9; the lane's 2 coordinates per m tile.

@@ -64,9 +64,8 @@ struct Step {
     const std::size_t rows = std::size_t(batch) * v.kv_heads * context;
     check(cudaMemset(const_cast<uint8_t*>(v.k_codes), 0x5a, rows * v.k_row_bytes), "fill");
     check(cudaMemset(const_cast<uint8_t*>(v.v_codes), 0xa5, rows * v.v_row_bytes), "fill");
-    // 0.0115 each; f16 sides have no scales
-    if (v.k_scales) check(cudaMemset(const_cast<float*>(v.k_scales), 0x3c, rows * 4), "fill");
-    if (v.v_scales) check(cudaMemset(const_cast<float*>(v.v_scales), 0x3c, rows * 4), "fill");
+    // scales 0.0115 each (bf16 0x3c3c)
+    check(cudaMemset(const_cast<ScalePair*>(v.scales), 0x3c, rows * sizeof(ScalePair)), "fill");
     const std::vector<int64_t> tokens(batch, context);
     check(cudaMemcpy(const_cast<int64_t*>(v.tokens), tokens.data(), batch * 8, cudaMemcpyHostToDevice), "tokens");
     const std::size_t n_q = std::size_t(batch) * 32 * 128;

@@ -107,7 +107,7 @@ struct DeviceKvCache::Impl {
   CacheConfig config;
   int device = 0;
   std::size_t k_row_bytes = 0, v_row_bytes = 0;
-  DeviceBuffer k_codes, v_codes, k_scales, v_scales, tokens, sign_bits;
+  DeviceBuffer k_codes, v_codes, scales, tokens, sign_bits;
   DeviceBuffer k_levels, v_levels, k_boundaries, v_boundaries, k_buckets, v_buckets, status;
   CodeGrid k_grid, v_grid;  // buckets point into k_buckets / v_buckets
   std::vector<int64_t> tokens_mirror;
@@ -142,8 +142,7 @@ DeviceKvCache::DeviceKvCache(const CacheConfig& config) : impl_(std::make_unique
   const std::size_t rows = std::size_t(config.batch) * config.kv_heads * config.capacity;
   m.k_codes.allocate(rows * m.k_row_bytes, "key codes");
   m.v_codes.allocate(rows * m.v_row_bytes, "value codes");
-  m.k_scales.allocate(rows * sizeof(float), "key scales");
-  m.v_scales.allocate(rows * sizeof(float), "value scales");
+  m.scales.allocate(rows * sizeof(ScalePair), "scales");
   m.tokens.allocate(std::size_t(config.batch) * sizeof(int64_t), "token counters");
   m.tokens_mirror.assign(config.batch, 0);
   m.status.allocate(append_status_bytes(), "append status");
@@ -187,8 +186,7 @@ CacheView DeviceKvCache::view() const {
   CacheView v = view_shape(m.config);
   v.k_codes = m.k_codes.as<uint8_t>();
   v.v_codes = m.v_codes.as<uint8_t>();
-  v.k_scales = m.k_scales.as<float>();
-  v.v_scales = m.v_scales.as<float>();
+  v.scales = m.scales.as<ScalePair>();
   v.tokens = m.tokens.as<int64_t>();
   v.sign_bits = m.sign_bits.as<uint32_t>();
   v.k_levels = m.k_levels.as<float>();
@@ -198,7 +196,7 @@ CacheView DeviceKvCache::view() const {
 
 std::size_t DeviceKvCache::storage_bytes() const {
   const Impl& m = *impl_;
-  return m.k_codes.bytes + m.v_codes.bytes + m.k_scales.bytes + m.v_scales.bytes;
+  return m.k_codes.bytes + m.v_codes.bytes + m.scales.bytes;
 }
 
 void DeviceKvCache::upload(const KvCache& host) {
@@ -210,8 +208,7 @@ void DeviceKvCache::upload(const KvCache& host) {
   const CacheView h = host.view();
   m.k_codes.upload(h.k_codes, m.k_codes.bytes, "key codes");
   m.v_codes.upload(h.v_codes, m.v_codes.bytes, "value codes");
-  m.k_scales.upload(h.k_scales, m.k_scales.bytes, "key scales");
-  m.v_scales.upload(h.v_scales, m.v_scales.bytes, "value scales");
+  m.scales.upload(h.scales, m.scales.bytes, "scales");
   m.tokens.upload(h.tokens, m.tokens.bytes, "token counters");
   m.tokens_mirror.assign(h.tokens, h.tokens + m.config.batch);
 }
@@ -221,8 +218,7 @@ HostCacheBytes DeviceKvCache::download() const {
   HostCacheBytes out;
   out.k_codes = m.k_codes.download<uint8_t>("key codes");
   out.v_codes = m.v_codes.download<uint8_t>("value codes");
-  out.k_scales = m.k_scales.download<float>("key scales");
-  out.v_scales = m.v_scales.download<float>("value scales");
+  out.scales = m.scales.download<ScalePair>("scales");
   out.tokens = m.tokens.download<int64_t>("token counters");
   return out;
 }

@@ -285,9 +285,9 @@ class TqkvStore final : public KvStore {
         for (std::size_t t = 0; t < held; ++t) {
           const float* k = &pending_k_[t * row_ + off];
           for (int i = 0; i < d; ++i) x[i] = k[i] * signs[i];
-          float scale = 0.0f;
-          encode_vector(codec, x.data(), code.data(), &scale);
-          decode_vector(codec, code.data(), scale, decoded.data());
+          uint16_t scale_bits = 0;
+          encode_vector(codec, x.data(), code.data(), &scale_bits);
+          decode_vector(codec, code.data(), bf16_bits_to_float(scale_bits), decoded.data());
           for (int i = 0; i < d; ++i) error[i] = static_cast<double>(x[i] - decoded[i]) * signs[i];
           for (int i = 0; i < d; ++i) {
             const double* gram_row = &gram[static_cast<std::size_t>(i) * d];

@@ -96,7 +96,7 @@ void run(const DemoOptions& o) {
                100 * m.rel_l2, m.mean_cosine,
                append_ms, median_ms(runs));
   }
-  fmt::print("\ncache: codes + scales held (f16 rows keep an unused 4-byte scale slot); saved: "
+  fmt::print("\ncache: codes + scales held (a 4-byte pair of bf16 scales per position, unused for f16); saved: "
              "against an fp16 K/V cache ({:.1f} MB).\n"
              "rel. error: ||attention output - dense fp64 attention on the original K/V|| / "
              "||dense||; cosine: mean over heads.\n"

@@ -221,13 +221,13 @@ void decode_attention(const CacheView& cache, const float* q, void* out, const D
 }
 
 void encode_vectors(const VectorCodec& codec, int head_dim, const float* x, std::size_t x_stride,
-                    int n, uint8_t* rows, std::size_t row_stride, float* scales) {
+                    int n, uint8_t* rows, std::size_t row_stride, ScalePair* scales, ScaleSide side) {
   check_head_dim(head_dim, "encode_vectors head_dim");
   if (n < 0) raise(Status::invalid_argument, fmt::format("encode_vectors: n = {} is negative", n));
   if (n == 0) return;
-  if (x == nullptr || rows == nullptr || scales == nullptr || codec.rotation == nullptr)
+  if (x == nullptr || rows == nullptr || scales == nullptr || side == nullptr || codec.rotation == nullptr)
     raise(Status::invalid_argument,
-          "encode_vectors: null pointer (x, rows, scales or codec.rotation)");
+          "encode_vectors: null pointer (x, rows, scales, side or codec.rotation)");
   if (codec.rotation->head_dim() != head_dim)
     raise(Status::invalid_argument,
           fmt::format("encode_vectors: head_dim = {} but the rotation is for {}", head_dim,
@@ -242,14 +242,14 @@ void encode_vectors(const VectorCodec& codec, int head_dim, const float* x, std:
   if (!is_quantized(codec.format)) {  // f16 is a conversion, not a quantizer: core's is exact
     for (int v = 0; v < n; ++v)
       encode_vector(codec, x + static_cast<std::size_t>(v) * x_stride,
-                    rows + static_cast<std::size_t>(v) * row_stride, scales + v);
+                    rows + static_cast<std::size_t>(v) * row_stride, &(scales[v].*side));
     return;
   }
   if (codec.codebook == nullptr || codec.codebook->bits != format_bits(codec.format))
     raise(Status::invalid_argument,
           fmt::format("encode_vectors: codebook does not match format {}",
                       format_name(codec.format)));
-  detail::encode(codec, head_dim, x, x_stride, n, rows, row_stride, scales);
+  detail::encode(codec, head_dim, x, x_stride, n, rows, row_stride, scales, side);
 }
 
 std::vector<std::string> available_targets() { return detail::compiled_and_supported_targets(); }

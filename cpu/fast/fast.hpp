@@ -15,10 +15,10 @@ namespace tqkv::cpu_fast {
 void decode_attention(const CacheView& cache, const float* q, void* out, const DecodeParams& params,
                       int threads);
 
-// Encodes n vectors x[i * x_stride .. + head_dim) into rows[i * row_stride] and scales[i]; the
+// Encodes n vectors x[i * x_stride .. + head_dim) into rows[i * row_stride] and scales[i].*side; the
 // same bytes as core's encode_vector (documented tie-breaking differences aside).
 void encode_vectors(const VectorCodec& codec, int head_dim, const float* x, std::size_t x_stride,
-                    int n, uint8_t* rows, std::size_t row_stride, float* scales);
+                    int n, uint8_t* rows, std::size_t row_stride, ScalePair* scales, ScaleSide side);
 
 // Instruction-set targets this machine can run (e.g. "AVX2", "SSE4", "EMU128"), best first,
 // and the one in use.

@@ -387,9 +387,10 @@ struct Scratch {
   alignas(64) float v_scale[kNB];
 };
 
-// Per-row scale of a block. f16 rows ignore theirs (decode_row does too).
-void BlockScales(Format f, const float* scales, int nb, float* out) {
-  for (int j = 0; j < kNB; ++j) out[j] = j < nb ? (is_quantized(f) ? scales[j] : 1.0f) : 0.0f;
+// The key or value scale of each row of a block. f16 rows ignore theirs (decode_row does too).
+void BlockScales(Format f, const ScalePair* scales, ScaleSide side, int nb, float* out) {
+  for (int j = 0; j < kNB; ++j)
+    out[j] = j < nb ? (is_quantized(f) ? bf16_bits_to_float(scales[j].*side) : 1.0f) : 0.0f;
 }
 
 void AttendImpl(const AttendItem& it) {
@@ -422,8 +423,8 @@ void AttendImpl(const AttendItem& it) {
 
     DecodeBlock(c.format.key, c.k_codes + r * c.k_row_bytes, c.k_row_bytes, nb, d, c.k_levels,
                 it.k_planes, kb);
-    BlockScales(c.format.key, c.k_scales + r, nb, scratch.k_scale);
-    BlockScales(c.format.value, c.v_scales + r, nb, scratch.v_scale);
+    BlockScales(c.format.key, c.scales + r, &ScalePair::k_bits, nb, scratch.k_scale);
+    BlockScales(c.format.value, c.scales + r, &ScalePair::v_bits, nb, scratch.v_scale);
     ForHeadTiles(group, [&](auto hb, int h0) {
       ScoreHeads<decltype(hb)::value>(it.q + static_cast<std::size_t>(h0) * d, d, kb, nb,
                                        w + h0 * kNB);
@@ -491,7 +492,7 @@ HWY_INLINE hn::Vec<hn::RebindToSigned<DF>> QuantizeLanes(const Codebook& cb, hn:
 }
 
 void EncodeImpl(const VectorCodec& codec, int d, const float* x, std::size_t x_stride, int n,
-                uint8_t* rows, std::size_t row_stride, float* scales) {
+                uint8_t* rows, std::size_t row_stride, ScalePair* scales, ScaleSide side) {
   const DF df;
   const hn::RebindToSigned<DF> di;
   const int lanes = static_cast<int>(hn::Lanes(df));
@@ -539,7 +540,7 @@ void EncodeImpl(const VectorCodec& codec, int d, const float* x, std::size_t x_s
     const double norm = std::sqrt(norm2);
     if (norm == 0.0) {  // as core: a zero vector stores scale 0 and all-zero codes
       std::memset(row, 0, rb);
-      scales[v] = 0.0f;
+      scales[v].*side = 0;
       continue;
     }
     const auto to_unit = hn::Set(df, static_cast<float>(sqrt_d / norm));
@@ -569,7 +570,7 @@ void EncodeImpl(const VectorCodec& codec, int d, const float* x, std::size_t x_s
     pack_codes(codec.format, codes.data(), d, row);
     const double s =
         codec.scale_rule == ScaleRule::least_squares && cc > 0 ? norm * zc / cc : norm;
-    scales[v] = static_cast<float>(s / sqrt_d);
+    scales[v].*side = float_to_bf16(static_cast<float>(s / sqrt_d));
   }
 }
 
@@ -599,8 +600,8 @@ BytePlanes make_byte_planes(const float* levels, int n_levels) {
 void attend(const AttendItem& item) { HWY_DYNAMIC_DISPATCH(AttendImpl)(item); }
 
 void encode(const VectorCodec& codec, int head_dim, const float* x, std::size_t x_stride, int n,
-            uint8_t* rows, std::size_t row_stride, float* scales) {
-  HWY_DYNAMIC_DISPATCH(EncodeImpl)(codec, head_dim, x, x_stride, n, rows, row_stride, scales);
+            uint8_t* rows, std::size_t row_stride, ScalePair* scales, ScaleSide side) {
+  HWY_DYNAMIC_DISPATCH(EncodeImpl)(codec, head_dim, x, x_stride, n, rows, row_stride, scales, side);
 }
 
 std::string dispatched_target_name() { return HWY_DYNAMIC_DISPATCH(TargetNameImpl)(); }

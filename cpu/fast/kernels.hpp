@@ -49,7 +49,7 @@ void attend(const AttendItem& item);
 
 // Encodes n vectors with the dispatched instruction set (see cpu_fast::encode_vectors).
 void encode(const VectorCodec& codec, int head_dim, const float* x, std::size_t x_stride, int n,
-            uint8_t* rows, std::size_t row_stride, float* scales);
+            uint8_t* rows, std::size_t row_stride, ScalePair* scales, ScaleSide side);
 
 std::string dispatched_target_name();
 std::vector<std::string> compiled_and_supported_targets();

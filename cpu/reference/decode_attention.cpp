@@ -68,7 +68,7 @@ void validate(const CacheView& c, const DecodeParams& p) {
     raise(Status::invalid_argument,
           fmt::format("cache view has batch {}, kv_heads {}, capacity {}: all must be positive",
                       c.batch, c.kv_heads, c.capacity));
-  if (!c.k_codes || !c.v_codes || !c.k_scales || !c.v_scales || !c.tokens || !c.sign_bits)
+  if (!c.k_codes || !c.v_codes || !c.scales || !c.tokens || !c.sign_bits)
     raise(Status::invalid_argument, "cache view has a null pointer (codes, scales, tokens or signs)");
   if ((is_quantized(c.format.key) && !c.k_levels) || (is_quantized(c.format.value) && !c.v_levels))
     raise(Status::invalid_argument, "cache view has no codebook levels for a tq format");
@@ -125,7 +125,7 @@ AttentionPartial attention_partial_reference(const CacheView& c, int b, int q_he
   std::vector<double> logits, row(static_cast<std::size_t>(d));
   for (int64_t pos = lo; pos < hi; ++pos) {
     const std::size_t r = row_index(c, b, kv_head, position_slot(pos, c.capacity, c.ring));
-    decode_row(c.format.key, c.k_levels, d, c.k_codes + r * c.k_row_bytes, c.k_scales[r],
+    decode_row(c.format.key, c.k_levels, d, c.k_codes + r * c.k_row_bytes, c.scales[r].key(),
                row.data());
     double dot = 0;
     for (int i = 0; i < d; ++i) dot += q_key_domain[i] * row[i];
@@ -134,7 +134,7 @@ AttentionPartial attention_partial_reference(const CacheView& c, int b, int q_he
   part.m = *std::max_element(logits.begin(), logits.end());
   for (int64_t pos = lo; pos < hi; ++pos) {
     const std::size_t r = row_index(c, b, kv_head, position_slot(pos, c.capacity, c.ring));
-    decode_row(c.format.value, c.v_levels, d, c.v_codes + r * c.v_row_bytes, c.v_scales[r],
+    decode_row(c.format.value, c.v_levels, d, c.v_codes + r * c.v_row_bytes, c.scales[r].value(),
                row.data());
     const double w = std::exp(logits[static_cast<std::size_t>(pos - lo)] - part.m);
     part.d += w;

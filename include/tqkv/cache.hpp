@@ -36,15 +36,16 @@ void validate(const CacheConfig& config);
 // pointers are left null for the owner (KvCache, cuda::DeviceKvCache) to fill.
 CacheView view_shape(const CacheConfig& config);
 
-// Encodes n vectors x[i * x_stride, + head_dim) into rows[i * row_stride] and scales[i]: the
-// work of append. The default runs encode_vector on each; the fast CPU backend supplies a SIMD
-// version producing the same bytes (tqkv::fast_cpu_encoder() in tqkv.hpp).
+// Encodes n vectors x[i * x_stride, + head_dim) into rows[i * row_stride] and the `side` half
+// (&ScalePair::k_bits or &ScalePair::v_bits) of scales[i]: the work of append. The default runs
+// encode_vector on each; the fast CPU backend supplies a SIMD version producing the same bytes
+// (tqkv::fast_cpu_encoder() in tqkv.hpp).
 using BatchEncoder = void (*)(const VectorCodec& codec, int head_dim, const float* x,
                               std::size_t x_stride, int n, uint8_t* rows, std::size_t row_stride,
-                              float* scales);
+                              ScalePair* scales, ScaleSide side);
 void encode_vectors_scalar(const VectorCodec& codec, int head_dim, const float* x,
                            std::size_t x_stride, int n, uint8_t* rows, std::size_t row_stride,
-                           float* scales);
+                           ScalePair* scales, ScaleSide side);
 
 class KvCache {
  public:
@@ -98,7 +99,7 @@ class KvCache {
   const Codebook* v_codebook_ = nullptr;
   std::size_t k_row_bytes_ = 0, v_row_bytes_ = 0;
   std::vector<uint8_t> k_codes_, v_codes_;
-  std::vector<float> k_scales_, v_scales_;
+  std::vector<ScalePair> scales_;
   std::vector<int64_t> tokens_;
   BatchEncoder encoder_ = encode_vectors_scalar;
 };

@@ -43,7 +43,7 @@ int device_count() noexcept;
 // The cache's bytes copied back to the host (for tests and tools), in CacheView layout.
 struct HostCacheBytes {
   std::vector<uint8_t> k_codes, v_codes;
-  std::vector<float> k_scales, v_scales;
+  std::vector<ScalePair> scales;
   std::vector<int64_t> tokens;
 };
 

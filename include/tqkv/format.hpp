@@ -58,7 +58,8 @@ struct KvFormat {
 // Parses "tq4" (both), "f16", "k8v4", "k4v2", "kf16v4" (f16 keys, tq4 values), "k16v4".
 KvFormat parse_kv_format(std::string_view text);
 std::string kv_format_name(KvFormat f);  // canonical: "tq4", "k8v4", "kf16v4", ...
-// Bytes of one position of one KV head, K and V together, scales included (fp32 scale per tq row).
+// Bytes of one position of one KV head, K and V together: the packed codes and, when either side
+// is quantized, the position's ScalePair (two bfloat16 scales, layout.hpp).
 std::size_t kv_bytes_per_position(KvFormat f, int head_dim);
 
 // Head dims tqkv supports: multiples of 16 from 32 to 1024. Powers of two use one Hadamard block;

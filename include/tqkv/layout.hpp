@@ -4,6 +4,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#if !defined(__CUDA_ARCH__)
+#include <bit>
+#endif
 
 #include "tqkv/format.hpp"
 
@@ -15,11 +18,35 @@
 
 namespace tqkv {
 
+// bfloat16 bits to float (exact).
+TQKV_HD float bf16_bits_to_float(uint16_t bits) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(static_cast<uint32_t>(bits) << 16);
+#else
+  return std::bit_cast<float>(static_cast<uint32_t>(bits) << 16);
+#endif
+}
+
+// The stored scales of one position of one KV head, as bfloat16 bits: the key's in the low half
+// of one aligned 4-byte word, the value's in the high half, so that a kernel fetches both with one
+// 4-byte copy. bfloat16 keeps 8 significant bits (rounding moves a vector's length by at most
+// 2^-9, well under tq4's ~10 % error, docs/quality.md) and float's exponent range (no norm
+// overflows). An f16 row's slot holds 1.0 and is not read.
+struct ScalePair {
+  uint16_t k_bits = 0;
+  uint16_t v_bits = 0;
+  TQKV_HD float key() const { return bf16_bits_to_float(k_bits); }
+  TQKV_HD float value() const { return bf16_bits_to_float(v_bits); }
+};
+static_assert(sizeof(ScalePair) == 4, "one 4-byte word per position");
+// Which half an encoder writes: &ScalePair::k_bits or &ScalePair::v_bits.
+using ScaleSide = uint16_t ScalePair::*;
+
 // One layer's cache for a batch of sequences. Contiguous mode: token t of sequence b sits in slot
 // t (t < capacity). Ring mode (sliding-window layers): token t sits in slot t % capacity and only
 // the newest `capacity` tokens are kept.
 //   k_codes  [batch][kv_heads][capacity][k_row_bytes]    (v_codes likewise)
-//   k_scales [batch][kv_heads][capacity] float            (v_scales likewise)
+//   scales   [batch][kv_heads][capacity] ScalePair: the key's and the value's scale (bfloat16)
 //   tokens   [batch] int64: tokens ever appended to each sequence
 //   sign_bits [kv_heads][sign_words]: the rotation's sign diagonal per KV head (K and V share it)
 //   k_levels / v_levels: the codebook levels (2^bits floats; null for f16)
@@ -34,9 +61,8 @@ struct CacheView {
   std::size_t k_row_bytes = 0;
   std::size_t v_row_bytes = 0;
   const uint8_t* k_codes = nullptr;
-  const float* k_scales = nullptr;
   const uint8_t* v_codes = nullptr;
-  const float* v_scales = nullptr;
+  const ScalePair* scales = nullptr;
   const int64_t* tokens = nullptr;
   const uint32_t* sign_bits = nullptr;
   const float* k_levels = nullptr;

@@ -1,9 +1,10 @@
 // Encoding and decoding of one key or value vector (DESIGN.md, "The math").
 //
 // encode: r = H S x; n = ||r||; z = r sqrt(d) / n; idx_i = nearest level of the codebook;
-// stored scale = s / sqrt(d) with s chosen by the ScaleRule, so that the rotated-domain
-// reconstruction is r_hat_i = scale * level[idx_i]. A zero vector stores scale 0 and decodes to
-// exactly 0. f16 rows hold the unrotated vector in binary16 and scale 1.
+// stored scale = s / sqrt(d) with s chosen by the ScaleRule, rounded to bfloat16 (ScalePair,
+// layout.hpp), so that the rotated-domain reconstruction is r_hat_i = scale * level[idx_i]. A zero
+// vector stores scale 0 and decodes to exactly 0. f16 rows hold the unrotated vector in binary16
+// and scale 1.
 #pragma once
 
 #include <cstdint>
@@ -22,8 +23,9 @@ struct VectorCodec {
   ScaleRule scale_rule = kDefaultScaleRule;
 };
 
-// Encodes x[head_dim] (finite; the caller checks) into row[row_bytes] and *scale.
-void encode_vector(const VectorCodec& codec, const float* x, uint8_t* row, float* scale);
+// Encodes x[head_dim] (finite; the caller checks) into row[row_bytes] and the scale's bfloat16
+// bits (*scale_bits; bf16_bits_to_float gives the value the decoders use).
+void encode_vector(const VectorCodec& codec, const float* x, uint8_t* row, uint16_t* scale_bits);
 
 // Decodes a row into the domain the attention kernels work in: rotated for tq formats
 // (out_i = scale * levels[idx_i]), the original domain for f16 (scale ignored).

@@ -21,7 +21,7 @@ using test::seeded_rng;
 // Everything a KvCache stores, copied out through its view.
 struct Snapshot {
   std::vector<uint8_t> k_codes, v_codes;
-  std::vector<float> k_scales, v_scales;
+  std::vector<uint16_t> k_scales, v_scales;  // bfloat16 bits
   std::vector<int64_t> tokens;
   friend bool operator==(const Snapshot&, const Snapshot&) = default;
 };
@@ -32,8 +32,10 @@ Snapshot snapshot(const KvCache& cache) {
   Snapshot s;
   s.k_codes.assign(v.k_codes, v.k_codes + rows * v.k_row_bytes);
   s.v_codes.assign(v.v_codes, v.v_codes + rows * v.v_row_bytes);
-  s.k_scales.assign(v.k_scales, v.k_scales + rows);
-  s.v_scales.assign(v.v_scales, v.v_scales + rows);
+  for (std::size_t r = 0; r < rows; ++r) {
+    s.k_scales.push_back(v.scales[r].k_bits);
+    s.v_scales.push_back(v.scales[r].v_bits);
+  }
   s.tokens.assign(v.tokens, v.tokens + v.batch);
   return s;
 }
@@ -146,7 +148,7 @@ TEST(Cache, FreshCacheAndItsView) {
   EXPECT_EQ(v.k_levels, gaussian_codebook(8).levels_f32.data());
   EXPECT_EQ(v.v_levels, gaussian_codebook(3).levels_f32.data());
   const std::size_t rows = 3 * 4 * 24;
-  EXPECT_EQ(cache.storage_bytes(), rows * (v.k_row_bytes + v.v_row_bytes + 2 * sizeof(float)));
+  EXPECT_EQ(cache.storage_bytes(), rows * (v.k_row_bytes + v.v_row_bytes + sizeof(ScalePair)));
 }
 
 TEST(Cache, ConfigChoicesReachTheCodecs) {
@@ -182,20 +184,20 @@ TEST(Cache, AppendStoresEncodedRowsAtTheirSlots) {
         const auto key = token_slice(k, t, h, kvh, d);
         const auto value = token_slice(v, t, h, kvh, d);
         std::vector<uint8_t> row(view.k_row_bytes);
-        float scale;
+        uint16_t scale;
         encode_vector(cache.key_codec(h), key.data(), row.data(), &scale);
         const std::size_t r = row_index(view, 1, h, t);
         ASSERT_EQ(0, std::memcmp(row.data(), view.k_codes + r * view.k_row_bytes, row.size())) << t << " " << h;
-        ASSERT_EQ(scale, view.k_scales[r]);
+        ASSERT_EQ(scale, view.scales[r].k_bits);
         row.assign(view.v_row_bytes, 0);
         encode_vector(cache.value_codec(h), value.data(), row.data(), &scale);
         ASSERT_EQ(0, std::memcmp(row.data(), view.v_codes + r * view.v_row_bytes, row.size())) << t << " " << h;
-        ASSERT_EQ(scale, view.v_scales[r]);
+        ASSERT_EQ(scale, view.scales[r].v_bits);
         // decode_key/decode_value are decode_vector of that row.
         std::vector<float> expected(d);
-        decode_vector(cache.key_codec(h), view.k_codes + r * view.k_row_bytes, view.k_scales[r], expected.data());
+        decode_vector(cache.key_codec(h), view.k_codes + r * view.k_row_bytes, view.scales[r].key(), expected.data());
         ASSERT_EQ(decoded_key(cache, 1, h, t), expected);
-        decode_vector(cache.value_codec(h), view.v_codes + r * view.v_row_bytes, view.v_scales[r], expected.data());
+        decode_vector(cache.value_codec(h), view.v_codes + r * view.v_row_bytes, view.scales[r].value(), expected.data());
         ASSERT_EQ(decoded_value(cache, 1, h, t), expected);
       }
     }

@@ -11,6 +11,7 @@
 
 #include "test_support.hpp"
 #include "tqkv/format.hpp"
+#include "tqkv/layout.hpp"
 
 namespace tqkv {
 namespace {
@@ -66,12 +67,27 @@ TEST(Format, BitsAndSizes) {
 }
 
 // DESIGN.md's performance model, d = 128, K and V with an fp32 scale per tq row.
+// DESIGN.md's bytes per position (d = 128) with its fp32 scale per row, less 4 bytes: tqkv keeps a
+// position's two scales as one pair of bfloat16 (layout.hpp).
 TEST(Format, BytesPerPositionMatchDesign) {
   EXPECT_EQ(kv_bytes_per_position(parse_kv_format("f16"), 128), 512u);
-  EXPECT_EQ(kv_bytes_per_position(parse_kv_format("tq4"), 128), 136u);
-  EXPECT_EQ(kv_bytes_per_position(parse_kv_format("tq3"), 128), 104u);
-  EXPECT_EQ(kv_bytes_per_position(parse_kv_format("tq2"), 128), 72u);
-  EXPECT_EQ(kv_bytes_per_position(parse_kv_format("k8v4"), 128), 200u);
+  EXPECT_EQ(kv_bytes_per_position(parse_kv_format("tq4"), 128), 136u - 4);
+  EXPECT_EQ(kv_bytes_per_position(parse_kv_format("tq3"), 128), 104u - 4);
+  EXPECT_EQ(kv_bytes_per_position(parse_kv_format("tq2"), 128), 72u - 4);
+  EXPECT_EQ(kv_bytes_per_position(parse_kv_format("k8v4"), 128), 200u - 4);
+  EXPECT_EQ(kv_bytes_per_position(parse_kv_format("kf16v4"), 128), 256u + 64 + 4);
+}
+
+// Kernels fetch a position's two scales as one little-endian 4-byte word: key low, value high.
+TEST(Format, ScalePairIsOneWordKeyLowValueHigh) {
+  const ScalePair p{float_to_bf16(1.5f), float_to_bf16(-0.09375f)};
+  uint32_t word;
+  std::memcpy(&word, &p, sizeof word);
+  EXPECT_EQ(word & 0xffffu, 0x3fc0u);
+  EXPECT_EQ(word >> 16, 0xbdc0u);
+  EXPECT_EQ(p.key(), 1.5f);
+  EXPECT_EQ(p.value(), -0.09375f);
+  EXPECT_EQ(bf16_bits_to_float(float_to_bf16(0.1f)), 0.10009765625f);  // round to nearest
 }
 
 TEST(Format, PackMatchesReferenceBitStreamAndRoundTrips) {

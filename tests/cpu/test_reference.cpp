@@ -140,7 +140,7 @@ std::vector<double> dequantize_fp64(const KvCache& cache, bool key, int seq, int
   std::vector<double> x(c.head_dim);
   decode_row(f, key ? c.k_levels : c.v_levels, c.head_dim,
              (key ? c.k_codes : c.v_codes) + r * (key ? c.k_row_bytes : c.v_row_bytes),
-             (key ? c.k_scales : c.v_scales)[r], x.data());
+             key ? c.scales[r].key() : c.scales[r].value(), x.data());
   if (is_quantized(f)) cache.rotation(h).inverse(x.data(), x.data());
   return x;
 }

@@ -18,18 +18,13 @@ namespace {
 
 // The rotation and the quantizer compute exactly what core computes; only the summation order
 // of the fp64 norm and scale sums differs (lanes vs sequential). That moves a sum by ~1e-16
-// relative, which flips a float rounding (one ulp of the stored scale, or a code whose z lies
-// within ~1e-7 of a boundary) about once in 10^7 draws. Bounds: at most one differing code per
-// 10^5 codes, scales within one ulp.
+// relative, which flips a float rounding (one ulp of the scale before its rounding to bfloat16,
+// or a code whose z lies within ~1e-7 of a boundary) about once in 10^7 draws. Bounds: at most one
+// differing code per 10^5 codes, stored (bfloat16) scales within one ulp.
 constexpr double kMaxCodeMismatchFraction = 1e-5;
 constexpr int kMaxScaleUlps = 1;
 
-int ulps_apart(float a, float b) {
-  int32_t ia, ib;
-  std::memcpy(&ia, &a, 4);
-  std::memcpy(&ib, &b, 4);
-  return std::abs(ia - ib);
-}
+int ulps_apart(uint16_t a, uint16_t b) { return std::abs(int{a} - int{b}); }
 
 TEST(CpuFastEncode, SameBytesAsCore) {
   std::mt19937_64 rng = seeded_rng(9000);
@@ -59,11 +54,16 @@ TEST(CpuFastEncode, SameBytesAsCore) {
             const std::size_t rb = row_bytes(f, d);
             const std::size_t row_stride = rb + 16;
             std::vector<uint8_t> got(row_stride * n, 0xAB), want(rb * n);
-            std::vector<float> got_s(n, -1.0f), want_s(n);
+            // The value half of each pair must stay as it was: the encoder writes only its side.
+            std::vector<ScalePair> got_pairs(n, ScalePair{0xffff, 0x1234});
+            std::vector<uint16_t> got_s(n), want_s(n);
             cpu_fast::encode_vectors(codec, d, x.data(), stride, n, got.data(), row_stride,
-                                     got_s.data());
-            for (int v = 0; v < n; ++v)
+                                     got_pairs.data(), &ScalePair::k_bits);
+            for (int v = 0; v < n; ++v) {
+              got_s[v] = got_pairs[v].k_bits;
+              ASSERT_EQ(got_pairs[v].v_bits, 0x1234) << "vector " << v << ": the other side was written";
               encode_vector(codec, x.data() + v * stride, want.data() + v * rb, &want_s[v]);
+            }
 
             std::size_t code_mismatches = 0, padding_mismatches = 0;
             std::vector<uint8_t> cg(d), cw(d);
@@ -91,7 +91,7 @@ TEST(CpuFastEncode, SameBytesAsCore) {
             EXPECT_LE(static_cast<double>(code_mismatches),
                       kMaxCodeMismatchFraction * d * n)
                 << code_mismatches << " of " << d * n << " codes differ";
-            EXPECT_EQ(got_s[5], is_quantized(f) ? 0.0f : 1.0f) << "zero vector";
+            EXPECT_EQ(bf16_bits_to_float(got_s[5]), is_quantized(f) ? 0.0f : 1.0f) << "zero vector";
           }
   });
   std::printf("[ encode   ] %zu of %zu codes and %zu scales differ from core's encode_vector\n",
@@ -104,7 +104,8 @@ TEST(CpuFastEncode, RejectsBadInput) {
   codec.format = Format::tq4;
   codec.rotation = &rot;
   codec.codebook = &gaussian_codebook(4);
-  std::vector<float> x(64, 1.0f), scales(1);
+  std::vector<float> x(64, 1.0f);
+  std::vector<ScalePair> scales(1);
   std::vector<uint8_t> rows(64);
   const auto expect_status = [&](auto&& call, Status status, const std::string& needle) {
     try {
@@ -116,24 +117,24 @@ TEST(CpuFastEncode, RejectsBadInput) {
     }
   };
   expect_status([&] { cpu_fast::encode_vectors(codec, 40, x.data(), 64, 1, rows.data(), 32,
-                                               scales.data()); },
+                                               scales.data(), &ScalePair::k_bits); },
                 Status::unsupported, "40");
   expect_status([&] { cpu_fast::encode_vectors(codec, 64, x.data(), 64, -2, rows.data(), 32,
-                                               scales.data()); },
+                                               scales.data(), &ScalePair::k_bits); },
                 Status::invalid_argument, "n = -2");
   expect_status([&] { cpu_fast::encode_vectors(codec, 64, nullptr, 64, 1, rows.data(), 32,
-                                               scales.data()); },
+                                               scales.data(), &ScalePair::k_bits); },
                 Status::invalid_argument, "null");
   expect_status([&] { cpu_fast::encode_vectors(codec, 64, x.data(), 63, 1, rows.data(), 32,
-                                               scales.data()); },
+                                               scales.data(), &ScalePair::k_bits); },
                 Status::invalid_argument, "x_stride = 63");
   expect_status([&] { cpu_fast::encode_vectors(codec, 64, x.data(), 64, 1, rows.data(), 16,
-                                               scales.data()); },
+                                               scales.data(), &ScalePair::k_bits); },
                 Status::invalid_argument, "row_stride = 16");
   VectorCodec wrong = codec;
   wrong.codebook = &gaussian_codebook(2);
   expect_status([&] { cpu_fast::encode_vectors(wrong, 64, x.data(), 64, 1, rows.data(), 32,
-                                               scales.data()); },
+                                               scales.data(), &ScalePair::k_bits); },
                 Status::invalid_argument, "codebook");
 }
 

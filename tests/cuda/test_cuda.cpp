@@ -38,10 +38,14 @@ constexpr double kBoundaryTieRelative = 1e-5;
 // ... and at most this fraction of all codes.
 constexpr double kMaxTieFraction = 1e-3;
 // A scale whose codes all match: the device sums the norm, z c and c^2 per lane in float, at most
-// 11 roundings of 2^-24 on each sum of non-negative terms (6.6e-7 relative), so the scale
+// 11 roundings of 2^-24 on each sum of non-negative terms (6.6e-7 relative), so its float scale
 // (sqrt(norm) zc / cc) is within 1.7e-6 of the CPU's double sums, plus one float rounding and the
-// rotation's ulps: bounded with a factor 2 of margin.
-constexpr double kScaleRelative = 4e-6;
+// rotation's ulps: within 4e-6. Both sides round that to bfloat16 (to nearest even), so they store
+// the same bits unless a rounding midpoint lies between them, and then bits one unit apart (a
+// "scale tie": at most 4e-6 / 2^-8 ~ 1e-3 of the scales) ...
+constexpr int kScaleTieBf16Units = 1;
+// ... in at most this fraction of the scales whose codes all match.
+constexpr double kMaxScaleTieFraction = 1e-2;
 // DecodeParams::lse against the reference's, relative to max(1, |lse|): the kernel's logits carry
 // the fp16 roundings of lambda * level (at most 9.3e-5 relative for tq4; tq8 keys hi + lo) and of
 // the query's hi + lo parts, and lse moves by at most the largest logit error (r232: at most
@@ -893,6 +897,11 @@ TEST_F(Cuda, OlderPositionsAndNewestWindowMergeToTheWhole) {
 
 struct AppendStats {
   std::size_t codes = 0, ties = 0;
+  std::size_t scales = 0, scale_ties = 0;  // of vectors whose codes all match
+  void expect_few_ties() const {
+    EXPECT_LE(double(ties), kMaxTieFraction * double(codes));
+    EXPECT_LE(double(scale_ties), kMaxScaleTieFraction * double(scales)) << scale_ties << " of " << scales;
+  }
 };
 
 // Compares the device cache's bytes with the host cache's, allowing boundary ties (see append.cu).
@@ -914,8 +923,8 @@ void expect_same_bytes(const KvCache& host, const cuda::HostCacheBytes& d, const
         const std::size_t rb = value ? h.v_row_bytes : h.k_row_bytes;
         const uint8_t* hrow = (value ? h.v_codes : h.k_codes) + row * rb;
         const uint8_t* drow = (value ? d.v_codes.data() : d.k_codes.data()) + row * rb;
-        const float hs = (value ? h.v_scales : h.k_scales)[row];
-        const float ds = (value ? d.v_scales : d.k_scales)[row];
+        const uint16_t hs = value ? h.scales[row].v_bits : h.scales[row].k_bits;
+        const uint16_t ds = value ? d.scales[row].v_bits : d.scales[row].k_bits;
         const std::string where = std::string(value ? "value" : "key") + " " + std::string(format_name(f)) +
                                   " token " + std::to_string(t) + " head " + std::to_string(head);
         if (!is_quantized(f)) {
@@ -950,7 +959,10 @@ void expect_same_bytes(const KvCache& host, const cuda::HostCacheBytes& d, const
           ASSERT_EQ(drow[i], 0) << where << " padding byte " << i;
         }
         if (all_equal) {
-          ASSERT_LE(std::abs(hs - ds), kScaleRelative * std::abs(hs)) << where;
+          ++stats.scales;
+          stats.scale_ties += hs != ds;
+          ASSERT_LE(std::abs(int{hs} - int{ds}), kScaleTieBf16Units)
+              << where << ": scales " << bf16_bits_to_float(hs) << " vs " << bf16_bits_to_float(ds);
         }
       }
 }
@@ -1068,7 +1080,7 @@ TEST_F(Cuda, AppendMatchesCpuEncodeEveryFormatAndHeadDim) {
     }
   std::printf("append: %zu codes compared, %zu boundary ties (%.2e)\n", stats.codes, stats.ties,
               double(stats.ties) / double(stats.codes));
-  EXPECT_LE(double(stats.ties), kMaxTieFraction * double(stats.codes));
+  stats.expect_few_ties();
 }
 
 // Chunks of 97 tokens (more than one block of tokens, a partial warp), rings that wrap inside a
@@ -1105,7 +1117,7 @@ TEST_F(Cuda, AppendAwkwardChunksAndUnalignedInputs) {
       EXPECT_EQ(dev.tokens(seq), host.tokens(seq)) << tc.format;
     }
   }
-  EXPECT_LE(double(stats.ties), kMaxTieFraction * double(stats.codes));
+  stats.expect_few_ties();
 }
 
 // The tensor-core encoder (head_dim 128, both formats quantized; f32 inputs as three bf16 parts):
@@ -1156,7 +1168,7 @@ TEST_F(Cuda, AppendTensorCoreRotationEveryPairAndChunk) {
   std::printf("append (tensor cores): %zu codes compared, %zu boundary ties (%.2e)\n", stats.codes, stats.ties,
               double(stats.ties) / double(stats.codes));
   EXPECT_GT(stats.codes, 0u);
-  EXPECT_LE(double(stats.ties), kMaxTieFraction * double(stats.codes));
+  stats.expect_few_ties();
 }
 
 // Head dims without decode kernels (DeviceKvCache refuses them) still append correctly through
@@ -1171,7 +1183,7 @@ TEST_F(Cuda, AppendLauncherEveryHeadDimShape) {
     const CacheView h = host.view();
     const std::size_t rows = std::size_t(cfg.batch) * cfg.kv_heads * cfg.capacity;
     DeviceArray<uint8_t> k_codes(rows * h.k_row_bytes), v_codes(rows * h.v_row_bytes);
-    DeviceArray<float> k_scales(rows), v_scales(rows);
+    DeviceArray<ScalePair> scales(rows);
     DeviceArray<int64_t> tokens(cfg.batch);
     DeviceArray<uint32_t> signs(std::size_t(cfg.kv_heads) * h.sign_words);
     DeviceArray<uint8_t> status(cuda_detail::append_status_bytes());
@@ -1192,8 +1204,7 @@ TEST_F(Cuda, AppendLauncherEveryHeadDimShape) {
     a.cache = view_shape(cfg);
     a.cache.k_codes = k_codes.ptr;
     a.cache.v_codes = v_codes.ptr;
-    a.cache.k_scales = k_scales.ptr;
-    a.cache.v_scales = v_scales.ptr;
+    a.cache.scales = scales.ptr;
     a.cache.tokens = tokens.ptr;
     a.cache.sign_bits = signs.ptr;
     a.cache.k_levels = k_levels.ptr;
@@ -1230,12 +1241,11 @@ TEST_F(Cuda, AppendLauncherEveryHeadDimShape) {
       CUDA_OK(cudaDeviceSynchronize());
       const auto record = status.download();
       EXPECT_EQ(cuda_detail::append_status_read(record.data()).kind, cuda_detail::AppendFailure::none) << "d " << d;
-      const cuda::HostCacheBytes bytes{k_codes.download(), v_codes.download(), k_scales.download(), v_scales.download(),
-                                       tokens.download()};
+      const cuda::HostCacheBytes bytes{k_codes.download(), v_codes.download(), scales.download(), tokens.download()};
       expect_same_bytes(host, bytes, k, v, seq, before, n, stats);
     }
   }
-  EXPECT_LE(double(stats.ties), kMaxTieFraction * double(stats.codes));
+  stats.expect_few_ties();
 }
 
 TEST_F(Cuda, AppendStepAndGraphReplayThenDecode) {
@@ -1327,10 +1337,9 @@ TEST_F(Cuda, AppendNonFiniteKeepsRowsAndOverflowIsNotNonFinite) {
           const std::size_t rb = value ? h.v_row_bytes : h.k_row_bytes;
           const auto& b_codes = value ? before.v_codes : before.k_codes;
           const auto& a_codes = value ? after.v_codes : after.k_codes;
-          const float b_scale = (value ? before.v_scales : before.k_scales)[row];
-          const float a_scale = (value ? after.v_scales : after.k_scales)[row];
-          const bool same = std::memcmp(&b_codes[row * rb], &a_codes[row * rb], rb) == 0 &&
-                            std::memcmp(&b_scale, &a_scale, sizeof(float)) == 0;
+          const uint16_t b_scale = value ? before.scales[row].v_bits : before.scales[row].k_bits;
+          const uint16_t a_scale = value ? after.scales[row].v_bits : after.scales[row].k_bits;
+          const bool same = std::memcmp(&b_codes[row * rb], &a_codes[row * rb], rb) == 0 && b_scale == a_scale;
           EXPECT_EQ(same, bad) << "token " << token << " head " << head << (value ? " value" : " key")
                                << " type " << int(t);
         }
@@ -1342,7 +1351,7 @@ TEST_F(Cuda, AppendNonFiniteKeepsRowsAndOverflowIsNotNonFinite) {
     EXPECT_NO_THROW(dev.check_appends()) << "type " << int(t);
     const cuda::HostCacheBytes after_huge = dev.download();
     const std::size_t row = row_index(h, 0, 0, 2);
-    EXPECT_NE(std::memcmp(&before_huge.k_scales[row], &after_huge.k_scales[row], sizeof(float)), 0)
+    EXPECT_NE(before_huge.scales[row].k_bits, after_huge.scales[row].k_bits)
         << "an overflowing finite key is encoded, type " << int(t);
   }
 }
