@@ -186,9 +186,11 @@ void print_quality_table(std::ostream& os, const Shape& shape, uint64_t data_see
     for (const SyntheticKv& d : data) os << ' ' << cell(evaluate_format(d, f, options)) << " |";
     os << '\n';
   }
-  // Baselines at the bits of tq4: the same 4 bits + 32 bits per vector, and tq4's seed design.
+  // Baselines at the bits of tq4: 4 bits per coordinate + an fp16 minimum and step per vector (tq4's
+  // codes and 4 bytes more per position than its bfloat16 scale pair), and tq4's seed design.
   const std::size_t tq4_bytes = kv_bytes_per_position({Format::tq4, Format::tq4}, shape.head_dim);
-  os << "| uniform 4-bit min/max (baseline) | " << tq4_bytes << " |";
+  const std::size_t uniform_bytes = 2 * (packed_bytes(Format::tq4, shape.head_dim) + 2 * sizeof(uint16_t));
+  os << "| uniform 4-bit min/max (baseline) | " << uniform_bytes << " |";
   for (const SyntheticKv& d : data) os << ' ' << cell(evaluate_uniform(d, 4)) << " |";
   os << "\n| tq4 without sign flips (baseline) | " << tq4_bytes << " |";
   QualityOptions plain = options;
