@@ -99,7 +99,7 @@ std::string kv_format_name(KvFormat f) {
 std::size_t kv_bytes_per_position(KvFormat f, int head_dim) {
   // The codes, and one 4-byte ScalePair (two bfloat16 scales) when either side is quantized.
   const bool scaled = is_quantized(f.key) || is_quantized(f.value);
-  return packed_bytes(f.key, head_dim) + packed_bytes(f.value, head_dim) + (scaled ? sizeof(uint32_t) : 0);
+  return packed_bytes(f.key, head_dim) + packed_bytes(f.value, head_dim) + (scaled ? sizeof(ScalePair) : 0);
 }
 
 bool is_supported_head_dim(int head_dim) noexcept {

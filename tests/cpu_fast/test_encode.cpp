@@ -131,6 +131,9 @@ TEST(CpuFastEncode, RejectsBadInput) {
   expect_status([&] { cpu_fast::encode_vectors(codec, 64, x.data(), 64, 1, rows.data(), 16,
                                                scales.data(), &ScalePair::k_bits); },
                 Status::invalid_argument, "row_stride = 16");
+  expect_status([&] { cpu_fast::encode_vectors(codec, 64, x.data(), 64, 1, rows.data(), 32,
+                                               scales.data(), nullptr); },
+                Status::invalid_argument, "side");
   VectorCodec wrong = codec;
   wrong.codebook = &gaussian_codebook(2);
   expect_status([&] { cpu_fast::encode_vectors(wrong, 64, x.data(), 64, 1, rows.data(), 32,
