@@ -418,16 +418,7 @@ void merge_attention_states(const void* out_a, const float* lse_a, const void* o
   if (!is_aligned(out_a, element) || !is_aligned(out_b, element) || !is_aligned(out, element) || !is_aligned(lse_a, 4) ||
       !is_aligned(lse_b, 4) || !is_aligned(lse, 4))
     raise(Status::invalid_argument, fmt::format("{}: an output or lse array is misaligned", what));
-  MergeStatesLaunch launch;
-  launch.out_a = out_a;
-  launch.lse_a = lse_a;
-  launch.out_b = out_b;
-  launch.lse_b = lse_b;
-  launch.out = out;
-  launch.lse = lse;
-  launch.rows = rows;
-  launch.head_dim = head_dim;
-  launch.type = type;
+  const MergeStatesLaunch launch{out_a, lse_a, out_b, lse_b, out, lse, rows, head_dim, type};
   check_cuda(launch_merge_states(launch, static_cast<cudaStream_t>(ctx.stream)), what);
 }
 
