@@ -793,9 +793,20 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
 #pragma unroll
           for (int u = 0; u < K; ++u) {
             float(&acc)[4] = even_chain ? s0[u] : s0_odd;
-            const KeyPairs r0 = key_pairs(w0[u]), r1 = key_pairs(w1[u]);
-            mma_f16(acc, r0.p01, r1.p01, r0.p23, r1.p23, qa.x, qa.y);
-            if constexpr (KF == Format::tq8) mma_f16(acc, r0.lo01, r1.lo01, r0.lo23, r1.lo23, qa.x, qa.y);
+            if constexpr (KF == Format::tq2) {
+              // As the values do: rows g and 8 + g's nibbles interleaved, so that one entry is (a0, a1)
+              // and another (a2, a3). An entry per row was (a0, a2), (a1, a3): 4 register moves per
+              // mma to put the operands in order (SASS, r244).
+              const uint32_t x0 = w0[u][sl / 4], x1 = w1[u][sl / 4];
+              const uint32_t lo = (x0 & 0x0f0f0f0fu) | ((x1 << 4) & 0xf0f0f0f0u);
+              const uint32_t hi = ((x0 >> 4) & 0x0f0f0f0fu) | (x1 & 0xf0f0f0f0u);
+              const uint2 a01 = quad_at_byte<sl % 4>(ktable, lo, lane8), a23 = quad_at_byte<sl % 4>(ktable, hi, lane8);
+              mma_f16(acc, a01.x, a01.y, a23.x, a23.y, qa.x, qa.y);
+            } else {
+              const KeyPairs r0 = key_pairs(w0[u]), r1 = key_pairs(w1[u]);
+              mma_f16(acc, r0.p01, r1.p01, r0.p23, r1.p23, qa.x, qa.y);
+              if constexpr (KF == Format::tq8) mma_f16(acc, r0.lo01, r1.lo01, r0.lo23, r1.lo23, qa.x, qa.y);
+            }
           }
         } else {
           auto one = [&](const auto& w, float (&acc)[4]) {

@@ -11,7 +11,8 @@ loop), so check it before spending device time. Prints, per kernel whose label c
 the instruction count of that loop in both objects and the opcodes whose counts differ. Kernels
 are matched by format pair, head dim and form, so one whose stage count changed is compared too:
 it runs stages / 2 tiles per iteration (decode_launch.cuh), and its line says so.
-Needs cuobjdump (the CUDA toolkit's, or PyPI's nvidia-cuda-cuobjdump) on PATH or in $CUOBJDUMP.
+Needs cuobjdump and nvdisasm (the CUDA toolkit's, or PyPI's nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm)
+on PATH, or cuobjdump in $CUOBJDUMP with nvdisasm on PATH.
 """
 import collections
 import os
@@ -80,12 +81,14 @@ def main():
     if len(sys.argv) < 3:
         sys.exit(__doc__)
     old, new = kernels(sys.argv[1]), kernels(sys.argv[2])
+    # A label can name kernels of several stage counts: the same count first, then any.
+    new_by_key = {(label(n), tiles_per_iteration(n)): n for n in new}
     new_by_label = {label(n): n for n in new}
     pattern = sys.argv[3] if len(sys.argv) > 3 else ""
     for name in sorted(old, key=label):
         if label(name) not in new_by_label or pattern not in label(name):
             continue
-        name_new = new_by_label[label(name)]
+        name_new = new_by_key.get((label(name), tiles_per_iteration(name)), new_by_label[label(name)])
         a, b = tile_loop(old[name]), tile_loop(new[name_new])
         if not a and not b:
             continue
