@@ -42,7 +42,7 @@ using namespace tqkv;
 constexpr const char* kUsage =
     "usage: bench_cuda [--grid full|issue|quick|batches] [--formats tq4,k8v4,...]\n"
     "                  [--json PATH] [--reps N] [--copies N] [--splits N] [--append] [--floors] [--plan]\n"
-    "                  [--batch N] [--context N] [--head-dim N]\n"
+    "                  [--batch N] [--context N] [--head-dim N] [--append-formats tq4,tq8,...]\n"
     "  --grid     full: d 64..512, 4 head layouts, batch 1..128, context 1k..128k (skips what does not fit);\n"
     "             issue (default): issue 6's target shapes; quick: a handful; batches: d 128, 32/8 heads,\n"
     "             batch 1..8, context 4k..64k (where the automatic split count changes with the batch)\n"
@@ -54,6 +54,7 @@ constexpr const char* kUsage =
     "  --append   also time append of a 32k-token chunk, and a decode step (append_step + decode) on a\n"
     "             ring cache against decode alone, and decode with lse + merge_attention_states\n"
     "             (--extras: the same)\n"
+    "  --append-formats  the formats of the append rows (default tq4; implies --append)\n"
     "  --floors   instead of decode rows: the launch floor and, per shape, the split-K skeleton of a step\n"
     "             (the same bytes, partials and merge, no arithmetic) at every split count\n"
     "  --plan     print the rows, copies, repetitions and an estimate of the run time; run nothing\n"
@@ -820,6 +821,7 @@ struct Options {
   std::vector<KvFormat> formats;  // empty: the grid's default
   int reps = 200;
   bool append = false, plan_only = false, floors = false;
+  std::vector<std::string> append_formats{"tq4"};
   int batch = 0, context = 0, head_dim = 0;  // row filters; 0 keeps every value
 };
 
@@ -836,6 +838,16 @@ Options parse(int argc, char** argv) {
       o.grid = "quick";
     } else if (a == "--append" || a == "--extras") {
       o.append = true;
+    } else if (a == "--append-formats" && has_value) {
+      o.append = true;
+      o.append_formats = split_list(argv[++i]);
+      for (const auto& name : o.append_formats) {
+        try {
+          (void)parse_kv_format(name);
+        } catch (const Error& e) {
+          usage_error(fmt::format("--append-formats: {}", e.what()));
+        }
+      }
     } else if (a == "--floors") {
       o.floors = true;
     } else if (a == "--plan") {
@@ -990,8 +1002,9 @@ int main(int argc, char** argv) {
     if (!o.append) return 0;
     std::printf("\n| append | input | chunk | median us | GB/s (read + written) | %% copy | from an idle stream, us |\n"
                 "| --- | --- | --- | --- | --- | --- | --- |\n");
-    for (const auto type : {cuda::InputType::f16, cuda::InputType::bf16, cuda::InputType::f32})
-      run_append("tq4", type, o.grid == "quick" ? 5 : 20, info.bw.copy_gbs);
+    for (const auto& format : o.append_formats)
+      for (const auto type : {cuda::InputType::f16, cuda::InputType::bf16, cuda::InputType::f32})
+        run_append(format, type, o.grid == "quick" ? 5 : 20, info.bw.copy_gbs);
     std::printf("\n| decode step | batch | context | decode graph us/step | append_step + decode graph us/step | append us "
                 "| decode (lse) + merge graph us/step | merge us |\n"
                 "| --- | --- | --- | --- | --- | --- | --- | --- |\n");
