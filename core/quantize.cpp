@@ -70,10 +70,20 @@ void encode_vector(const VectorCodec& codec, const float* x, uint8_t* row, uint1
     zc += static_cast<double>(z) * c;
     cc += c * c;
   }
-  pack_codes(codec.format, codes.data(), d, row);
   // Stored scale multiplies a level to give the rotated coordinate: s / sqrt(d).
   const double s = codec.scale_rule == ScaleRule::least_squares && cc > 0 ? norm * zc / cc : norm;
   *scale_bits = float_to_bf16(static_cast<float>(s / sqrt_d));
+  if (codes_follow_stored_scale(cb.bits)) {
+    // The codes again, of u = r / stored (one float reciprocal, one multiply per coordinate: the
+    // floats the fast encoder and the CUDA append compute too, the latter up to its rotation's
+    // ulps), so that stored * level[code] ~ r with noise per coordinate rather than a common
+    // factor (format.hpp). A stored scale of 0 or inf (bfloat16 under- or overflow; decodes to 0
+    // or inf whatever the codes) keeps the codes of z.
+    const float inv = 1.0f / bf16_to_float(*scale_bits);
+    const float unit = std::isfinite(inv) && inv > 0.0f ? inv : to_unit;
+    for (int i = 0; i < d; ++i) codes[i] = cb.quantize(r[i] * unit);
+  }
+  pack_codes(codec.format, codes.data(), d, row);
 }
 
 void decode_row(Format format, const float* levels, int head_dim, const uint8_t* row, float scale,

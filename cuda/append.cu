@@ -17,6 +17,10 @@
 // reference); the tensor-core encoder's rotation adds in another order. So a z within ~1e-6 of a
 // boundary can land on the other side, and a scale moves by ~1e-7 (tests bound both: kBoundaryTie*,
 // kScaleRelative).
+// 8-bit codes (format.hpp's codes_follow_stored_scale) are then chosen again, as the CPU's, from
+// u = r * float(1 / stored scale) (on the tensor-core encoder's unnormalised coordinates also times
+// float(1 / sqrt(128))): their ties are in u, and a stored scale one bfloat16 unit from the CPU's
+// (a scale tie) gives codes against that scale, up to ~20 % of the vector's differing by one.
 //
 // Layout: a vector spans P = bit_ceil(head_dim) coordinates, G = P / 32 lanes; lane l of the group
 // holds coordinates [32 l, 32 l + 32) (fewer or none past head_dim). Hadamard blocks are powers of
@@ -323,6 +327,47 @@ __device__ __forceinline__ void quantize_lane(const float (&r)[kLaneCoords], flo
   cc = (cc_part[0] + cc_part[1]) + (cc_part[2] + cc_part[3]);
 }
 
+// 8-bit codes of u = r[j] * unit (z's expression, quantize_lane), starting from the codes of z in
+// `words` (code j in byte j % 4 of word j / 4): u differs from z by the ratio of the stored scale to
+// the norm's, so a code moves by a level or two, and a walk over the sorted boundaries from the old
+// code ends where the bisection does (the count of boundaries <= u), with 2 loads per coordinate
+// instead of 8. f16 input, 32k tokens x 8 heads (r246, r248): tq8 379 us with one search, 705 with
+// the bisection twice, 572 with this walk; k8v4 230, 375, 300 (the encoder is issue-bound).
+template <bool kLastPairs>
+__device__ __forceinline__ void requantize_walk(const float (&r)[kLaneCoords], float unit, int count,
+                                                const CodeTables& t, uint32_t (&words)[8]) {
+  uint32_t moved[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
+#pragma unroll
+  for (int half = 0; half < kLaneCoords; half += kLaneCoords / 2) {
+    if (half >= count) break;
+#pragma unroll
+    for (int j = half; j < half + kLaneCoords / 2; ++j) {
+      float u;
+      if constexpr (kLastPairs) {
+        const float upper = r[j | 4] * unit;
+        u = (j & 4) ? fmaf(r[j & ~4], unit, -upper) : fmaf(r[j], unit, upper);
+      } else {
+        u = r[j] * unit;
+      }
+      uint32_t code = (words[j / 4] >> (8 * (j % 4))) & 0xffu;
+      // Boundary c - 1 is the lower edge of level c, boundary c its upper (255 boundaries). Both
+      // edges load at once; a code that moves walks on (rare: one level mostly).
+      const float lower = code > 0 ? lds_f32(t.bounds + 4 * (code - 1)) : -INFINITY;
+      const float upper = code < 255 ? lds_f32(t.bounds + 4 * code) : INFINITY;
+      if (lower > u) {
+        do --code;
+        while (code > 0 && lds_f32(t.bounds + 4 * (code - 1)) > u);
+      } else if (upper <= u) {
+        do ++code;
+        while (code < 255 && lds_f32(t.bounds + 4 * code) <= u);
+      }
+      moved[j / 4] |= code << (8 * (j % 4));
+    }
+  }
+#pragma unroll
+  for (int w = 0; w < 8; ++w) words[w] = moved[w];
+}
+
 // Stores a lane's kBits words at byte lane_offset of the row, in the widest pieces their
 // alignment allows (lane_offset = 4 kBits l); pieces at or past row_bytes are not stored.
 template <int kBits>
@@ -353,6 +398,9 @@ struct LaneVector {
   // The stored scale is s / sqrt(d) for normalised blocks; the tensor-core rotation leaves its
   // block unnormalised, so there s / (sqrt(d) sqrt(block)). This is the reciprocal.
   double inv_scale_divisor;
+  // The rotated coordinate per unit of the lane's: 1, or float(1 / sqrt(block)) for the
+  // tensor-core rotation's unnormalised block (codes against the stored scale, format.hpp).
+  float coordinate_unit;
 };
 
 // The group's squared norm of x. Float sums (four chains of 8 per lane, then the group's tree)
@@ -391,6 +439,22 @@ __device__ __forceinline__ void encode_lane(const float (&x)[kLaneCoords], doubl
   zc = group_sum(zc, v.lanes);
   cc = group_sum(cc, v.lanes);
   if (!write) return;
+  // The stored scale's bfloat16 bits, rounded to nearest even as the host's float_to_bf16
+  // (ScalePair, layout.hpp). (Every lane of the group has the same norm, zc and cc.)
+  const auto stored_bits = [&] {
+    const double s = least_squares && cc > 0.0f ? norm * static_cast<double>(zc) * __drcp_rn(cc) : norm;
+    return zero ? uint16_t{0} : __bfloat16_as_ushort(__float2bfloat16_rn(static_cast<float>(s * v.inv_scale_divisor)));
+  };
+  uint16_t bits = 0;
+  if constexpr (codes_follow_stored_scale(kBits)) {
+    // The codes again, of r / stored (format.hpp; quantize.cpp's encode_vector: its float
+    // reciprocal, times the lane's coordinate unit), over the lane's registers: no shuffles. A
+    // stored 0 or inf keeps the codes of z (to_unit), as the CPU's.
+    bits = stored_bits();
+    const float inv = __frcp_rn(__bfloat162float(__ushort_as_bfloat16(bits)));
+    const float unit = isfinite(inv) && inv > 0.0f ? inv * v.coordinate_unit : to_unit;
+    requantize_walk<kLastPairs>(x, unit, v.count, tables, words);
+  }
 #pragma unroll
   for (int w = 0; w < kBits; ++w) words[w] = zero ? 0u : words[w];
   store_lane_words<kBits>(words, row, 4 * kBits * v.group_lane, row_bytes);
@@ -398,9 +462,8 @@ __device__ __forceinline__ void encode_lane(const float (&x)[kLaneCoords], doubl
   for (int at = 4 * kBits * v.lanes + 4 * v.group_lane; at < row_bytes; at += 4 * v.lanes)
     *reinterpret_cast<uint32_t*>(row + at) = 0u;
   if (v.group_lane == 0) {
-    const double s = least_squares && cc > 0.0f ? norm * static_cast<double>(zc) * __drcp_rn(cc) : norm;
-    // bfloat16, rounded to nearest even as the host's float_to_bf16 (ScalePair, layout.hpp).
-    *scale_bits = zero ? uint16_t{0} : __bfloat16_as_ushort(__float2bfloat16_rn(static_cast<float>(s * v.inv_scale_divisor)));
+    if constexpr (!codes_follow_stored_scale(kBits)) bits = stored_bits();
+    *scale_bits = bits;
   }
 }
 
@@ -634,6 +697,7 @@ __global__ void __launch_bounds__(kAppendWarps * 32, kAppendBlocksPerSm) append_
 
   v.sqrt_d = sqrt_head_dim;
   v.inv_scale_divisor = 1.0 / sqrt_head_dim;
+  v.coordinate_unit = 1.0f;
   // The rotation of the lane's coordinates. The Hadamard blocks are D's set bits, largest first:
   // the one holding `first` is bit_floor(D ^ first); block_factor is float(1 / sqrt(block)), as
   // the CPU's block_hadamard(); signs bit j negates coordinate first + j.
@@ -926,12 +990,19 @@ __global__ void __launch_bounds__(kMmaWarps * 32, kMmaBlocksPerSm) append_mma_ke
   v.count = kLaneCoords;
   v.sqrt_d = sqrt_head_dim;
   v.inv_scale_divisor = 1.0 / (sqrt_head_dim * sqrt(static_cast<double>(kMmaHeadDim)));
+  static_assert(kMmaHeadDim == 1 << 7, "the block factor below");
+  v.coordinate_unit = block_factor_of(7);  // float(1 / sqrt(128)), the CPU's block factor
   const unsigned group_bits = 0xfu << (4 * g);
   // The job of the key (which 0) or value (1) of `token`. With the formats compiled in, the row's
   // bytes are too (head_dim 128: 16 x bits, no padding), which drops encode_lane()'s checks of the
   // lane's words against the row's end and its padding loop.
   const auto job_of = [&](int which, int token) {
-    VectorJob job = vector_job(a, which, token, tokens_before, kLaneCoords * t, kLaneCoords, group_bits);
+    // Looping kernels with 8-bit keys reload the token count, a load per tile: their second code
+    // search (codes_follow_stored_scale) keeps the keys' 32 coordinates live through the first,
+    // and a k8v4 kernel spilled it (8 bytes on sm_90a, 24 on sm_80; stored once, loaded per tile).
+    constexpr bool kReloadTokens = !kSidesApart && codes_follow_stored_scale(kKeyBits);
+    VectorJob job = vector_job(a, which, token, kReloadTokens ? cache.tokens[a.seq_begin + blockIdx.z] : tokens_before,
+                               kLaneCoords * t, kLaneCoords, group_bits);
     if constexpr (kKeyBits != 0) job.row_bytes = kMmaHeadDim / 8 * (which ? kValueBits : kKeyBits);
     return job;
   };

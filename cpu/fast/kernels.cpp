@@ -501,10 +501,11 @@ void EncodeImpl(const VectorCodec& codec, int d, const float* x, std::size_t x_s
   const std::size_t rb = row_bytes(codec.format, d);
   const double sqrt_d = std::sqrt(static_cast<double>(d));
 
-  thread_local std::vector<float> r, levels_of;
+  thread_local std::vector<float> r, z, levels_of;
   thread_local std::vector<int32_t> idx;
   thread_local std::vector<uint8_t> codes;
   r.resize(static_cast<std::size_t>(d));
+  z.resize(static_cast<std::size_t>(d));
   levels_of.resize(static_cast<std::size_t>(d));
   idx.resize(static_cast<std::size_t>(d));
   codes.resize(static_cast<std::size_t>(d));
@@ -545,9 +546,9 @@ void EncodeImpl(const VectorCodec& codec, int d, const float* x, std::size_t x_s
     }
     const auto to_unit = hn::Set(df, static_cast<float>(sqrt_d / norm));
     for (int i = 0; i < d; i += lanes) {
-      const auto z = hn::Mul(hn::LoadU(df, r.data() + i), to_unit);
-      hn::StoreU(z, df, r.data() + i);  // r now holds z
-      const auto q = QuantizeLanes(cb, z);
+      const auto zv = hn::Mul(hn::LoadU(df, r.data() + i), to_unit);
+      hn::StoreU(zv, df, z.data() + i);
+      const auto q = QuantizeLanes(cb, zv);
       hn::StoreU(q, di, idx.data() + i);
       hn::StoreU(hn::GatherIndex(df, cb.levels_f32.data(), q), df, levels_of.data() + i);
     }
@@ -558,7 +559,7 @@ void EncodeImpl(const VectorCodec& codec, int d, const float* x, std::size_t x_s
       const int dl = static_cast<int>(hn::Lanes(dd));
       auto acc_zc = hn::Zero(dd), acc_cc = hn::Zero(dd);
       for (int i = 0; i < d; i += dl) {
-        const auto zv = hn::PromoteTo(dd, hn::LoadU(dfh, r.data() + i));
+        const auto zv = hn::PromoteTo(dd, hn::LoadU(dfh, z.data() + i));
         const auto cv = hn::PromoteTo(dd, hn::LoadU(dfh, levels_of.data() + i));
         acc_zc = hn::MulAdd(zv, cv, acc_zc);
         acc_cc = hn::MulAdd(cv, cv, acc_cc);
@@ -566,11 +567,20 @@ void EncodeImpl(const VectorCodec& codec, int d, const float* x, std::size_t x_s
       zc = hn::GetLane(hn::SumOfLanes(dd, acc_zc));
       cc = hn::GetLane(hn::SumOfLanes(dd, acc_cc));
     }
-    for (int i = 0; i < d; ++i) codes[i] = static_cast<uint8_t>(idx[i]);
-    pack_codes(codec.format, codes.data(), d, row);
     const double s =
         codec.scale_rule == ScaleRule::least_squares && cc > 0 ? norm * zc / cc : norm;
-    scales[v].*side = float_to_bf16(static_cast<float>(s / sqrt_d));
+    const uint16_t scale_bits = float_to_bf16(static_cast<float>(s / sqrt_d));
+    scales[v].*side = scale_bits;
+    if (codes_follow_stored_scale(cb.bits)) {
+      // The codes again, of r / stored, as core's encode_vector (the same float reciprocal and
+      // products; format.hpp says why).
+      const float inv = 1.0f / bf16_to_float(scale_bits);
+      const auto unit = std::isfinite(inv) && inv > 0.0f ? hn::Set(df, inv) : to_unit;
+      for (int i = 0; i < d; i += lanes)
+        hn::StoreU(QuantizeLanes(cb, hn::Mul(hn::LoadU(df, r.data() + i), unit)), di, idx.data() + i);
+    }
+    for (int i = 0; i < d; ++i) codes[i] = static_cast<uint8_t>(idx[i]);
+    pack_codes(codec.format, codes.data(), d, row);
   }
 }
 

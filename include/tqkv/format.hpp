@@ -49,6 +49,15 @@ ScaleRule parse_scale_rule(std::string_view text);
 // The default, chosen by measurement (docs/quality.md).
 inline constexpr ScaleRule kDefaultScaleRule = ScaleRule::least_squares;
 
+// Whether the encoders choose a vector's codes a second time, against its stored scale (the
+// bfloat16 rounding of the rule's scale; quantize.hpp): for 8-bit codes. Otherwise the rounding
+// (up to 2^-8) multiplies the whole reconstruction, and so the key's whole logit, by one common
+// factor, which cost tq8 25 % more attention error than fp32 scales (docs/quality.md); chosen
+// against the rounded scale, the codes leave only per-coordinate noise. Coarser codebooks skip
+// the second search: their code noise (tq4 ~9e-3 per coordinate) dwarfs the rounding's ~3e-6.
+// constexpr on bits, so that device code can test a compiled-in width.
+constexpr bool codes_follow_stored_scale(int bits) noexcept { return bits == 8; }
+
 // Key and value formats, chosen independently.
 struct KvFormat {
   Format key = Format::tq4;

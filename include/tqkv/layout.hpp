@@ -30,8 +30,9 @@ TQKV_HD float bf16_bits_to_float(uint16_t bits) {
 // The stored scales of one position of one KV head, as bfloat16 bits: the key's in the low half
 // of one aligned 4-byte word, the value's in the high half, so that a kernel fetches both with one
 // 4-byte copy. bfloat16 keeps 8 significant bits (rounding moves a vector's length by at most
-// 2^-8, well under tq4's ~10 % error; tq8 notices it, docs/quality.md) and float's exponent range
-// (no norm overflows). An f16 row's half holds 1.0 and is not read.
+// 2^-8, well under tq4's ~10 % error; tq8 would notice it and chooses its codes against the
+// rounded scale, format.hpp, docs/quality.md) and float's exponent range (no norm overflows). An
+// f16 row's half holds 1.0 and is not read.
 struct ScalePair {
   uint16_t k_bits = 0;
   uint16_t v_bits = 0;

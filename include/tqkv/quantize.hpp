@@ -2,9 +2,10 @@
 //
 // encode: r = H S x; n = ||r||; z = r sqrt(d) / n; idx_i = nearest level of the codebook;
 // stored scale = s / sqrt(d) with s chosen by the ScaleRule, rounded to bfloat16 (ScalePair,
-// layout.hpp), so that the rotated-domain reconstruction is r_hat_i = scale * level[idx_i]. A zero
-// vector stores scale 0 and decodes to exactly 0. f16 rows hold the unrotated vector in binary16
-// and scale 1.
+// layout.hpp), so that the rotated-domain reconstruction is r_hat_i = scale * level[idx_i]. 8-bit
+// codes are then chosen again against the stored scale, idx_i = nearest level of r_i / scale
+// (codes_follow_stored_scale, format.hpp). A zero vector stores scale 0 and decodes to exactly 0.
+// f16 rows hold the unrotated vector in binary16 and scale 1.
 #pragma once
 
 #include <cstdint>

@@ -939,8 +939,22 @@ void expect_same_bytes(const KvCache& host, const cuda::HostCacheBytes& d, const
         host.rotation(head).forward(x, r.data());
         double norm2 = 0;
         for (float v : r) norm2 += double(v) * v;
-        const float to_unit = static_cast<float>(std::sqrt(double(c.head_dim)) / std::sqrt(norm2));
+        float to_unit = static_cast<float>(std::sqrt(double(c.head_dim)) / std::sqrt(norm2));
         const Codebook& cb = codebook(c.codebook, format_bits(f), c.head_dim);
+        // 8-bit codes are chosen against the stored scale (format.hpp's codes_follow_stored_scale):
+        // the device's against its own, which may be one bfloat16 unit from the CPU's (a scale
+        // tie, below); compare them with the CPU's r against that scale, ties in u = r / scale.
+        const bool against_stored = codes_follow_stored_scale(format_bits(f));
+        if (against_stored) {
+          ASSERT_LE(std::abs(int{hs} - int{ds}), kScaleTieBf16Units)
+              << where << ": scales " << bf16_bits_to_float(hs) << " vs " << bf16_bits_to_float(ds);
+          ++stats.scales;
+          stats.scale_ties += hs != ds;
+          const float inv = 1.0f / bf16_bits_to_float(ds);
+          if (std::isfinite(inv) && inv > 0.0f) to_unit = inv;
+          if (hs != ds)
+            for (int i = 0; i < c.head_dim; ++i) hc[i] = cb.quantize(r[i] * to_unit);
+        }
         bool all_equal = true;
         for (int i = 0; i < c.head_dim; ++i) {
           ++stats.codes;
@@ -958,7 +972,7 @@ void expect_same_bytes(const KvCache& host, const cuda::HostCacheBytes& d, const
         for (std::size_t i = packed; i < rb; ++i) {
           ASSERT_EQ(drow[i], 0) << where << " padding byte " << i;
         }
-        if (all_equal) {
+        if (all_equal && !against_stored) {
           ++stats.scales;
           stats.scale_ties += hs != ds;
           ASSERT_LE(std::abs(int{hs} - int{ds}), kScaleTieBf16Units)
