@@ -283,6 +283,18 @@ __device__ __forceinline__ uint32_t level_offset_of(float z, const CodeTables& t
   }
 }
 
+// Coordinate j of the lane times unit; kLastPairs (quantize_lane): with the rotation's butterflies of
+// length 4 fused in, one product per pair.
+template <bool kLastPairs>
+__device__ __forceinline__ float lane_coordinate(const float (&r)[kLaneCoords], int j, float unit) {
+  if constexpr (kLastPairs) {
+    const float upper = r[j | 4] * unit;
+    return (j & 4) ? fmaf(r[j & ~4], unit, -upper) : fmaf(r[j], unit, upper);
+  } else {
+    return r[j] * unit;
+  }
+}
+
 // Codes of the lane's coordinates r[j] * to_unit, packed as the row's little-endian bit stream
 // (format.hpp: code i at bits [b i, b i + b)), into kBits words: the lane's 32 codes are exactly
 // kBits 32-bit words. Coordinates past head_dim (j >= count) get code 0 and add nothing to the
@@ -306,13 +318,7 @@ __device__ __forceinline__ void quantize_lane(const float (&r)[kLaneCoords], flo
     if (half >= count) break;
 #pragma unroll
     for (int j = half; j < half + kLaneCoords / 2; ++j) {
-      float z;
-      if constexpr (kLastPairs) {
-        const float upper = r[j | 4] * to_unit;  // one product per pair (the same expression)
-        z = (j & 4) ? fmaf(r[j & ~4], to_unit, -upper) : fmaf(r[j], to_unit, upper);
-      } else {
-        z = r[j] * to_unit;
-      }
+      const float z = lane_coordinate<kLastPairs>(r, j, to_unit);
       const uint32_t code4 = level_offset_of<kBits, kPairLoad>(z, t, middle);  // 4 code
       const float c = lds_f32(t.levels + code4);
       zc_part[j % 4] = fmaf(z, c, zc_part[j % 4]);
@@ -342,13 +348,7 @@ __device__ __forceinline__ void requantize_walk(const float (&r)[kLaneCoords], f
     if (half >= count) break;
 #pragma unroll
     for (int j = half; j < half + kLaneCoords / 2; ++j) {
-      float u;
-      if constexpr (kLastPairs) {
-        const float upper = r[j | 4] * unit;
-        u = (j & 4) ? fmaf(r[j & ~4], unit, -upper) : fmaf(r[j], unit, upper);
-      } else {
-        u = r[j] * unit;
-      }
+      const float u = lane_coordinate<kLastPairs>(r, j, unit);
       uint32_t code = (words[j / 4] >> (8 * (j % 4))) & 0xffu;
       // Boundary c - 1 is the lower edge of level c, boundary c its upper (255 boundaries). Both
       // edges load at once; a code that moves walks on (rare: one level mostly).
