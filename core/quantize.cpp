@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "tqkv/error.hpp"
+#include "tqkv/layout.hpp"
 
 namespace tqkv {
 namespace {
@@ -77,10 +78,8 @@ void encode_vector(const VectorCodec& codec, const float* x, uint8_t* row, uint1
     // The codes again, of u = r / stored (one float reciprocal, one multiply per coordinate: the
     // floats the fast encoder and the CUDA append compute too, the latter up to its rotation's
     // ulps), so that stored * level[code] ~ r with noise per coordinate rather than a common
-    // factor (format.hpp). A stored scale of 0 or inf (bfloat16 under- or overflow; decodes to 0
-    // or inf whatever the codes) keeps the codes of z.
-    const float inv = 1.0f / bf16_to_float(*scale_bits);
-    const float unit = std::isfinite(inv) && inv > 0.0f ? inv : to_unit;
+    // factor (format.hpp); stored_scale_unit keeps the codes of z for a stored 0 or inf.
+    const float unit = stored_scale_unit(*scale_bits, 1.0f, to_unit);
     for (int i = 0; i < d; ++i) codes[i] = cb.quantize(r[i] * unit);
   }
   pack_codes(codec.format, codes.data(), d, row);

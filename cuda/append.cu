@@ -451,9 +451,7 @@ __device__ __forceinline__ void encode_lane(const float (&x)[kLaneCoords], doubl
     // reciprocal, times the lane's coordinate unit), over the lane's registers: no shuffles. A
     // stored 0 or inf keeps the codes of z (to_unit), as the CPU's.
     bits = stored_bits();
-    const float inv = __frcp_rn(__bfloat162float(__ushort_as_bfloat16(bits)));
-    const float unit = isfinite(inv) && inv > 0.0f ? inv * v.coordinate_unit : to_unit;
-    requantize_walk<kLastPairs>(x, unit, v.count, tables, words);
+    requantize_walk<kLastPairs>(x, stored_scale_unit(bits, v.coordinate_unit, to_unit), v.count, tables, words);
   }
 #pragma unroll
   for (int w = 0; w < kBits; ++w) words[w] = zero ? 0u : words[w];

@@ -544,7 +544,8 @@ void EncodeImpl(const VectorCodec& codec, int d, const float* x, std::size_t x_s
       scales[v].*side = 0;
       continue;
     }
-    const auto to_unit = hn::Set(df, static_cast<float>(sqrt_d / norm));
+    const float unit_of_z = static_cast<float>(sqrt_d / norm);
+    const auto to_unit = hn::Set(df, unit_of_z);
     for (int i = 0; i < d; i += lanes) {
       const auto zv = hn::Mul(hn::LoadU(df, r.data() + i), to_unit);
       hn::StoreU(zv, df, z.data() + i);
@@ -574,8 +575,7 @@ void EncodeImpl(const VectorCodec& codec, int d, const float* x, std::size_t x_s
     if (codes_follow_stored_scale(cb.bits)) {
       // The codes again, of r / stored, as core's encode_vector (the same float reciprocal and
       // products; format.hpp says why).
-      const float inv = 1.0f / bf16_to_float(scale_bits);
-      const auto unit = std::isfinite(inv) && inv > 0.0f ? hn::Set(df, inv) : to_unit;
+      const auto unit = hn::Set(df, stored_scale_unit(scale_bits, 1.0f, unit_of_z));
       for (int i = 0; i < d; i += lanes)
         hn::StoreU(QuantizeLanes(cb, hn::Mul(hn::LoadU(df, r.data() + i), unit)), di, idx.data() + i);
     }

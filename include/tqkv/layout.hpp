@@ -27,6 +27,16 @@ TQKV_HD float bf16_bits_to_float(uint16_t bits) {
 #endif
 }
 
+// The factor that takes a rotated coordinate to codebook units when codes are chosen against a
+// stored scale (codes_follow_stored_scale, format.hpp): 1 / stored scale, times `per_unit` (1, or the
+// CUDA tensor-core encoder's unnormalised block factor), or `fallback` (the factor of the first
+// codes) when the stored scale is 0 or inf, which decode to 0 or inf whatever the codes. The one
+// rule of every encoder (core, fast CPU, CUDA append), so that they keep choosing the same codes.
+TQKV_HD float stored_scale_unit(uint16_t bits, float per_unit, float fallback) {
+  const float inv = 1.0f / bf16_bits_to_float(bits);
+  return inv > 0.0f && inv <= 3.40282347e+38f ? inv * per_unit : fallback;  // finite and positive
+}
+
 // The stored scales of one position of one KV head, as bfloat16 bits: the key's in the low half
 // of one aligned 4-byte word, the value's in the high half, so that a kernel fetches both with one
 // 4-byte copy. bfloat16 keeps 8 significant bits (rounding moves a vector's length by at most
