@@ -944,14 +944,17 @@ void expect_same_bytes(const KvCache& host, const cuda::HostCacheBytes& d, const
         // 8-bit codes are chosen against the stored scale (format.hpp's codes_follow_stored_scale):
         // the device's against its own, which may be one bfloat16 unit from the CPU's (a scale
         // tie, below); compare them with the CPU's r against that scale, ties in u = r / scale.
-        const bool against_stored = codes_follow_stored_scale(format_bits(f));
-        if (against_stored) {
-          ASSERT_LE(std::abs(int{hs} - int{ds}), kScaleTieBf16Units)
-              << where << ": scales " << bf16_bits_to_float(hs) << " vs " << bf16_bits_to_float(ds);
+        const auto expect_scale_tie_at_most = [&] {  // the scales equal or one bfloat16 unit apart
           ++stats.scales;
           stats.scale_ties += hs != ds;
-          const float inv = 1.0f / bf16_bits_to_float(ds);
-          if (std::isfinite(inv) && inv > 0.0f) to_unit = inv;
+          ASSERT_LE(std::abs(int{hs} - int{ds}), kScaleTieBf16Units)
+              << where << ": scales " << bf16_bits_to_float(hs) << " vs " << bf16_bits_to_float(ds);
+        };
+        const bool against_stored = codes_follow_stored_scale(format_bits(f));
+        if (against_stored) {
+          expect_scale_tie_at_most();
+          if (testing::Test::HasFatalFailure()) return;
+          to_unit = stored_scale_unit(ds, 1.0f, to_unit);
           if (hs != ds)
             for (int i = 0; i < c.head_dim; ++i) hc[i] = cb.quantize(r[i] * to_unit);
         }
@@ -972,12 +975,8 @@ void expect_same_bytes(const KvCache& host, const cuda::HostCacheBytes& d, const
         for (std::size_t i = packed; i < rb; ++i) {
           ASSERT_EQ(drow[i], 0) << where << " padding byte " << i;
         }
-        if (all_equal && !against_stored) {
-          ++stats.scales;
-          stats.scale_ties += hs != ds;
-          ASSERT_LE(std::abs(int{hs} - int{ds}), kScaleTieBf16Units)
-              << where << ": scales " << bf16_bits_to_float(hs) << " vs " << bf16_bits_to_float(ds);
-        }
+        if (all_equal && !against_stored) expect_scale_tie_at_most();
+        if (testing::Test::HasFatalFailure()) return;
       }
 }
 
