@@ -693,7 +693,6 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
   }
   __syncthreads();
 
-  static_assert(!PACKED_LO || !S::kSplitKeys, "the transposed scores take one warp per tile");
   using QFrag = std::conditional_t<PACKED_LO, uint2, uint4>;
   QFrag qreg[S::kQInRegisters ? S::kKSteps : 1];
   if constexpr (S::kQInRegisters) {
@@ -851,11 +850,32 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
     // nothing (the other spilled 8 B in tq8 d = 96, and in tq2 / tq4 d = 64).
     float ks[K * NX];
     [[maybe_unused]] float vs[K * NX];
+    // The warps of a tile add up their partial scores (kSplitKeys): every warp sums the parts in the
+    // same order, so all of them hold equal scores.
+    auto sum_over_tile_warps = [&](auto& part) {
+      using V = std::remove_reference_t<decltype(part)>;  // float2 (PACKED_LO) or float4
+      V* scratch = reinterpret_cast<V*>(smem + S::kOffKeyScratch) + worker * S::kWpt * 32;
+      scratch[wi * 32 + lane] = part;
+      worker_sync();
+      V sum = scratch[lane];
+#pragma unroll
+      for (int w = 1; w < S::kWpt; ++w) {
+        const V other = scratch[w * 32 + lane];
+        sum.x += other.x, sum.y += other.y;
+        if constexpr (std::is_same_v<V, float4>) sum.z += other.z, sum.w += other.w;
+      }
+      part = sum;
+    };
     if constexpr (PACKED_LO) {
 #pragma unroll
       for (int u = 0; u < K; ++u) {
         const uint32_t* scu = sc + u * S::kStageBytes / 4;
         x[2 * u] = s0[u][0] + s0[u][1], x[2 * u + 1] = s0[u][2] + s0[u][3];
+        if constexpr (S::kSplitKeys) {  // K = 1 (one warp per tile for pairs)
+          float2 part = make_float2(x[0], x[1]);
+          sum_over_tile_warps(part);
+          x[0] = part.x, x[1] = part.y;
+        }
         pos[2 * u] = g, pos[2 * u + 1] = 8 + g;
 #pragma unroll
         for (int k = 2 * u; k < 2 * u + 2; ++k) {
@@ -866,17 +886,10 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
       }
     } else {
       x[0] = s0[0][0] + s0[0][2], x[1] = s0[0][1] + s0[0][3], x[2] = s1[0] + s1[2], x[3] = s1[1] + s1[3];
-      if constexpr (S::kSplitKeys) {  // every warp sums the parts in the same order: equal scores
-        float4* scratch = reinterpret_cast<float4*>(smem + S::kOffKeyScratch) + worker * S::kWpt * 32;
-        scratch[wi * 32 + lane] = make_float4(x[0], x[1], x[2], x[3]);
-        worker_sync();
-        float4 sum = scratch[lane];
-#pragma unroll
-        for (int w = 1; w < S::kWpt; ++w) {
-          const float4 part = scratch[w * 32 + lane];
-          sum.x += part.x, sum.y += part.y, sum.z += part.z, sum.w += part.w;
-        }
-        x[0] = sum.x, x[1] = sum.y, x[2] = sum.z, x[3] = sum.w;
+      if constexpr (S::kSplitKeys) {
+        float4 part = make_float4(x[0], x[1], x[2], x[3]);
+        sum_over_tile_warps(part);
+        x[0] = part.x, x[1] = part.y, x[2] = part.z, x[3] = part.w;
       }
       pos[0] = 2 * t, pos[1] = 2 * t + 1, pos[2] = 8 + 2 * t, pos[3] = 9 + 2 * t;
       if constexpr (quantized(KF)) {

@@ -393,14 +393,15 @@ TEST_F(Cuda, AwkwardLengthsAndBatch17) {
 }
 
 // Groups of at most 4 query heads take the packed-lo kernel (transposed scores) at quantized keys
-// and d <= 128, and at tq2/tq4 keys with d = 256 (decode_launch.cuh), larger groups the other:
+// and d <= 128, and at tq2/tq4 keys with d = 256 and 512 (decode_launch.cuh; at 512 two warps per
+// tile add up their partial scores), larger groups the other:
 // both sides of the boundary, and a group of 12 (one block of 8 heads and one of 4 per KV head,
 // both on the unpacked kernel). Groups of 3 come through EveryBuiltPairAndHeadDimMatchesReference
 // (6/2 heads) and FreshRandomShapes.
 TEST_F(Cuda, PackedLoGroupsOnBothSidesMatchReference) {
   std::mt19937_64 rng(kSeed + 13);
   for (const char* fmt : {"tq3", "tq2", "tq4", "k8v4"})
-    for (int d : {64, 128, 256})
+    for (int d : {64, 128, 256, 512})
       for (int group : {1, 2, 4, 5, 12}) {
         Case c;
         c.format = parse_kv_format(fmt);
