@@ -16,15 +16,20 @@ namespace tqkv::cuda_detail {
 //   packed values but scores as for any group): tq3 -7 to -10 % at batch 8/32, tq2 -4 to -6 %,
 //   k8v4 -5 % at batch 32 (steadier too), tq4 -1 to -2 %;
 // - d = 256 (r132; 32/8, 16/8 and 32/32 heads, against the kernel for any group): tq2 -7 to -17 %,
-//   tq4 -2 to -7 %; tq3 mixed (-16 to +8 %), so not tq3; not tq8 keys (two warps per tile there);
-// - d = 512 (r253; 32/8 and 32/32 heads, batch 1 and 8, 1k-128k, against the untransposed kernel,
-//   alternated 3x): the two warps of a tile add up their partial scores as before, and the loop is
-//   12 % shorter (tq4 1004 -> 884 instructions per tile, tq2 825 -> 723): tq4 -2 to -13 % (median
-//   -11 %; b8 16k 235.8 -> 208.6 us), tq2 -2 to -16 % (median -13 %).
+//   tq4 -2 to -7 %; tq3 mixed (-16 to +8 %), so not tq3;
+// - where two warps share a tile (d = 512; tq8 keys from d = 256) they add up their partial scores
+//   as in the other kernel, and the loop is 11-12 % shorter (SASS per tile: tq4 d = 512 1004 -> 884,
+//   tq2 825 -> 723, tq3 1181 -> 1057, k8v4 d = 256 940 -> 817, d = 512 951 -> 827, tq8 d = 256
+//   1126 -> 1007). Against the untransposed kernel, 32/8, 16/8 (d = 256) and 32/32 heads, batch 1
+//   and 8, 1k-128k, alternated 3x, graph steps: r253, d = 512: tq4 median -11 % (every shape
+//   faster; b8 16k 235.8 -> 208.6 us), tq2 -13 %; r254: k8v4 d = 256 -11 % (b8 64k 16/8 768.5 ->
+//   692.4), d = 512 -6 %, tq3 d = 512 -7 %, tq8 d = 256 -8 %, d = 512 -9 % (of 120 shapes one
+//   slower, tq8 d = 256 b1 1k 9.9 -> 10.2 us).
 // Not tq8 values at d = 96 (ptxas spilled 8 B).
 constexpr bool has_packed_lo(Format kf, Format vf, int d) {
   if (kf == Format::f16 || (vf == Format::tq8 && d == 96)) return false;
-  return d <= 128 || ((d == 256 || d == 512) && (kf == Format::tq2 || kf == Format::tq4));
+  return d <= 128 || ((d == 256 || d == 512) && (kf == Format::tq2 || kf == Format::tq4 || kf == Format::tq8)) ||
+         (d == 512 && kf == Format::tq3);
 }
 
 // One kernel instance: its function, threads and shared memory. TILES: tiles per loop iteration.
