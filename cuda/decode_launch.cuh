@@ -16,7 +16,8 @@ namespace tqkv::cuda_detail {
 //   packed values but scores as for any group): tq3 -7 to -10 % at batch 8/32, tq2 -4 to -6 %,
 //   k8v4 -5 % at batch 32 (steadier too), tq4 -1 to -2 %;
 // - d = 256 (r132; 32/8, 16/8 and 32/32 heads, against the kernel for any group): tq2 -7 to -17 %,
-//   tq4 -2 to -7 %; tq3 mixed (-16 to +8 %), so not tq3;
+//   tq4 -2 to -7 %; tq3 then mixed (-16 to +8 %), but r255 (the kernel of r254, 16/8, 32/8 and 32/32
+//   heads, batch 1, 8 and 32, 1k-128k, 3x): tq3 median -4.5 % (-12 % to +0.4 %; loop 1072 -> 949);
 // - where two warps share a tile (d = 512; tq8 keys from d = 256) they add up their partial scores
 //   as in the other kernel, and the loop is 11-12 % shorter (SASS per tile: tq4 d = 512 1004 -> 884,
 //   tq2 825 -> 723, tq3 1181 -> 1057, k8v4 d = 256 940 -> 817, d = 512 951 -> 827, tq8 d = 256
@@ -28,8 +29,7 @@ namespace tqkv::cuda_detail {
 // Not tq8 values at d = 96 (ptxas spilled 8 B).
 constexpr bool has_packed_lo(Format kf, Format vf, int d) {
   if (kf == Format::f16 || (vf == Format::tq8 && d == 96)) return false;
-  return d <= 128 || ((d == 256 || d == 512) && (kf == Format::tq2 || kf == Format::tq4 || kf == Format::tq8)) ||
-         (d == 512 && kf == Format::tq3);
+  return d <= 128 || d == 256 || d == 512;  // not 576 (not measured)
 }
 
 // One kernel instance: its function, threads and shared memory. TILES: tiles per loop iteration.

@@ -393,8 +393,8 @@ TEST_F(Cuda, AwkwardLengthsAndBatch17) {
 }
 
 // Groups of at most 4 query heads take the packed-lo kernel (transposed scores) at quantized keys
-// and d <= 128, at tq2/tq4/tq8 keys with d = 256 and at all but f16 keys with d = 512
-// (decode_launch.cuh; two warps per tile add up their partial scores there), larger groups the other:
+// and d <= 512 (decode_launch.cuh; at d = 512 and for tq8 keys at 256 two warps per tile add up
+// their partial scores), larger groups the other:
 // both sides of the boundary, and a group of 12 (one block of 8 heads and one of 4 per KV head,
 // both on the unpacked kernel). Groups of 3 come through EveryBuiltPairAndHeadDimMatchesReference
 // (6/2 heads) and FreshRandomShapes.
