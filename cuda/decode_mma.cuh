@@ -163,7 +163,8 @@ struct MmaShape {
   static constexpr int kStageScales = kStageV + 16 * kStrideV;
   static constexpr int kStageBytes = kStageScales + 2 * 16 * 4;
   // The warps of a tile split the key steps between them (kSplitKeys) when the step groups divide
-  // evenly, and add up their partial scores through kOffKeyScratch (a float4 per lane and warp).
+  // evenly, and add up their partial scores through kOffKeyScratch (a float4 per lane and warp; a
+  // float2 in the transposed form).
   // Before (r32) every warp computed all scores: d = 512 was compute-bound at half its floor.
   static constexpr bool kSplitKeys = kWpt > 1 && kKGroups % kWpt == 0 && kKSteps % kKGroup == 0;
   // Score accumulators per 8-position block: one mma chain over the k steps, or two (even and odd
@@ -871,7 +872,7 @@ __global__ void __launch_bounds__(WARPS * 32, (mma_min_blocks<KF, VF, D, WARPS, 
       for (int u = 0; u < K; ++u) {
         const uint32_t* scu = sc + u * S::kStageBytes / 4;
         x[2 * u] = s0[u][0] + s0[u][1], x[2 * u + 1] = s0[u][2] + s0[u][3];
-        if constexpr (S::kSplitKeys) {  // K = 1 (one warp per tile for pairs)
+        if constexpr (S::kSplitKeys) {  // then K = 1: tile pairs take one warp per tile
           float2 part = make_float2(x[0], x[1]);
           sum_over_tile_warps(part);
           x[0] = part.x, x[1] = part.y;
