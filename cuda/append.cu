@@ -283,15 +283,23 @@ __device__ __forceinline__ uint32_t level_offset_of(float z, const CodeTables& t
   }
 }
 
-// Coordinate j of the lane times unit; kLastPairs (quantize_lane): with the rotation's butterflies of
-// length 4 fused in, one product per pair.
-template <bool kLastPairs>
-__device__ __forceinline__ float lane_coordinate(const float (&r)[kLaneCoords], int j, float unit) {
-  if constexpr (kLastPairs) {
-    const float upper = r[j | 4] * unit;
-    return (j & 4) ? fmaf(r[j & ~4], unit, -upper) : fmaf(r[j], unit, upper);
-  } else {
-    return r[j] * unit;
+// Calls f(j, coordinate j of the lane times unit) for the lane's coordinates j < count; count is 32,
+// 16 or 0: two halves keep every index compile-time. kLastPairs (quantize_lane): with the rotation's
+// butterflies of length 4 fused in, one product per pair.
+template <bool kLastPairs, typename F>
+__device__ __forceinline__ void for_lane_coordinates(const float (&r)[kLaneCoords], float unit, int count, F&& f) {
+#pragma unroll
+  for (int half = 0; half < kLaneCoords; half += kLaneCoords / 2) {
+    if (half >= count) break;
+#pragma unroll
+    for (int j = half; j < half + kLaneCoords / 2; ++j) {
+      if constexpr (kLastPairs) {
+        const float upper = r[j | 4] * unit;
+        f(j, (j & 4) ? fmaf(r[j & ~4], unit, -upper) : fmaf(r[j], unit, upper));
+      } else {
+        f(j, r[j] * unit);
+      }
+    }
   }
 }
 
@@ -312,23 +320,16 @@ __device__ __forceinline__ void quantize_lane(const float (&r)[kLaneCoords], flo
   const float middle = kBits > 4 ? lds_f32(t.bounds + 4 * ((1 << kBits) / 2 - 1)) : 0.0f;
 #pragma unroll
   for (int w = 0; w < kBits; ++w) words[w] = 0;
-  // count is 32, 16 or 0: two halves keep every index below compile-time.
-#pragma unroll
-  for (int half = 0; half < kLaneCoords; half += kLaneCoords / 2) {
-    if (half >= count) break;
-#pragma unroll
-    for (int j = half; j < half + kLaneCoords / 2; ++j) {
-      const float z = lane_coordinate<kLastPairs>(r, j, to_unit);
-      const uint32_t code4 = level_offset_of<kBits, kPairLoad>(z, t, middle);  // 4 code
-      const float c = lds_f32(t.levels + code4);
-      zc_part[j % 4] = fmaf(z, c, zc_part[j % 4]);
-      cc_part[j % 4] = fmaf(c, c, cc_part[j % 4]);
-      // The codes' bits are disjoint: adding them is or-ing them, in one shift-add.
-      const int bit = kBits * j, at = bit % 32;
-      words[bit / 32] += at >= 2 ? code4 << (at - 2) : code4 >> (2 - at);
-      if (at + kBits > 32) words[bit / 32 + 1] += code4 >> (34 - at);
-    }
-  }
+  for_lane_coordinates<kLastPairs>(r, to_unit, count, [&](int j, float z) {
+    const uint32_t code4 = level_offset_of<kBits, kPairLoad>(z, t, middle);  // 4 code
+    const float c = lds_f32(t.levels + code4);
+    zc_part[j % 4] = fmaf(z, c, zc_part[j % 4]);
+    cc_part[j % 4] = fmaf(c, c, cc_part[j % 4]);
+    // The codes' bits are disjoint: adding them is or-ing them, in one shift-add.
+    const int bit = kBits * j, at = bit % 32;
+    words[bit / 32] += at >= 2 ? code4 << (at - 2) : code4 >> (2 - at);
+    if (at + kBits > 32) words[bit / 32 + 1] += code4 >> (34 - at);
+  });
   zc = (zc_part[0] + zc_part[1]) + (zc_part[2] + zc_part[3]);
   cc = (cc_part[0] + cc_part[1]) + (cc_part[2] + cc_part[3]);
 }
@@ -343,27 +344,21 @@ template <bool kLastPairs>
 __device__ __forceinline__ void requantize_walk(const float (&r)[kLaneCoords], float unit, int count,
                                                 const CodeTables& t, uint32_t (&words)[8]) {
   uint32_t moved[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
-#pragma unroll
-  for (int half = 0; half < kLaneCoords; half += kLaneCoords / 2) {
-    if (half >= count) break;
-#pragma unroll
-    for (int j = half; j < half + kLaneCoords / 2; ++j) {
-      const float u = lane_coordinate<kLastPairs>(r, j, unit);
-      uint32_t code = (words[j / 4] >> (8 * (j % 4))) & 0xffu;
-      // Boundary c - 1 is the lower edge of level c, boundary c its upper (255 boundaries). Both
-      // edges load at once; a code that moves walks on (rare: one level mostly).
-      const float lower = code > 0 ? lds_f32(t.bounds + 4 * (code - 1)) : -INFINITY;
-      const float upper = code < 255 ? lds_f32(t.bounds + 4 * code) : INFINITY;
-      if (lower > u) {
-        do --code;
-        while (code > 0 && lds_f32(t.bounds + 4 * (code - 1)) > u);
-      } else if (upper <= u) {
-        do ++code;
-        while (code < 255 && lds_f32(t.bounds + 4 * code) <= u);
-      }
-      moved[j / 4] |= code << (8 * (j % 4));
+  for_lane_coordinates<kLastPairs>(r, unit, count, [&](int j, float u) {
+    uint32_t code = (words[j / 4] >> (8 * (j % 4))) & 0xffu;
+    // Boundary c - 1 is the lower edge of level c, boundary c its upper (255 boundaries). Both
+    // edges load at once; a code that moves walks on (rare: one level mostly).
+    const float lower = code > 0 ? lds_f32(t.bounds + 4 * (code - 1)) : -INFINITY;
+    const float upper = code < 255 ? lds_f32(t.bounds + 4 * code) : INFINITY;
+    if (lower > u) {
+      do --code;
+      while (code > 0 && lds_f32(t.bounds + 4 * (code - 1)) > u);
+    } else if (upper <= u) {
+      do ++code;
+      while (code < 255 && lds_f32(t.bounds + 4 * code) <= u);
     }
-  }
+    moved[j / 4] |= code << (8 * (j % 4));
+  });
 #pragma unroll
   for (int w = 0; w < 8; ++w) words[w] = moved[w];
 }
